@@ -1,0 +1,38 @@
+# The two commands: `make train` (set up + the main job) and `make test` (set up + all tests).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+WORKDIR ?= runs/fashion_mnist_cnn
+PYTEST_WORKERS ?= 2
+
+.PHONY: setup train test test-slow data bench clean
+
+setup: $(STAMP)
+
+# Reinstalled only when pyproject.toml changes; a no-op (about a second) otherwise.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+data: setup
+	$(PY) -m jaxmodels.data.prepare all
+
+train: setup
+	$(PY) -m jaxmodels.data.prepare fashion_mnist
+	$(PY) -m experiments.fashion_mnist_cnn --workdir=$(WORKDIR)
+
+test: setup
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --timeout=900 tests
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow --timeout=3600 tests
+
+bench: setup
+	$(PY) -m pip install -q 'torch==2.13.0' || $(PY) -m pip install -q 'torch>=2.9,<2.15'
+	$(PY) -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache
