@@ -1,0 +1,49 @@
+"""Fashion-MNIST with a small CNN: the main job (`make train`).
+
+  python -m experiments.fashion_mnist_cnn --workdir=runs/fashion_mnist_cnn
+
+Expect: (measured numbers go here once the real-data run is done).
+"""
+import sys
+
+import ml_collections
+
+from jaxmodels import tasks
+from jaxmodels.data.synthetic import SyntheticDataset
+from jaxmodels.models.cnn import CNN
+from jaxmodels.train import base_config, run_experiment
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = base_config()
+  config.batch_size = 128
+  config.num_train_steps = 3000
+  config.optimizer = "adam"
+  config.learning_rate = 2e-3
+  config.schedule = "cosine"
+  config.log_every_steps = 100
+  config.eval_every_steps = 1000
+  config.checkpoint_every_steps = 1000
+  config.augment = False
+  config.model = ml_collections.ConfigDict(
+      dict(features=(32, 64), dense_features=128, dropout_rate=0.25))
+  return config
+
+
+def get_data(config):
+  if config.synthetic_data:
+    return SyntheticDataset("image_classification", image_shape=(28, 28, 1), num_classes=10)
+  from jaxmodels import data
+  return data.load("fashion_mnist", data_dir=config.data_dir or None, augment=config.augment)
+
+
+def get_model(config, info):
+  return CNN(num_classes=info["num_classes"], **config.model)
+
+
+def get_task(config, info):
+  return tasks.Classification(info["num_classes"], label_smoothing=config.label_smoothing)
+
+
+if __name__ == "__main__":
+  run_experiment(sys.modules[__name__])

@@ -1,0 +1,142 @@
+"""Training objectives. A task knows what a model is fed from a batch and how to score its output.
+
+The engine stays generic through this seam: it asks a task for the model inputs, the weight of a
+batch (examples or tokens; never dependent on parameters), and sums of loss and metrics, and divides
+by the global weight itself, so data-parallel losses equal one-device losses exactly.
+
+Metric sums are {name: (sum, weight)}; a metric's value is sum(sums) / sum(weights) over batches.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+Batch = dict[str, jax.Array]
+Sums = dict[str, tuple[jax.Array, jax.Array]]
+
+
+def _example_weight(batch: Batch) -> jax.Array:
+  n = batch["targets"].shape[0]
+  return batch.get("mask", jnp.ones((n,), jnp.float32)).astype(jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Classification:
+  """Cross-entropy on class labels (optionally smoothed), accuracy."""
+  num_classes: int
+  label_smoothing: float = 0.0
+  inputs: tuple[str, ...] = ("inputs",)  # batch keys passed to the model, in order
+
+  def model_args(self, batch: Batch) -> tuple[Any, ...]:
+    return tuple(batch[k] for k in self.inputs)
+
+  def weights(self, batch: Batch) -> jax.Array:
+    return _example_weight(batch)
+
+  def losses(self, logits: jax.Array, batch: Batch) -> tuple[jax.Array, Sums]:
+    """Per-example loss [B] and metric sums."""
+    logits = logits.astype(jnp.float32)
+    labels = optax.smooth_labels(jax.nn.one_hot(batch["targets"], self.num_classes),
+                                 self.label_smoothing)
+    loss = optax.softmax_cross_entropy(logits, labels)
+    w = self.weights(batch)
+    correct = (jnp.argmax(logits, -1) == batch["targets"]).astype(jnp.float32)
+    return loss * w, {"loss": (jnp.sum(loss * w), jnp.sum(w)),
+                      "accuracy": (jnp.sum(correct * w), jnp.sum(w))}
+
+  def finalize(self, metrics: dict[str, float]) -> dict[str, float]:
+    return metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class Regression:
+  """Mean squared error against float targets."""
+  inputs: tuple[str, ...] = ("inputs",)
+
+  def model_args(self, batch: Batch) -> tuple[Any, ...]:
+    return tuple(batch[k] for k in self.inputs)
+
+  def weights(self, batch: Batch) -> jax.Array:
+    return _example_weight(batch)
+
+  def losses(self, outputs: jax.Array, batch: Batch) -> tuple[jax.Array, Sums]:
+    err = (outputs.astype(jnp.float32) - batch["targets"]).reshape(outputs.shape[0], -1)
+    loss = jnp.mean(err**2, axis=-1) * self.weights(batch)
+    return loss, {"loss": (jnp.sum(loss), jnp.sum(self.weights(batch)))}
+
+  def finalize(self, metrics: dict[str, float]) -> dict[str, float]:
+    return metrics
+
+
+def _token_losses(logits: jax.Array, targets: jax.Array, weight: jax.Array) -> tuple[jax.Array, Sums]:
+  logits = logits.astype(jnp.float32)
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets) * weight
+  correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32) * weight
+  total = jnp.sum(weight)
+  return loss, {"loss": (jnp.sum(loss), total), "token_accuracy": (jnp.sum(correct), total)}
+
+
+@dataclasses.dataclass(frozen=True)
+class LanguageModel:
+  """Next-token cross-entropy; targets are the inputs shifted by one. Reports perplexity."""
+  pad_id: int | None = None  # targets equal to it carry no weight
+
+  def model_args(self, batch: Batch) -> tuple[Any, ...]:
+    return (batch["inputs"],)
+
+  def weights(self, batch: Batch) -> jax.Array:
+    w = jnp.ones(batch["targets"].shape, jnp.float32)
+    if self.pad_id is not None:
+      w = w * (batch["targets"] != self.pad_id)
+    if "mask" in batch:
+      w = w * batch["mask"][:, None]
+    return w
+
+  def losses(self, logits: jax.Array, batch: Batch) -> tuple[jax.Array, Sums]:
+    return _token_losses(logits, batch["targets"], self.weights(batch))
+
+  def finalize(self, metrics: dict[str, float]) -> dict[str, float]:
+    return dict(metrics, perplexity=float(jnp.exp(metrics["loss"])))
+
+
+@dataclasses.dataclass(frozen=True)
+class Seq2Seq:
+  """Teacher forcing: the decoder reads targets[:, :-1] and predicts targets[:, 1:] (0 = padding).
+
+  Evaluation can also decode greedily (`decode_fn(variables, inputs, max_len) -> ids`) and report
+  exact-match (whole sequence right) and token accuracy of the decoded sequence.
+  """
+  decode_fn: Callable[..., jax.Array] | None = None
+
+  def model_args(self, batch: Batch) -> tuple[Any, ...]:
+    return batch["inputs"], batch["targets"][:, :-1]
+
+  def weights(self, batch: Batch) -> jax.Array:
+    w = (batch["targets"][:, 1:] != 0).astype(jnp.float32)
+    return w * batch["mask"][:, None] if "mask" in batch else w
+
+  def losses(self, logits: jax.Array, batch: Batch) -> tuple[jax.Array, Sums]:
+    return _token_losses(logits, batch["targets"][:, 1:], self.weights(batch))
+
+  def decode_metrics(self, model: nn.Module, variables: Any, batch: Batch) -> Sums:
+    """Exact match and token accuracy of greedy decoding against targets[:, 1:]."""
+    want = batch["targets"][:, 1:]
+    got = self.decode_fn(model, variables, batch["inputs"], want.shape[1])
+    real = (want != 0).astype(jnp.float32)
+    same = (got == want).astype(jnp.float32)
+    ex = _example_weight(batch)
+    exact = jnp.all((got == want) | (want == 0), axis=-1).astype(jnp.float32) * ex
+    tokens = real * ex[:, None]
+    return {"exact_match": (jnp.sum(exact), jnp.sum(ex)),
+            "decoded_token_accuracy": (jnp.sum(same * tokens), jnp.sum(tokens))}
+
+  def finalize(self, metrics: dict[str, float]) -> dict[str, float]:
+    out = dict(metrics, perplexity=float(jnp.exp(metrics["loss"])))
+    if "exact_match" in out:
+      out["word_error_rate"] = 1.0 - out["exact_match"]
+    return out

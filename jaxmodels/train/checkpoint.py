@@ -1,0 +1,65 @@
+"""orbax checkpoints of the train state, written atomically; resume from the newest valid one."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from jaxmodels.train.steps import TrainState
+
+
+class CheckpointError(RuntimeError):
+  """No checkpoint in the workdir can be restored."""
+
+
+class Checkpoints:
+  """`DIR/checkpoints/<step>/{state,meta}`; orbax renames a finished save into place, so a
+  checkpoint killed mid-write never becomes visible."""
+
+  def __init__(self, workdir: str, max_to_keep: int):
+    self.directory = os.path.join(os.path.abspath(workdir) if "://" not in workdir else workdir,
+                                  "checkpoints")
+    self.manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                             enable_async_checkpointing=False))
+
+  def steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def save(self, state: TrainState, meta: dict[str, Any]) -> None:
+    step = int(state.step)
+    if step in self.manager.all_steps():
+      return
+    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                    meta=ocp.args.JsonSave(meta)))
+    self.manager.wait_until_finished()
+
+  def restore_latest(self, target: TrainState) -> tuple[TrainState, dict[str, Any]] | None:
+    """The newest checkpoint that restores, warning about each newer one that does not."""
+    steps = self.steps()
+    if not steps:
+      return None
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
+    failures = []
+    for step in reversed(steps):
+      try:
+        out = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        return out["state"], dict(out["meta"])
+      except Exception as e:  # orbax raises many types for truncated or corrupt files
+        path = os.path.join(self.directory, str(step))
+        logging.warning("checkpoint %s is unreadable (%s: %s); trying an older one",
+                        path, type(e).__name__, str(e)[:200])
+        print(f"WARNING: checkpoint {path} is unreadable ({type(e).__name__}); "
+              "trying an older one", flush=True)
+        failures.append(path)
+    raise CheckpointError(
+        f"none of the checkpoints in {self.directory} can be restored ({', '.join(failures)}). "
+        f"To start over, move or delete the workdir (or just {self.directory}) and run again.")
+
+  def close(self) -> None:
+    self.manager.close()

@@ -1,0 +1,141 @@
+"""Experiment configs: the keys every experiment has, checks, and freezing."""
+from __future__ import annotations
+
+import json
+from typing import Any, Sequence
+
+import ml_collections
+
+PARALLELISM = ("pmap", "mesh", "none")
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "step")
+# Keys that may change when a run resumes: they do not change what is computed.
+RESUMABLE_KEYS = ("num_train_steps", "log_every_steps", "eval_every_steps",
+                  "checkpoint_every_steps", "keep_checkpoints", "max_steps_in_flight",
+                  "progress_bar", "profile_steps", "data_dir")
+
+
+class ConfigError(ValueError):
+  """A config key or value that cannot be used; the message says which and what is valid."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The keys every experiment has, with defaults; an experiment overrides and adds to them."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.batch_size = 128
+  c.eval_batch_size = 0  # 0: same as batch_size
+  c.num_train_steps = 1000
+  c.learning_rate = 1e-3
+  c.optimizer = "adam"
+  c.momentum = 0.9
+  c.b1 = 0.9
+  c.b2 = 0.999
+  c.eps = 1e-8
+  c.weight_decay = 0.0
+  c.schedule = "constant"
+  c.warmup_steps = 0
+  c.step_boundaries = (0.5, 0.75)  # step schedule: fractions of num_train_steps
+  c.step_decay = 0.1
+  c.grad_clip_norm = 0.0  # 0 disables clipping
+  c.label_smoothing = 0.0
+  c.log_every_steps = 100
+  c.eval_every_steps = 1000
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 3
+  c.parallelism = "pmap"
+  c.fsdp = 1  # mesh only: size of the axis that shards parameters and optimizer state
+  c.max_steps_in_flight = 2
+  c.synthetic_data = False
+  c.data_dir = ""  # "": $TFDS_DATA_DIR or ~/tensorflow_datasets
+  c.progress_bar = True
+  c.profile_steps = 0  # >0: write a jax.profiler trace of that many steps after step 10
+  return c
+
+
+def check(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Rejects values the engine cannot run, naming the key and what would be valid."""
+  _choice(config, "parallelism", PARALLELISM)
+  _choice(config, "optimizer", OPTIMIZERS)
+  _choice(config, "schedule", SCHEDULES)
+  for key in ("batch_size", "num_train_steps", "log_every_steps", "eval_every_steps",
+              "checkpoint_every_steps", "keep_checkpoints", "max_steps_in_flight", "fsdp"):
+    if config[key] <= 0:
+      raise ConfigError(f"config.{key}={config[key]} must be a positive integer.")
+  if config.eval_batch_size < 0:
+    raise ConfigError(f"config.eval_batch_size={config.eval_batch_size} must be >= 0 (0: batch_size).")
+  if not config.learning_rate > 0:
+    raise ConfigError(f"config.learning_rate={config.learning_rate} must be > 0.")
+  if config.warmup_steps < 0 or config.grad_clip_norm < 0 or config.weight_decay < 0:
+    raise ConfigError("config.warmup_steps, config.grad_clip_norm and config.weight_decay must be "
+                      f">= 0; got {config.warmup_steps}, {config.grad_clip_norm}, {config.weight_decay}.")
+  if config.parallelism != "none":
+    for key in ("batch_size", "eval_batch_size"):
+      if config[key] % num_devices:
+        raise ConfigError(
+            f"config.{key}={config[key]} does not divide across the {num_devices} devices of "
+            f"parallelism='{config.parallelism}'; use a multiple of {num_devices}, set "
+            "JAXMODELS_HOST_DEVICES to a divisor, or --config.parallelism=none.")
+  if config.parallelism == "mesh" and num_devices % config.fsdp:
+    raise ConfigError(f"config.fsdp={config.fsdp} must divide the {num_devices} devices.")
+
+
+def _choice(config: ml_collections.ConfigDict, key: str, valid: Sequence[str]) -> None:
+  if config[key] not in valid:
+    raise ConfigError(f"config.{key}={config[key]!r} is not valid; choose one of: {', '.join(valid)}.")
+
+
+def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
+  """{'a': 1, 'model.hidden': 2, ...} for every leaf."""
+  out = {}
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      out.update(flat_keys(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def check_overrides(argv: Sequence[str], config: ml_collections.ConfigDict) -> None:
+  """Checks `--config.key=value` arguments before absl applies them, for a clear message."""
+  leaves = flat_keys(config)
+  for arg in argv:
+    if not arg.startswith("--config."):
+      continue
+    key, _, value = arg[len("--config."):].partition("=")
+    if key not in leaves:
+      raise ConfigError(f"--config.{key}: unknown config key. Valid keys: {', '.join(sorted(leaves))}.")
+    default = leaves[key]
+    if not _parses_as(value, default):
+      raise ConfigError(f"--config.{key}={value!r}: expected a value of type "
+                        f"{type(default).__name__} (default {default!r}).")
+
+
+def _parses_as(value: str, default: Any) -> bool:
+  if isinstance(default, bool):
+    return value.lower() in ("true", "false", "1", "0", "")
+  if isinstance(default, int):
+    try:
+      int(value)
+      return True
+    except ValueError:
+      return False
+  if isinstance(default, float):
+    try:
+      float(value)
+      return True
+    except ValueError:
+      return False
+  return True
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+  return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
+
+
+def differing_keys(saved: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:
+  """Keys whose value differs from a saved config.json, ignoring run-length and logging keys."""
+  now = flat_keys(ml_collections.ConfigDict(json.loads(to_json(config))))
+  before = flat_keys(ml_collections.ConfigDict(saved))
+  keys = sorted(set(now) | set(before))
+  return [k for k in keys if k not in RESUMABLE_KEYS and now.get(k) != before.get(k)]

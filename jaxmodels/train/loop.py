@@ -1,0 +1,273 @@
+"""The one training loop: every experiment runs through `train_and_evaluate`."""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import time
+from types import ModuleType
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from jaxmodels.train import checkpoint, config as config_lib, metrics as metrics_lib, optim
+from jaxmodels.train import parallel, perf, steps
+
+# metrics.jsonl and summary.json name the held-out split evaluated during training "eval".
+SPLIT_NAMES = {"validation": "eval", "test": "test", "train": "train"}
+
+
+class NonFiniteError(RuntimeError):
+  """The loss or gradient became NaN or infinite; no checkpoint of that state is written."""
+
+
+class WorkdirError(RuntimeError):
+  """The workdir cannot be used."""
+
+
+class Stopped(Exception):
+  """SIGTERM/SIGINT arrived; a checkpoint was written at `step`."""
+
+  def __init__(self, step: int, signum: int):
+    super().__init__(step, signum)
+    self.step, self.signum = step, signum
+
+
+def prepare_workdir(workdir: str) -> None:
+  """Creates the workdir and proves it writable before any training starts."""
+  if "://" in workdir:
+    return  # remote filesystems are checked by their first write
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise WorkdirError(f"--workdir={workdir} is a file, not a directory; choose another path.")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, ".write_test")
+    with open(probe, "w", encoding="utf-8") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise WorkdirError(f"--workdir={workdir} is not writable ({e.strerror}); choose a directory "
+                       "you can write to, or fix its permissions or free disk space.") from e
+
+
+def check_resume_config(workdir: str, config: ml_collections.ConfigDict, allow: bool) -> None:
+  path = os.path.join(workdir, "config.json")
+  if allow or not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    saved = json.load(f)
+  diff = config_lib.differing_keys(saved, config)
+  if diff:
+    shown = ", ".join(f"{k} (saved {config_lib.flat_keys(ml_collections.ConfigDict(saved)).get(k)!r})"
+                      for k in diff)
+    raise config_lib.ConfigError(
+        f"{path} was written by a run with a different config: {shown}. Resume with the same "
+        "values, use a new --workdir, or pass --allow_config_change to resume anyway.")
+
+
+class _Signals:
+  """Turns SIGTERM/SIGINT into a request to stop after the current step."""
+
+  def __init__(self):
+    self.signum = 0
+    self._old = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._old[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signum = signum
+
+  def __exit__(self, *exc):
+    for sig, handler in self._old.items():
+      signal.signal(sig, handler)
+
+
+def train_and_evaluate(experiment: ModuleType, config: ml_collections.ConfigDict, workdir: str,
+                       allow_config_change: bool = False) -> dict[str, Any]:
+  """Trains `experiment` to config.num_train_steps in `workdir`, resuming if it can.
+
+  The experiment module provides get_data(config), get_model(config, info) and
+  get_task(config, info). Returns the summary also written to workdir/summary.json.
+  """
+  start_time = time.time()
+  config = ml_collections.FrozenConfigDict(config)
+  is_main = jax.process_index() == 0
+  prepare_workdir(workdir)
+  config_lib.check(config, jax.device_count())
+  check_resume_config(workdir, config, allow_config_change)
+  if is_main:
+    _write_json(os.path.join(workdir, "config.json"), json.loads(config_lib.to_json(config)))
+
+  data = experiment.get_data(config)
+  model = experiment.get_model(config, data.info)
+  task = experiment.get_task(config, data.info)
+  tx = optim.make_optimizer(config)
+  schedule = optim.learning_rate_schedule(config)
+  strategy = parallel.make(config.parallelism, model, config.fsdp)
+  shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
+
+  batches = data.train_batches(config.batch_size, config.seed, 0, **shard)
+  state = steps.init_state(model, task, tx, next(batches), config.seed)
+  ckpts = checkpoint.Checkpoints(workdir, config.keep_checkpoints)
+  restored = ckpts.restore_latest(state)
+  meta = {}
+  if restored:
+    state, meta = restored
+  start = int(state.step)
+  summary_path = os.path.join(workdir, "summary.json")
+  if start >= config.num_train_steps and os.path.exists(summary_path):
+    ckpts.close()
+    with open(summary_path, encoding="utf-8") as f:
+      summary = json.load(f)
+    if is_main:
+      print(f"{workdir} already finished {start} steps; nothing to do. Summary: {summary_path}")
+    return summary
+
+  run = _Run(config, workdir, data, task, strategy, ckpts, is_main, shard)
+  try:
+    return run.train(state, start, tx, schedule, meta, start_time)
+  finally:
+    run.close()
+
+
+def _write_json(path: str, obj: Any) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+class _Run:
+  """State of one invocation of the loop: writers, compiled steps, timers."""
+
+  def __init__(self, config, workdir, data, task, strategy, ckpts, is_main, shard):
+    self.config, self.workdir, self.data, self.task = config, workdir, data, task
+    self.strategy, self.ckpts, self.is_main, self.shard = strategy, ckpts, is_main, shard
+    self.writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
+    self.pending: list[Any] = []
+    self.last_train: dict[str, float] = {}
+    self.eval_batch_size = config.eval_batch_size or config.batch_size
+    self.decode = getattr(task, "decode_fn", None) is not None
+    self.progress = None
+
+  def close(self) -> None:
+    if self.progress:
+      self.progress.close()
+    self.writer.close()
+    self.ckpts.close()
+
+  def train(self, state, start, tx, schedule, meta, start_time) -> dict[str, Any]:
+    config, strategy = self.config, self.strategy
+    train_fn = strategy.train_fn(self.task, tx, schedule, state)
+    self.eval_fn = strategy.eval_fn(self.task, False, state)
+    self.host_state = state
+    dstate = strategy.put_state(state)
+    batches = self.data.train_batches(config.batch_size, config.seed, start, **self.shard)
+
+    t = time.time()
+    first = strategy.put_batch(next(batches))
+    compiled = train_fn.lower(dstate, first).compile()
+    compile_s = time.time() - t
+    flops_per_step = perf.compiled_flops(compiled)
+    if flops_per_step and strategy.name != "none":
+      flops_per_step *= jax.local_device_count() if strategy.name == "pmap" else 1
+
+    self.progress = metrics_lib.Progress(start, config.num_train_steps, config.progress_bar,
+                                         self.is_main)
+    in_flight: collections.deque = collections.deque()
+    train_time, timed_steps = 0.0, 0
+    step = start
+    batch = first
+    with _Signals() as signals:
+      while step < config.num_train_steps:
+        t = time.time()
+        dstate, sums = compiled(dstate, batch)
+        step += 1
+        self.pending.append(sums)
+        in_flight.append(sums)
+        if len(in_flight) > config.max_steps_in_flight:
+          jax.block_until_ready(in_flight.popleft())  # bounded dispatch: see DESIGN.md traps
+        self.progress.update(step)
+        done = step == config.num_train_steps
+        if step % config.log_every_steps == 0 or step % config.checkpoint_every_steps == 0 or done:
+          self._log_train(step)
+        if step > start + 1:
+          train_time += time.time() - t
+          timed_steps += 1
+        if step % config.eval_every_steps == 0 and not done:
+          self.evaluate(dstate, step, self.data.eval_splits[:1])
+        if step % config.checkpoint_every_steps == 0 or done or signals.signum:
+          self._save(dstate, step)
+        if signals.signum:
+          raise Stopped(step, signals.signum)
+        if not done:
+          batch = strategy.put_batch(next(batches))
+      jax.block_until_ready(dstate)
+
+    final = {}
+    if self.decode:
+      self.eval_fn = strategy.eval_fn(self.task, True, self.host_state)
+    for split in self.data.eval_splits:
+      final.update({f"{SPLIT_NAMES.get(split, split)}_{k}": v
+                    for k, v in self.evaluate(dstate, step, (split,)).items()})
+    wall_s = time.time() - start_time
+    examples_per_s = timed_steps * config.batch_size / train_time if train_time else None
+    summary = {f"train_{k}": v for k, v in self.last_train.items()}
+    summary.update(final)
+    summary.update(steps=step, wall_s=wall_s, compile_s=compile_s,
+                   total_wall_s=wall_s + float(meta.get("wall_s", 0.0)),
+                   examples_per_s=examples_per_s, num_devices=strategy.num_devices,
+                   parallelism=strategy.name)
+    if flops_per_step and examples_per_s:
+      achieved = flops_per_step * examples_per_s / config.batch_size
+      summary.update(flops_per_step=flops_per_step, mfu=achieved / perf.matmul_peak_flops())
+    if self.is_main:
+      _write_json(os.path.join(self.workdir, "summary.json"), summary)
+      print(json.dumps({k: v for k, v in summary.items() if not k.startswith("train_")},
+                       indent=None), flush=True)
+    self.writer.flush()
+    return summary
+
+  def _log_train(self, step: int) -> None:
+    sums = [self.strategy.fetch(s) for s in self.pending]
+    self.pending = []
+    values = metrics_lib.reduce_sums(sums)
+    values["learning_rate"] = float(np.asarray(sums[-1]["learning_rate"][0]))
+    for name in ("loss", "grad_norm"):
+      if name in values and not np.isfinite(values[name]):
+        raise NonFiniteError(
+            f"training {name} is {values[name]} at step {step} (the mean over steps since the "
+            "last log); no checkpoint of this state was written. Lower config.learning_rate, set "
+            "config.grad_clip_norm, or check the data; the run can resume from the last checkpoint.")
+    values = self.task.finalize(values)
+    self.last_train = values
+    self.writer.write(step, "train", values)
+    self.progress.log(step, "train", values)
+
+  def evaluate(self, dstate, step: int, splits) -> dict[str, float]:
+    values = {}
+    for split in splits:
+      sums = [self.eval_fn(dstate, self.strategy.put_batch(b))
+              for b in self.data.eval_batches(split, self.eval_batch_size, **self.shard)]
+      values = self.task.finalize(metrics_lib.reduce_sums([self.strategy.fetch(s) for s in sums]))
+      name = SPLIT_NAMES.get(split, split)
+      self.writer.write(step, name, values)
+      self.progress.log(step, name, values)
+    return values
+
+  def _save(self, dstate, step: int) -> None:
+    if self.pending:
+      self._log_train(step)  # also checks the state is finite before it is saved
+    state = self.strategy.get_state(dstate)
+    self.host_state = state
+    self.ckpts.save(state, {"step": step, "wall_s": 0.0})

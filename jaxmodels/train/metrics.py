@@ -1,0 +1,95 @@
+"""Where metrics go: metrics.jsonl, TensorBoard event files, and a progress bar or log lines."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+
+def reduce_sums(sums_list: list[dict[str, Any]]) -> dict[str, float]:
+  """Metric value = total sum / total weight over a list of {name: (sum, weight)} dicts."""
+  totals: dict[str, list[float]] = {}
+  for sums in sums_list:
+    for name, (s, w) in sums.items():
+      t = totals.setdefault(name, [0.0, 0.0])
+      t[0] += float(np.sum(s))
+      t[1] += float(np.sum(w))
+  return {name: s / w if w else math.nan for name, (s, w) in totals.items()}
+
+
+class MetricWriter:
+  """Writes on process 0 only; other processes get a writer that drops everything."""
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled
+    self._tb = None
+    self._jsonl = None
+    if enabled:
+      from tensorboardX import SummaryWriter
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+      self._tb = SummaryWriter(logdir=workdir, flush_secs=30)
+
+  def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
+    if not self.enabled:
+      return
+    record = {"step": int(step), "split": split}
+    record.update({k: float(v) for k, v in metrics.items()})
+    self._jsonl.write(json.dumps(record) + "\n")
+    self._jsonl.flush()
+    for name, value in metrics.items():
+      self._tb.add_scalar(f"{split}/{name}", float(value), int(step))
+
+  def flush(self) -> None:
+    if self.enabled:
+      self._jsonl.flush()
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      self._jsonl.close()
+      self._tb.close()
+
+
+class Progress:
+  """A tqdm bar with steps/s and ETA on a terminal; plain periodic lines otherwise."""
+
+  def __init__(self, start: int, total: int, enabled: bool, is_main: bool):
+    self.total = total
+    self.bar = None
+    self.quiet = not is_main
+    self.start_time = time.time()
+    self.start = start
+    if enabled and is_main and sys.stderr.isatty():
+      from tqdm import tqdm
+      self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
+
+  def update(self, step: int) -> None:
+    if self.bar is not None:
+      self.bar.update(step - self.bar.n)
+
+  def log(self, step: int, split: str, metrics: dict[str, float]) -> None:
+    if self.quiet:
+      return
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()
+                      if k not in ("learning_rate",))
+    if self.bar is not None:
+      if split == "train":
+        self.bar.set_postfix_str(shown, refresh=False)
+      else:
+        self.bar.write(f"step {step} {split}: {shown}")
+      return
+    elapsed = time.time() - self.start_time
+    rate = (step - self.start) / elapsed if elapsed > 0 else 0.0
+    eta = (self.total - step) / rate if rate > 0 else math.inf
+    eta_s = f"{eta:.0f}s" if math.isfinite(eta) else "?"
+    print(f"step {step}/{self.total} {split}: {shown} ({rate:.1f} steps/s, ETA {eta_s})",
+          flush=True)
+
+  def close(self) -> None:
+    if self.bar is not None:
+      self.bar.close()

@@ -1,0 +1,55 @@
+"""Optimizers and learning-rate schedules from a config, all through optax."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+  """constant, cosine (to 0), warmup_cosine, or step (decays at fractions of the run)."""
+  lr, steps, warmup = config.learning_rate, config.num_train_steps, config.warmup_steps
+  if config.schedule == "constant":
+    schedule = optax.constant_schedule(lr)
+  elif config.schedule == "cosine":
+    schedule = optax.cosine_decay_schedule(lr, decay_steps=max(steps - warmup, 1))
+  elif config.schedule == "warmup_cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup, 1), max(steps, warmup + 1))
+  else:
+    boundaries = {int(f * steps): config.step_decay for f in config.step_boundaries}
+    schedule = optax.piecewise_constant_schedule(lr, boundaries)
+  if warmup:
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), schedule], [warmup])
+  return schedule
+
+
+def decay_mask(params: optax.Params) -> optax.Params:
+  """True for weights that take weight decay: kernels and embeddings, not biases or norm scales."""
+  return jax.tree_util.tree_map(lambda p: jnp.ndim(p) > 1, params)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """The optimizer named by config.optimizer, with optional clipping and weight decay."""
+  lr = learning_rate_schedule(config)
+  name = config.optimizer
+  if name == "sgd":
+    opt = optax.sgd(lr)
+  elif name in ("momentum", "nesterov"):
+    opt = optax.sgd(lr, momentum=config.momentum, nesterov=name == "nesterov")
+  elif name == "adagrad":
+    opt = optax.adagrad(lr, eps=config.eps)
+  elif name == "rmsprop":
+    opt = optax.rmsprop(lr, eps=config.eps)
+  elif name == "adam":
+    opt = optax.adam(lr, b1=config.b1, b2=config.b2, eps=config.eps)
+  else:
+    opt = optax.adamw(lr, b1=config.b1, b2=config.b2, eps=config.eps,
+                      weight_decay=config.weight_decay, mask=decay_mask)
+  parts = []
+  if config.grad_clip_norm:
+    parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
+  if config.weight_decay and name != "adamw":
+    # Coupled L2 decay (added to the gradient) for the non-adaptive optimizers.
+    parts.append(optax.add_decayed_weights(config.weight_decay, mask=decay_mask))
+  return optax.chain(*parts, opt) if parts else opt

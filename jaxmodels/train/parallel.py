@@ -1,0 +1,183 @@
+"""Three ways to run the same step: one device, jax.pmap replicas, or jit over a sharded mesh.
+
+Each strategy moves the state and batches to devices and compiles the step functions of steps.py.
+  none  one device.
+  pmap  state replicated on every local device; the host batch reshaped to
+        (local devices, per-device batch, ...); gradients, metrics and BatchNorm statistics are
+        summed/averaged over the 'batch' axis.
+  mesh  jax.jit over a (data, fsdp) device mesh: the batch is split over all devices; with fsdp > 1
+        each parameter and optimizer-state array is split along its largest divisible dimension.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import flax.jax_utils
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxmodels.train import steps
+
+AXIS = "batch"
+
+
+def with_axis_name(model: nn.Module, axis_name: str) -> nn.Module:
+  """Models with an `axis_name` field (BatchNorm users) synchronise statistics over it."""
+  if "axis_name" in {f.name for f in dataclasses.fields(model)}:
+    return model.clone(axis_name=axis_name)
+  return model
+
+
+class Strategy:
+  """Places data and compiles steps; subclasses decide how."""
+  name = ""
+
+  def __init__(self, model: nn.Module):
+    self.model = model
+
+  @property
+  def num_devices(self) -> int:
+    return jax.device_count()
+
+  def put_state(self, state: steps.TrainState) -> Any:
+    raise NotImplementedError
+
+  def get_state(self, state: Any) -> steps.TrainState:
+    """The state as host numpy arrays, one copy."""
+    raise NotImplementedError
+
+  def put_batch(self, batch: dict[str, np.ndarray]) -> Any:
+    raise NotImplementedError
+
+  def train_fn(self, task: Any, tx: Any, schedule: Any, state: steps.TrainState) -> Callable:
+    """train_step(state, batch) jitted for this strategy; `state` (host) gives the structure."""
+    raise NotImplementedError
+
+  def eval_fn(self, task: Any, decode: bool, state: steps.TrainState) -> Callable:
+    """eval_step(state, batch) jitted for this strategy."""
+    raise NotImplementedError
+
+  def fetch(self, tree: Any) -> Any:
+    """Step outputs (metric sums) on the host, one copy."""
+    return jax.device_get(tree)
+
+
+class Single(Strategy):
+  name = "none"
+
+  @property
+  def num_devices(self) -> int:
+    return 1
+
+  def put_state(self, state):
+    return jax.device_put(state, jax.local_devices()[0])
+
+  def get_state(self, state):
+    return jax.device_get(state)
+
+  def put_batch(self, batch):
+    return jax.device_put(batch, jax.local_devices()[0])
+
+  def train_fn(self, task, tx, schedule, state):
+    return jax.jit(functools.partial(steps.train_step, model=self.model, task=task, tx=tx,
+                                     schedule=schedule), donate_argnums=0)
+
+  def eval_fn(self, task, decode, state):
+    return jax.jit(functools.partial(steps.eval_step, model=self.model, task=task, decode=decode))
+
+
+class Pmap(Strategy):
+  name = "pmap"
+
+  def __init__(self, model: nn.Module):
+    super().__init__(with_axis_name(model, AXIS))
+    self.devices = jax.local_devices()
+
+  def put_state(self, state):
+    return flax.jax_utils.replicate(state, self.devices)
+
+  def get_state(self, state):
+    return jax.device_get(jax.tree_util.tree_map(lambda x: x[0], state))
+
+  def put_batch(self, batch):
+    n = len(self.devices)
+    return {k: v.reshape((n, v.shape[0] // n) + v.shape[1:]) for k, v in batch.items()}
+
+  def fetch(self, tree):
+    return jax.device_get(jax.tree_util.tree_map(lambda x: x[0], tree))
+
+  def train_fn(self, task, tx, schedule, state):
+    return jax.pmap(functools.partial(steps.train_step, model=self.model, task=task, tx=tx,
+                                      schedule=schedule, axis_name=AXIS),
+                    axis_name=AXIS, donate_argnums=0)
+
+  def eval_fn(self, task, decode, state):
+    return jax.pmap(functools.partial(steps.eval_step, model=self.model, task=task,
+                                      axis_name=AXIS, decode=decode), axis_name=AXIS)
+
+
+class MeshStrategy(Strategy):
+  name = "mesh"
+
+  def __init__(self, model: nn.Module, fsdp: int = 1):
+    super().__init__(model)
+    devices = np.asarray(jax.devices()).reshape(-1, fsdp)
+    self.mesh = Mesh(devices, ("data", "fsdp"))
+    self.fsdp = fsdp
+    self.batch_sharding = NamedSharding(self.mesh, P(("data", "fsdp")))
+    self.replicated = NamedSharding(self.mesh, P())
+    self._state_sharding = None
+
+  def state_sharding(self, state: Any) -> Any:
+    if self._state_sharding is None:
+      self._state_sharding = jax.tree_util.tree_map(self._leaf_sharding, state)
+    return self._state_sharding
+
+  def _leaf_sharding(self, x: Any) -> NamedSharding:
+    shape = np.shape(x)
+    if self.fsdp == 1 or not shape:
+      return self.replicated
+    dims = [d for d in np.argsort(shape)[::-1] if shape[d] % self.fsdp == 0]
+    if not dims:
+      return self.replicated
+    spec = [None] * len(shape)
+    spec[dims[0]] = "fsdp"
+    return NamedSharding(self.mesh, P(*spec))
+
+  def put_state(self, state):
+    return jax.device_put(state, self.state_sharding(state))
+
+  def get_state(self, state):
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      return multihost_utils.process_allgather(state, tiled=True)
+    return jax.device_get(state)
+
+  def put_batch(self, batch):
+    return {k: jax.make_array_from_process_local_data(self.batch_sharding, v)
+            for k, v in batch.items()}
+
+  def train_fn(self, task, tx, schedule, state):
+    sharding = self.state_sharding(state)
+    return jax.jit(functools.partial(steps.train_step, model=self.model, task=task, tx=tx,
+                                     schedule=schedule),
+                   in_shardings=(sharding, self.batch_sharding),
+                   out_shardings=(sharding, self.replicated), donate_argnums=0)
+
+  def eval_fn(self, task, decode, state):
+    return jax.jit(functools.partial(steps.eval_step, model=self.model, task=task, decode=decode),
+                   in_shardings=(self.state_sharding(state), self.batch_sharding),
+                   out_shardings=self.replicated)
+
+
+def make(name: str, model: nn.Module, fsdp: int = 1) -> Strategy:
+  if name == "pmap":
+    return Pmap(model)
+  if name == "mesh":
+    return MeshStrategy(model, fsdp)
+  return Single(model)

@@ -1,0 +1,81 @@
+"""The train state and the pure train/eval step functions shared by every parallelism mode.
+
+With `axis_name` set (pmap), each device holds part of the batch: the loss is normalised by the
+global weight and gradients and metric sums are summed across devices, so the update equals the
+one-device update on the global batch.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  model_state: Any  # non-parameter collections, e.g. {'batch_stats': ...}; {} if none
+  opt_state: Any
+  rng: jax.Array
+
+
+def init_state(model: nn.Module, task: Any, tx: optax.GradientTransformation, batch: Any,
+               seed: int) -> TrainState:
+  """Initialises parameters from one batch's shapes; pure in (seed, shapes)."""
+  init_rng, params_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(seed), 3)
+  variables = model.init({"params": params_rng, "dropout": dropout_rng},
+                         *task.model_args(batch), train=False)
+  params = variables["params"]
+  model_state = {k: v for k, v in variables.items() if k not in ("params", "cache")}
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
+                    opt_state=tx.init(params), rng=init_rng)
+
+
+def _psum(tree: Any, axis_name: str | None) -> Any:
+  return jax.lax.psum(tree, axis_name) if axis_name else tree
+
+
+def train_step(state: TrainState, batch: Any, *, model: nn.Module, task: Any,
+               tx: optax.GradientTransformation, schedule: optax.Schedule,
+               axis_name: str | None = None) -> tuple[TrainState, dict[str, Any]]:
+  """One optimizer step; returns the new state and metric sums {name: (sum, weight)}."""
+  rng = jax.random.fold_in(state.rng, state.step)
+  if axis_name:
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+  total_weight = _psum(jnp.sum(task.weights(batch)), axis_name)
+  mutable = list(state.model_state)
+
+  def loss_fn(params):
+    variables = {"params": params, **state.model_state}
+    out = model.apply(variables, *task.model_args(batch), train=True, rngs={"dropout": rng},
+                      mutable=mutable or False)
+    outputs, new_model_state = out if mutable else (out, {})
+    losses, sums = task.losses(outputs, batch)
+    return jnp.sum(losses) / jnp.maximum(total_weight, 1e-9), (sums, new_model_state)
+
+  grads, (sums, new_model_state) = jax.grad(loss_fn, has_aux=True)(state.params)
+  grads, sums = _psum((grads, sums), axis_name)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  one = jnp.ones((), jnp.float32)
+  sums = dict(sums, grad_norm=(optax.global_norm(grads), one),
+              learning_rate=(jnp.asarray(schedule(state.step), jnp.float32), one))
+  new_state = state.replace(step=state.step + 1, params=params, model_state=new_model_state,
+                            opt_state=opt_state)
+  return new_state, sums
+
+
+def eval_step(state: TrainState, batch: Any, *, model: nn.Module, task: Any,
+              axis_name: str | None = None, decode: bool = False) -> dict[str, Any]:
+  """Metric sums for one evaluation batch (padding carries zero weight)."""
+  variables = {"params": state.params, **state.model_state}
+  outputs = model.apply(variables, *task.model_args(batch), train=False)
+  _, sums = task.losses(outputs, batch)
+  if decode:
+    sums.update(task.decode_metrics(model, variables, batch))
+  return _psum(sums, axis_name)
