@@ -63,7 +63,7 @@ def train_step(state: TrainState, batch: Any, *, model: nn.Module, task: Any,
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   one = jnp.ones((), jnp.float32)
-  sums = dict(sums, grad_norm=(optax.global_norm(grads), one),
+  sums = dict(sums, grad_norm=(optax.tree.norm(grads), one),
               learning_rate=(jnp.asarray(schedule(state.step), jnp.float32), one))
   new_state = state.replace(step=state.step + 1, params=params, model_state=new_model_state,
                             opt_state=opt_state)

@@ -1,0 +1,52 @@
+"""Fashion-MNIST with ResNet-18 (small-image stem), SGD with Nesterov momentum and cosine decay.
+
+  python -m experiments.fashion_mnist_resnet --workdir=runs/fashion_mnist_resnet
+
+Expect: (measured numbers go here once the real-data run is done).
+"""
+import sys
+
+import ml_collections
+
+from jaxmodels import tasks
+from jaxmodels.data.synthetic import SyntheticDataset
+from jaxmodels.models.resnet import ResNet18
+from jaxmodels.train import base_config, run_experiment
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = base_config()
+  config.batch_size = 128
+  config.num_train_steps = 7000  # ~15 epochs
+  config.optimizer = "nesterov"
+  config.learning_rate = 0.1
+  config.momentum = 0.9
+  config.weight_decay = 5e-4
+  config.schedule = "warmup_cosine"
+  config.warmup_steps = 300
+  config.label_smoothing = 0.1
+  config.log_every_steps = 100
+  config.eval_every_steps = 1000
+  config.checkpoint_every_steps = 500
+  config.augment = True
+  config.model = ml_collections.ConfigDict(dict(num_filters=32, stem="cifar"))
+  return config
+
+
+def get_data(config):
+  if config.synthetic_data:
+    return SyntheticDataset("image_classification", image_shape=(28, 28, 1), num_classes=10)
+  from jaxmodels import data
+  return data.load("fashion_mnist", data_dir=config.data_dir or None, augment=config.augment)
+
+
+def get_model(config, info):
+  return ResNet18(num_classes=info["num_classes"], **config.model)
+
+
+def get_task(config, info):
+  return tasks.Classification(info["num_classes"], label_smoothing=config.label_smoothing)
+
+
+if __name__ == "__main__":
+  run_experiment(sys.modules[__name__])

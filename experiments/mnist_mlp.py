@@ -1,0 +1,52 @@
+"""MNIST with the seed MLP 784-128-64-10, plain SGD at 0.01, batch 64, loss logged every step.
+
+  python -m experiments.mnist_mlp --workdir=runs/mnist_mlp
+
+A tuned configuration (Adam, wider layers, cosine decay):
+
+  python -m experiments.mnist_mlp --workdir=runs/mnist_mlp_tuned --config.optimizer=adam \
+    --config.learning_rate=1e-3 --config.schedule=cosine --config.batch_size=128 \
+    --config.num_train_steps=9000 --config.model.hidden_sizes='(512, 256)' --config.log_every_steps=100
+
+Expect: (measured numbers go here once the real-data run is done).
+"""
+import sys
+
+import ml_collections
+
+from jaxmodels import tasks
+from jaxmodels.data.synthetic import SyntheticDataset
+from jaxmodels.models.mlp import MLP
+from jaxmodels.train import base_config, run_experiment
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = base_config()
+  config.batch_size = 64
+  config.num_train_steps = 4690  # 5 epochs of 60k
+  config.optimizer = "sgd"
+  config.learning_rate = 0.01
+  config.log_every_steps = 1  # the seed prints the loss at every step
+  config.eval_every_steps = 938
+  config.checkpoint_every_steps = 938
+  config.model = ml_collections.ConfigDict(dict(hidden_sizes=(128, 64), dropout_rate=0.0))
+  return config
+
+
+def get_data(config):
+  if config.synthetic_data:
+    return SyntheticDataset("image_classification", image_shape=(28, 28, 1), num_classes=10)
+  from jaxmodels import data
+  return data.load("mnist", data_dir=config.data_dir or None)
+
+
+def get_model(config, info):
+  return MLP(num_classes=info["num_classes"], **config.model)
+
+
+def get_task(config, info):
+  return tasks.Classification(info["num_classes"], label_smoothing=config.label_smoothing)
+
+
+if __name__ == "__main__":
+  run_experiment(sys.modules[__name__])

@@ -1,0 +1,561 @@
+"""Run a sweep: worker threads ask Optuna for trials and run each as an experiment subprocess.
+
+Design:
+- ask/tell, not study.optimize: the objective is a subprocess and the loop needs control over
+  counting, heartbeats, pruning and resuming.
+- Each worker is a thread; the work happens in the trial subprocess, so threads are enough. A
+  trial gets its own share of cores (or one GPU) through its environment.
+- Liveness: a worker writes a heartbeat (a user attribute) for its running trial every few
+  seconds. A RUNNING trial whose heartbeat is older than `stale_after` belonged to a sweep that
+  died; any worker (of any process) that moves it to FAIL first enqueues a retry with the same
+  parameters and the same trial directory, so the experiment resumes from its checkpoint. The
+  retry carries `resumes=<old number>`, and the stale trial then no longer counts or shows.
+- Budget: trials that count are all but stale-and-resumed and surplus ones. A worker asks for a
+  trial only while fewer than num_trials count (or a retry waits). Two processes may both ask
+  for the last slot; the one whose trial number comes later marks it surplus before running it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from jaxmodels.sweep import report, space
+from jaxmodels.sweep.space import Sweep, SweepError
+from jaxmodels.sweep.storage import open_storage
+
+WORKDIR = 'workdir'        # user attr: the trial's directory name under DIR/trials
+RESUMES = 'resumes'        # user attr of a retry: number of the stale trial it continues
+SURPLUS = 'surplus'        # user attr: asked past the budget, never run
+HEARTBEAT = 'heartbeat'    # user attr: time.time() of the worker's last sign of life
+THREAD_VARS = ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS',
+               'TF_NUM_INTRAOP_THREADS', 'NUMEXPR_MAX_THREADS')
+_LAUNCH = str(Path(__file__).with_name('_launch.py'))
+_DEVICE_FLAG = '--xla_force_host_platform_device_count'
+
+
+@dataclasses.dataclass
+class Options:
+  """Everything `run_sweep` takes besides the experiment and the workdir (see the CLI help)."""
+  num_trials: int | None = None
+  workers: int = 1
+  sampler: str | None = None
+  storage: str | None = None
+  study_name: str | None = None
+  prune: bool = False
+  prune_startup_trials: int = 5
+  prune_warmup_steps: int = 0
+  seed: int = 0
+  overrides: dict[str, str] = dataclasses.field(default_factory=dict)
+  heartbeat_interval: float = 5.0
+  stale_after: float = 30.0
+  poll_interval: float = 1.0
+  quiet: bool = False
+
+
+def load_experiment(name: str) -> tuple[Any, Any, Sweep]:
+  """Import `name`; return (module, get_config(), the Sweep of get_sweep())."""
+  try:
+    module = importlib.import_module(name)
+  except ModuleNotFoundError as e:
+    if e.name and (name == e.name or name.startswith(e.name + '.')):
+      raise SweepError(f'unknown experiment module {name!r}: {e}. Give an importable module, '
+                       'e.g. experiments.mnist_mlp, and run from the repository root.') from e
+    raise SweepError(f'experiment module {name!r} failed to import: {e}') from e
+  for fn in ('get_config', 'get_sweep'):
+    if not callable(getattr(module, fn, None)):
+      raise SweepError(f'experiment module {name!r} defines no {fn}(); a sweepable experiment '
+                       'has get_config() and get_sweep()')
+  return module, module.get_config(), space.as_sweep(module.get_sweep())
+
+
+def run_sweep(experiment: str, workdir: str | os.PathLike, options: Options | None = None):
+  """Run (or resume, or join) the sweep of `experiment` in `workdir`; return the optuna Study.
+
+  Raises SweepError on bad input, KeyboardInterrupt when interrupted (running trials are then
+  released for a later rerun to resume).
+  """
+  options = options or Options()
+  module, config, sweep = load_experiment(experiment)
+  sampler = options.sampler or sweep.sampler
+  space.validate(sweep, config, sampler, options.overrides)
+  if options.workers < 1:
+    raise SweepError(f'--workers must be at least 1, got {options.workers}')
+  num_trials = _num_trials(sweep, sampler, options.num_trials)
+  workdir = Path(workdir).resolve()
+  (workdir / 'trials').mkdir(parents=True, exist_ok=True)
+  study = _open_study(experiment, workdir, sweep, sampler, options)
+  sweeper = _Sweeper(experiment, _import_root(module, experiment), workdir, sweep, study,
+                     num_trials, options)
+  sweeper.run()
+  return study
+
+
+def _num_trials(sweep: Sweep, sampler: str, requested: int | None) -> int:
+  if requested is not None and requested < 1:
+    raise SweepError(f'--num_trials must be at least 1, got {requested}')
+  wanted = requested or sweep.num_trials
+  if sampler == 'grid':
+    size = space.grid_size(sweep)
+    return min(wanted, size) if wanted else size
+  if not wanted:
+    raise SweepError(f'{sampler} sampler: give --num_trials or Sweep(num_trials=...)')
+  return wanted
+
+
+def _import_root(module: Any, name: str) -> str:
+  """The sys.path entry the experiment was imported from, for the trial's PYTHONPATH."""
+  path = Path(module.__file__).resolve()
+  if path.name == '__init__.py':
+    path = path.parent
+  return str(path.parents[len(name.split('.')) - 1])
+
+
+def _open_study(experiment: str, workdir: Path, sweep: Sweep, sampler: str, options: Options):
+  import optuna  # pylint: disable=import-outside-toplevel
+  storage = open_storage(options.storage, workdir)
+  pruner = (optuna.pruners.MedianPruner(options.prune_startup_trials, options.prune_warmup_steps)
+            if options.prune else optuna.pruners.NopPruner())
+  direction = 'maximize' if sweep.mode == 'max' else 'minimize'
+  name = options.study_name or experiment
+  study = optuna.create_study(storage=storage, study_name=name, direction=direction,
+                              sampler=_sampler(sweep, sampler, options.seed, storage, name),
+                              pruner=pruner, load_if_exists=True)
+  if study.direction.name.lower() != direction:
+    raise SweepError(f'study {name!r} in this storage is set to {study.direction.name.lower()}, '
+                     f'but the sweep asks to {direction}; use another --workdir or --study_name')
+  identity = {'experiment': experiment, 'metric': sweep.metric, 'sampler': sampler,
+              'overrides': sorted(f'{k}={v}' for k, v in options.overrides.items())}
+  if not study.user_attrs:
+    for key, value in identity.items():
+      study.set_user_attr(key, value)
+  for key, value in identity.items():
+    if study.user_attrs.get(key, value) != value:
+      raise SweepError(f'study {name!r} was started with {key}={study.user_attrs[key]!r}, now '
+                       f'{value!r}; rerun with the same settings, or use another --workdir or '
+                       '--study_name')
+  return study
+
+
+def _sampler(sweep: Sweep, name: str, seed: int, storage: Any, study_name: str):
+  """The Optuna sampler. A process joining a study with trials offsets its seed so that two
+  random/TPE processes do not propose the same sequence."""
+  import optuna  # pylint: disable=import-outside-toplevel
+  if name == 'grid':
+    return _GridSampler(space.grid_space(sweep), seed=seed)
+  try:
+    seed += len(optuna.load_study(study_name=study_name, storage=storage).trials)
+  except KeyError:
+    pass
+  if name == 'random':
+    return optuna.samplers.RandomSampler(seed=seed)
+  return optuna.samplers.TPESampler(seed=seed)
+
+
+def _grid_sampler_class():
+  import optuna  # pylint: disable=import-outside-toplevel
+
+  class GridSampler(optuna.samplers.GridSampler):
+    """GridSampler for ask/tell: its after_trial calls study.stop(), which only works inside
+    study.optimize; the sweep loop stops by counting trials instead."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+      del study, trial, state, values
+
+  return GridSampler
+
+
+def _GridSampler(search_space: dict, seed: int):  # pylint: disable=invalid-name
+  return _grid_sampler_class()(search_space, seed=seed)
+
+
+def counted(trials: Iterable[Any]) -> list[Any]:
+  """The trials that count toward the budget and show in results: all but those resumed by a
+  retry and the surplus ones."""
+  trials = list(trials)
+  resumed = {t.user_attrs.get(RESUMES) for t in trials} - {None}
+  return [t for t in trials if t.number not in resumed and not t.user_attrs.get(SURPLUS)]
+
+
+def available_cores() -> list[int]:
+  if hasattr(os, 'sched_getaffinity'):
+    return sorted(os.sched_getaffinity(0))
+  return list(range(os.cpu_count() or 1))
+
+
+def detect_gpus() -> list[str]:
+  """GPU ids a trial may be given: CUDA_VISIBLE_DEVICES if set, else what nvidia-smi lists."""
+  visible = os.environ.get('CUDA_VISIBLE_DEVICES')
+  if visible is not None:
+    return [g.strip() for g in visible.split(',') if g.strip() and g.strip() != '-1']
+  if not shutil.which('nvidia-smi'):
+    return []
+  try:
+    out = subprocess.run(['nvidia-smi', '--query-gpu=index', '--format=csv,noheader'],
+                         capture_output=True, text=True, timeout=20, check=True).stdout
+  except (OSError, subprocess.SubprocessError):
+    return []
+  return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def slot_resources(slot: int, workers: int, cores: list[int], gpus: list[str]
+                   ) -> tuple[list[int], str | None]:
+  """Cores and GPU of worker `slot`: an even share of the cores, one GPU round-robin."""
+  share = max(1, len(cores) // workers)
+  mine = [cores[(slot * share + j) % len(cores)] for j in range(share)]
+  return mine, (gpus[slot % len(gpus)] if gpus else None)
+
+
+def trial_env(base: dict[str, str], cores: int, gpu: str | None, shared_gpu: bool,
+              pythonpath: str) -> dict[str, str]:
+  """The environment of a trial subprocess: `cores` host devices and threads, its GPU."""
+  env = dict(base)
+  flags = [f for f in env.get('XLA_FLAGS', '').split() if not f.startswith(_DEVICE_FLAG)]
+  env['XLA_FLAGS'] = ' '.join(flags + [f'{_DEVICE_FLAG}={cores}'])
+  env['JAXMODELS_HOST_DEVICES'] = str(cores)
+  for var in THREAD_VARS:
+    env[var] = str(cores)
+  env['PYTHONUNBUFFERED'] = '1'
+  env['PYTHONPATH'] = os.pathsep.join(p for p in (pythonpath, base.get('PYTHONPATH')) if p)
+  if gpu is not None:
+    env['CUDA_VISIBLE_DEVICES'] = gpu
+    if shared_gpu:
+      env['XLA_PYTHON_CLIENT_PREALLOCATE'] = 'false'
+  return env
+
+
+def trial_command(experiment: str, trial_dir: Path, overrides: dict[str, str],
+                  params: dict[str, Any]) -> list[str]:
+  """The experiment command line of one trial: fixed overrides, then the sampled parameters."""
+  flags = [f'--config.{k}={v}' for k, v in overrides.items()]
+  flags += [f'--config.{k}={space.format_value(v)}' for k, v in sorted(params.items())]
+  return [sys.executable, '-m', experiment, f'--workdir={trial_dir}'] + flags
+
+
+def read_objective(trial_dir: Path, metric: str) -> float:
+  """The objective from the trial's summary.json ('validation_*' and 'eval_*' are the same)."""
+  path = trial_dir / 'summary.json'
+  if not path.exists():
+    raise SweepError(f'no {path}')
+  summary = json.loads(path.read_text())
+  split, name = space.split_metric(metric)
+  for alias in space.split_aliases(split):
+    if f'{alias}_{name}' in summary:
+      return float(summary[f'{alias}_{name}'])
+  raise SweepError(f'summary.json has no {metric!r}; keys: {", ".join(sorted(summary))}')
+
+
+class MetricsTail:
+  """Reads the records appended to a metrics.jsonl since the last call."""
+
+  def __init__(self, path: Path):
+    self.path = path
+    self.offset = 0
+
+  def read(self) -> list[dict[str, Any]]:
+    try:
+      with open(self.path, 'rb') as f:
+        f.seek(self.offset)
+        data = f.read()
+    except FileNotFoundError:
+      return []
+    end = data.rfind(b'\n') + 1  # a partly written last line waits for the next call
+    self.offset += end
+    records = []
+    for line in data[:end].splitlines():
+      try:
+        records.append(json.loads(line))
+      except ValueError:
+        continue
+    return records
+
+
+class _Sweeper:
+  """The shared state of one sweep process: the study, its workers and their locks."""
+
+  def __init__(self, experiment: str, root: str, workdir: Path, sweep: Sweep, study: Any,
+               num_trials: int, options: Options):
+    self.experiment, self.workdir, self.sweep, self.study = experiment, workdir, sweep, study
+    self.num_trials, self.options = num_trials, options
+    self.dists = space.distributions(sweep)
+    self.ask_lock, self.report_lock = threading.Lock(), threading.Lock()
+    self.stop = threading.Event()
+    self.running: set[int] = set()
+    self.errors: list[BaseException] = []
+    cores, gpus = available_cores(), detect_gpus()
+    self.slots = []
+    for slot in range(options.workers):
+      mine, gpu = slot_resources(slot, options.workers, cores, gpus)
+      env = trial_env(dict(os.environ), len(mine), gpu, options.workers > len(gpus) > 0, root)
+      self.slots.append((mine if options.workers > 1 else [], env))
+
+  def say(self, msg: str) -> None:
+    if not self.options.quiet:
+      print(f'[sweep] {msg}', flush=True)
+
+  def run(self) -> None:
+    self.say(f'{self.experiment}: {self.num_trials} trials of {self.sweep.metric} '
+             f'({self.sweep.mode}), {self.options.workers} worker(s), study in '
+             f'{self.options.storage or self.workdir / "study.db"}')
+    threads = [threading.Thread(target=self.worker, args=(slot,), daemon=True)
+               for slot in range(self.options.workers)]
+    for t in threads:
+      t.start()
+    try:
+      while any(t.is_alive() for t in threads):
+        for t in threads:
+          t.join(timeout=0.2)
+    except KeyboardInterrupt:
+      self.say('interrupted: stopping trials; rerun the same command to resume')
+      self.stop.set()
+      for t in threads:
+        t.join()
+      raise
+    if self.errors:
+      raise self.errors[0]
+    table = self.write_reports(final=True)
+    best = report.best_row(table)
+    self.say(f'results: {self.workdir / "results.md"}, {self.workdir / "results.csv"}, '
+             f'{self.workdir / "plots"}')
+    if best is None:
+      self.say('no trial completed; see the logs in ' + str(self.workdir / 'trials'))
+      return
+    print(f'best: trial {best["trial"]} with {self.sweep.metric}={best[self.sweep.metric]:.6g}; '
+          'train it with:\n' + report.best_command(self.experiment, self.workdir,
+                                                    self.options.overrides, self.sweep, best),
+          flush=True)
+
+  def worker(self, slot: int) -> None:
+    try:
+      while not self.stop.is_set():
+        trial = self.next_trial()
+        if trial is None:
+          return
+        try:
+          self.run_trial(trial, slot)
+        finally:
+          self.running.discard(trial.number)
+        self.write_reports()
+    except BaseException as e:  # pylint: disable=broad-except
+      self.errors.append(e)
+      self.stop.set()
+
+  def next_trial(self):
+    """Ask for the next trial, or None when the budget is finished; waits while trials of
+    other workers are still running (they may finish, or go stale and need a retry)."""
+    from optuna.trial import TrialState  # pylint: disable=import-outside-toplevel
+    waiting_said = False
+    while not self.stop.is_set():
+      with self.ask_lock:
+        self.reclaim_stale()
+        live = counted(self.study.get_trials(deepcopy=False))
+        if len(live) < self.num_trials or any(t.state == TrialState.WAITING for t in live):
+          trial = self.study.ask(self.dists)
+          trial.set_user_attr(HEARTBEAT, time.time())
+          if not self.is_surplus(trial):
+            self.running.add(trial.number)
+            return trial
+          trial.set_user_attr(SURPLUS, True)
+          self.study.tell(trial, state=TrialState.FAIL)
+          continue
+        elsewhere = [t.number for t in live
+                     if not t.state.is_finished() and t.number not in self.running]
+        if all(t.state.is_finished() for t in live):
+          return None
+      if elsewhere and not waiting_said:
+        self.say(f'waiting for trials {elsewhere} of other workers (they finish, or are resumed '
+                 f'here after {self.options.stale_after:g}s without a heartbeat)')
+        waiting_said = True
+      self.stop.wait(self.options.poll_interval)
+    return None
+
+  def is_surplus(self, trial: Any) -> bool:
+    if trial.user_attrs.get(RESUMES) is not None:
+      return False
+    before = [t for t in counted(self.study.get_trials(deepcopy=False)) if t.number < trial.number]
+    return len(before) >= self.num_trials
+
+  def reclaim_stale(self) -> None:
+    """Fail RUNNING trials with an old heartbeat and enqueue their retries."""
+    from optuna.trial import TrialState  # pylint: disable=import-outside-toplevel
+    now = time.time()
+    for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+      beat = t.user_attrs.get(HEARTBEAT) or t.datetime_start.timestamp()
+      if t.number in self.running or now - beat <= self.options.stale_after:
+        continue
+      try:  # whoever moves it to FAIL first owns the retry
+        self.study.tell(t.number, state=TrialState.FAIL)
+      except Exception:  # pylint: disable=broad-except
+        continue
+      self.say(f'trial {t.number} lost its worker (no heartbeat for {now - beat:.0f}s); '
+               'it will be resumed in its directory')
+      self.enqueue_retry(t)
+
+  def enqueue_retry(self, t: Any) -> None:
+    if set(t.params) != set(self.dists):  # died while being asked: nothing ran
+      return
+    self.study.enqueue_trial(dict(t.params), user_attrs={
+        RESUMES: t.number, WORKDIR: t.user_attrs.get(WORKDIR, str(t.number))})
+
+  def run_trial(self, trial: Any, slot: int) -> None:
+    """Run one trial's subprocess, report its curve, prune it if asked, tell the result."""
+    from optuna.trial import TrialState  # pylint: disable=import-outside-toplevel
+    resumes = trial.user_attrs.get(RESUMES)
+    name = trial.user_attrs[WORKDIR] if resumes is not None else str(trial.number)
+    trial_dir = self.workdir / 'trials' / name
+    if resumes is None and trial_dir.exists():  # left by an older study: keep it, out of the way
+      trial_dir.rename(trial_dir.with_name(f'{name}.old-{int(time.time())}'))
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    trial.set_user_attr(WORKDIR, name)
+    trial.set_user_attr('worker', f'{socket.gethostname()}:{os.getpid()}:{slot}')
+    params = dict(trial.params)
+    cmd = trial_command(self.experiment, trial_dir, self.options.overrides, params)
+    resuming = '' if resumes is None else f' (resuming trial {resumes} in trials/{name})'
+    self.say(f'trial {trial.number} starts{resuming}: '
+             + ' '.join(f'{k}={space.format_value(v)}' for k, v in sorted(params.items())))
+    start = time.time()
+    outcome, rc = self.watch(trial, self.spawn(cmd, trial_dir, slot), trial_dir)
+    if outcome == 'taken':
+      return
+    if outcome == 'stopped':
+      self.release(trial)
+      return
+    if outcome == 'pruned':
+      trial.set_user_attr('wall_s', round(time.time() - start, 3))
+      self.study.tell(trial, state=TrialState.PRUNED)
+      self.say(f'trial {trial.number} pruned')
+      return
+    self.finish(trial, trial_dir, rc, time.time() - start)
+
+  def spawn(self, cmd: list[str], trial_dir: Path, slot: int) -> subprocess.Popen:
+    cores, env = self.slots[slot]
+    with open(trial_dir / 'log.txt', 'a') as log:
+      log.write(f'# sweep {time.strftime("%Y-%m-%d %H:%M:%S")}: {" ".join(cmd)}\n')
+      log.flush()
+      launch = [sys.executable, _LAUNCH, str(os.getpid()), ','.join(map(str, cores)), '--']
+      return subprocess.Popen(launch + cmd, stdout=log, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL, env=env, cwd=os.getcwd(),
+                              start_new_session=True)
+
+  def watch(self, trial: Any, proc: subprocess.Popen, trial_dir: Path) -> tuple[str, int | None]:
+    """Poll the subprocess until it ends: report new metrics, beat the heart, prune, stop.
+
+    Returns ('done', exit code), ('pruned', None), ('stopped', None) when the sweep is
+    interrupted, or ('taken', None) when another worker declared this trial stale.
+    """
+    from optuna.trial import TrialState  # pylint: disable=import-outside-toplevel
+    tail, reported, last_beat = MetricsTail(trial_dir / 'metrics.jsonl'), set(), time.time()
+    try:
+      while True:
+        rc = proc.poll()
+        for step, value in report.metric_points(tail.read(), self.sweep.metric):
+          if step not in reported:
+            trial.report(value, step)
+            reported.add(step)
+        if rc is not None:
+          return 'done', rc
+        if self.options.prune and reported and trial.should_prune():
+          return 'pruned', None
+        if self.stop.is_set():
+          return 'stopped', None
+        if time.time() - last_beat >= self.options.heartbeat_interval:
+          last_beat = time.time()
+          if frozen(self.study, trial.number).state != TrialState.RUNNING:
+            self.say(f'trial {trial.number} was taken over by another worker; stopping it here')
+            return 'taken', None
+          trial.set_user_attr(HEARTBEAT, last_beat)
+        time.sleep(self.options.poll_interval)
+    finally:
+      kill(proc)
+
+  def release(self, trial: Any) -> None:
+    """Give an interrupted trial back: FAIL it and enqueue its retry in the same directory."""
+    from optuna.trial import TrialState  # pylint: disable=import-outside-toplevel
+    before = frozen(self.study, trial.number)
+    self.study.tell(trial, state=TrialState.FAIL)
+    self.enqueue_retry(before)
+
+  def finish(self, trial: Any, trial_dir: Path, rc: int, wall_s: float) -> None:
+    """Tell the result of a subprocess that exited: its objective, or FAIL with the reason."""
+    from optuna.trial import TrialState  # pylint: disable=import-outside-toplevel
+    summary = _read_json(trial_dir / 'summary.json')
+    trial.set_user_attr('steps', summary.get('steps'))
+    trial.set_user_attr('wall_s', summary.get('wall_s', round(wall_s, 3)))
+    trial.set_user_attr('exit_code', rc)
+    error, value = None, None
+    if rc != 0:
+      error = f'exit {rc}: {last_line(trial_dir / "log.txt")}'
+    else:
+      try:
+        value = read_objective(trial_dir, self.sweep.metric)
+        if not math.isfinite(value):
+          error = f'{self.sweep.metric} is {value}'
+      except (SweepError, ValueError) as e:
+        error = str(e)
+    if error:
+      trial.set_user_attr('error', error[:300])
+      self.study.tell(trial, state=TrialState.FAIL)
+      self.say(f'trial {trial.number} failed: {error[:200]} (log: {trial_dir / "log.txt"})')
+    else:
+      self.study.tell(trial, value)
+      self.say(f'trial {trial.number} finished: {self.sweep.metric}={value:.6g}')
+
+  def write_reports(self, final: bool = False) -> list[dict[str, Any]]:
+    with self.report_lock:
+      try:
+        return report.write_all(self.workdir, self.experiment, self.sweep,
+                                self.options.overrides,
+                                counted(self.study.get_trials(deepcopy=False)))
+      except Exception as e:  # pylint: disable=broad-except
+        if final:
+          raise
+        self.say(f'could not write reports: {type(e).__name__}: {e}')
+        return []
+
+
+def kill(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+  """End a trial subprocess and everything it started (its own session)."""
+  if proc.poll() is not None:
+    return
+  for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, None)):
+    try:
+      os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+      return
+    try:
+      proc.wait(timeout=wait)
+      return
+    except subprocess.TimeoutExpired:
+      continue
+
+
+def frozen(study: Any, number: int) -> Any:
+  """The stored state of trial `number`."""
+  return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+
+
+def last_line(path: Path) -> str:
+  """The last non-empty line of a log, for a failed trial's message."""
+  try:
+    lines = [l.strip() for l in path.read_text(errors='replace').splitlines() if l.strip()]
+  except OSError:
+    return ''
+  return lines[-1] if lines else ''
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+  try:
+    return json.loads(path.read_text())
+  except (OSError, ValueError):
+    return {}

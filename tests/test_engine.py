@@ -1,0 +1,192 @@
+"""The engine: parallel modes agree, resume is exact, the step compiles once, outputs are readable."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from experiments import fashion_mnist_cnn
+from jaxmodels import tasks
+from jaxmodels.data.synthetic import SyntheticDataset
+from jaxmodels.models.mlp import MLP
+from jaxmodels.models.resnet import ResNet, BasicBlock
+from jaxmodels.train import base_config, config as config_lib, loop, metrics, optim, parallel, steps
+
+DATA = SyntheticDataset("image_classification", image_shape=(8, 8, 1), num_classes=10)
+TINY_RESNET = ResNet(stage_sizes=(1, 1), block_cls=BasicBlock, num_filters=4, stem="cifar")
+TINY_MLP = MLP(hidden_sizes=(16,))
+
+
+def _run_steps(name, model, num_steps=4, batch_size=16, fsdp=1):
+  config = base_config()
+  config.optimizer, config.learning_rate = "momentum", 0.05
+  task = tasks.Classification(10)
+  tx, schedule = optim.make_optimizer(config), optim.learning_rate_schedule(config)
+  strategy = parallel.make(name, model, fsdp)
+  batches = DATA.train_batches(batch_size, seed=0)
+  state = steps.init_state(model, task, tx, next(DATA.train_batches(batch_size, 0)), seed=0)
+  train = strategy.train_fn(task, tx, schedule, state)
+  dstate = strategy.put_state(state)
+  losses = []
+  for _ in range(num_steps):
+    dstate, sums = train(dstate, strategy.put_batch(next(batches)))
+    losses.append(metrics.reduce_sums([strategy.fetch(sums)])["loss"])
+  return np.array(losses), strategy.get_state(dstate)
+
+
+@pytest.mark.parametrize("model", [TINY_MLP, TINY_RESNET], ids=["mlp", "resnet_batchnorm"])
+def test_pmap_mesh_and_one_device_agree(model):
+  assert jax.device_count() == 8
+  ref_losses, ref_state = _run_steps("none", model)
+  for name, fsdp in [("pmap", 1), ("mesh", 1), ("mesh", 2)]:
+    losses, state = _run_steps(name, model, fsdp=fsdp)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-5, err_msg=f"{name}/{fsdp}")
+    for a, b in zip(jax.tree_util.tree_leaves((state.params, state.model_state)),
+                    jax.tree_util.tree_leaves((ref_state.params, ref_state.model_state))):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5,
+                                 err_msg=f"{name}/{fsdp}")
+
+
+def test_fsdp_shards_parameters():
+  strategy = parallel.make("mesh", TINY_MLP, fsdp=4)
+  params = {"w": np.zeros((64, 16), np.float32), "b": np.zeros((3,), np.float32)}
+  placed = strategy.put_state(params)
+  assert placed["w"].sharding.shard_shape((64, 16)) == (16, 16)
+  assert placed["b"].sharding.shard_shape((3,)) == (3,)  # not divisible: replicated
+
+
+def _tiny_config(**overrides):
+  config = fashion_mnist_cnn.get_config()
+  config.synthetic_data = True
+  config.batch_size = 16
+  config.model.features = (4,)
+  config.model.dense_features = 8
+  config.num_train_steps = 40
+  config.log_every_steps = 10
+  config.eval_every_steps = 20
+  config.checkpoint_every_steps = 10
+  config.progress_bar = False
+  config.schedule = "constant"  # a decay over num_train_steps would differ between 20 and 40
+  config.update(overrides)
+  return config
+
+
+def _restore_params(workdir):
+  from jaxmodels.train.checkpoint import Checkpoints
+  ckpts = Checkpoints(workdir, 3)
+  mngr = ckpts.manager
+  out = mngr.restore(mngr.latest_step())
+  ckpts.close()
+  return out["state"]["params"]
+
+
+def test_resume_is_bit_identical(tmp_path):
+  straight = loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(), str(tmp_path / "a"))
+  loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(num_train_steps=20), str(tmp_path / "b"))
+  resumed = loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(), str(tmp_path / "b"))
+  assert resumed["steps"] == straight["steps"] == 40
+  assert resumed["train_loss"] == straight["train_loss"]
+  assert resumed["test_loss"] == straight["test_loss"]
+  for a, b in zip(jax.tree_util.tree_leaves(_restore_params(str(tmp_path / "a"))),
+                  jax.tree_util.tree_leaves(_restore_params(str(tmp_path / "b")))):
+    np.testing.assert_array_equal(a, b)
+  # The train records written after the resume equal the uninterrupted run's.
+  def records(d):
+    return [json.loads(l) for l in open(tmp_path / d / "metrics.jsonl")]
+  assert [r for r in records("a") if r["step"] > 20] == [r for r in records("b") if r["step"] > 20]
+  # A finished run is not retrained.
+  again = loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(), str(tmp_path / "a"))
+  assert again == straight
+
+
+def test_workdir_outputs_and_tensorboard(tmp_path):
+  summary = loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(num_train_steps=20),
+                                    str(tmp_path))
+  for key in ("steps", "wall_s", "compile_s", "examples_per_s", "test_accuracy", "eval_loss"):
+    assert key in summary
+  assert json.load(open(tmp_path / "summary.json")) == summary
+  assert json.load(open(tmp_path / "config.json"))["batch_size"] == 16
+  records = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert {r["split"] for r in records} == {"train", "eval", "test"}
+  assert all(isinstance(r["step"], int) and "loss" in r for r in records)
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+  acc = EventAccumulator(str(tmp_path))
+  acc.Reload()
+  loss = acc.Scalars("train/loss")
+  assert [e.step for e in loss] == [10, 20]
+  np.testing.assert_allclose(loss[-1].value, summary["train_loss"], rtol=1e-6)
+
+
+def test_train_step_compiles_once(tmp_path, monkeypatch):
+  traces = []
+  original = steps.train_step
+
+  def counting(*args, **kwargs):
+    traces.append(1)
+    return original(*args, **kwargs)
+  monkeypatch.setattr(steps, "train_step", counting)
+  loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(num_train_steps=30), str(tmp_path))
+  assert len(traces) == 1
+
+
+def test_indivisible_batch_is_a_clear_error(tmp_path):
+  with pytest.raises(config_lib.ConfigError, match="batch_size=12 does not divide across the 8"):
+    loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(batch_size=12), str(tmp_path))
+
+
+def test_resume_with_different_config_is_refused(tmp_path):
+  loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(num_train_steps=10), str(tmp_path))
+  with pytest.raises(config_lib.ConfigError, match="learning_rate"):
+    loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(learning_rate=0.5), str(tmp_path))
+  out = loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(num_train_steps=20, learning_rate=0.5),
+                                str(tmp_path), allow_config_change=True)
+  assert out["steps"] == 20
+
+
+def test_non_finite_loss_stops_without_checkpoint(tmp_path):
+  with pytest.raises(loop.NonFiniteError, match="step 10"):
+    loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(learning_rate=1e12, optimizer="sgd"),
+                            str(tmp_path))
+  assert not os.listdir(tmp_path / "checkpoints")
+
+
+@pytest.mark.parametrize("name", config_lib.OPTIMIZERS)
+def test_optimizers_minimise_a_quadratic(name):
+  config = base_config()
+  config.optimizer, config.learning_rate = name, 0.1
+  config.weight_decay = 1e-4
+  tx = optim.make_optimizer(config)
+  params = {"w": jnp.ones((3, 2)), "b": jnp.ones((2,))}
+  state = tx.init(params)
+  loss = lambda p: sum(jnp.sum(x**2) for x in jax.tree_util.tree_leaves(p))
+  start = loss(params)
+  for _ in range(50):
+    updates, state = tx.update(jax.grad(loss)(params), state, params)
+    params = optax.apply_updates(params, updates)
+  assert loss(params) < 0.5 * start
+
+
+def test_weight_decay_skips_biases_and_schedules_have_their_shape():
+  mask = optim.decay_mask({"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2), "scale": jnp.ones(2)})
+  assert mask == {"kernel": True, "bias": False, "scale": False}
+  config = base_config()
+  config.num_train_steps, config.learning_rate = 100, 1.0
+  config.schedule, config.warmup_steps = "warmup_cosine", 10
+  s = optim.learning_rate_schedule(config)
+  assert float(s(0)) == 0.0 and abs(float(s(10)) - 1.0) < 1e-6 and float(s(100)) < 1e-6
+  config.schedule, config.warmup_steps, config.step_boundaries = "step", 0, (0.5,)
+  s = optim.learning_rate_schedule(config)
+  assert float(s(49)) == 1.0 and abs(float(s(50)) - 0.1) < 1e-7
+
+
+def test_config_override_checks():
+  base = fashion_mnist_cnn.get_config()
+  with pytest.raises(config_lib.ConfigError, match="unknown config key.*Valid keys:.*batch_size"):
+    config_lib.check_overrides(["--config.batchsize=3"], base)
+  with pytest.raises(config_lib.ConfigError, match="expected a value of type int"):
+    config_lib.check_overrides(["--config.batch_size=big"], base)
+  config_lib.check_overrides(["--config.model.dense_features=3", "--workdir=x"], base)
