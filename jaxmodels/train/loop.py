@@ -107,6 +107,7 @@ def train_and_evaluate(experiment: ModuleType, config: ml_collections.ConfigDict
   check_resume_config(workdir, config, allow_config_change)
   if is_main:
     _write_json(os.path.join(workdir, "config.json"), json.loads(config_lib.to_json(config)))
+    _write_json(os.path.join(workdir, "run.json"), {"experiment": experiment_name(experiment)})
 
   data = experiment.get_data(config)
   model = experiment.get_model(config, data.info)
@@ -135,9 +136,20 @@ def train_and_evaluate(experiment: ModuleType, config: ml_collections.ConfigDict
 
   run = _Run(config, workdir, data, task, strategy, ckpts, is_main, shard)
   try:
-    return run.train(state, start, tx, schedule, meta, start_time)
+    summary = run.train(state, start, tx, schedule, meta, start_time)
   finally:
     run.close()
+  if is_main and hasattr(experiment, "on_finish"):
+    variables = {"params": run.host_state.params, **run.host_state.model_state}
+    summary.update(experiment.on_finish(model, variables, data.info, config))
+    _write_json(summary_path, summary)
+  return summary
+
+
+def experiment_name(experiment: ModuleType) -> str:
+  """The importable name, also when the module runs as __main__."""
+  spec = getattr(experiment, "__spec__", None)
+  return spec.name if spec is not None else experiment.__name__
 
 
 def _write_json(path: str, obj: Any) -> None:
@@ -168,6 +180,7 @@ class _Run:
 
   def train(self, state, start, tx, schedule, meta, start_time) -> dict[str, Any]:
     config, strategy = self.config, self.strategy
+    self.start_time, self.prior_wall_s = start_time, float(meta.get("wall_s", 0.0))
     train_fn = strategy.train_fn(self.task, tx, schedule, state)
     self.eval_fn = strategy.eval_fn(self.task, False, state)
     self.host_state = state
@@ -225,7 +238,7 @@ class _Run:
     summary = {f"train_{k}": v for k, v in self.last_train.items()}
     summary.update(final)
     summary.update(steps=step, wall_s=wall_s, compile_s=compile_s,
-                   total_wall_s=wall_s + float(meta.get("wall_s", 0.0)),
+                   total_wall_s=wall_s + self.prior_wall_s,
                    examples_per_s=examples_per_s, num_devices=strategy.num_devices,
                    parallelism=strategy.name)
     if flops_per_step and examples_per_s:
@@ -270,4 +283,5 @@ class _Run:
       self._log_train(step)  # also checks the state is finite before it is saved
     state = self.strategy.get_state(dstate)
     self.host_state = state
-    self.ckpts.save(state, {"step": step, "wall_s": 0.0})
+    wall_s = self.prior_wall_s + time.time() - self.start_time
+    self.ckpts.save(state, {"step": step, "wall_s": wall_s})

@@ -1,0 +1,123 @@
+"""Use a trained workdir: predict classes for examples, or sample text from a prompt.
+
+  python -m jaxmodels.predict --workdir=runs/digits_mlp --split=test --num_examples=8
+  python -m jaxmodels.predict --workdir=runs/shakespeare_gpt --prompt="ROMEO:" --num_tokens=300
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import sys
+from types import ModuleType
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from jaxmodels.train import checkpoint, optim, steps
+
+
+@dataclasses.dataclass
+class Trained:
+  experiment: ModuleType
+  config: ml_collections.FrozenConfigDict
+  data: Any
+  model: Any
+  variables: dict[str, Any]
+  step: int
+
+
+def load(workdir: str) -> Trained:
+  """The experiment, config, model and latest-checkpoint variables of a workdir."""
+  run_path = os.path.join(workdir, "run.json")
+  if not os.path.exists(run_path):
+    raise FileNotFoundError(f"{run_path} does not exist: --workdir must be the directory of a "
+                            "training run (python -m experiments.<name> --workdir=DIR).")
+  with open(run_path, encoding="utf-8") as f:
+    experiment = importlib.import_module(json.load(f)["experiment"])
+  with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+    config = ml_collections.FrozenConfigDict(json.load(f))
+  data = experiment.get_data(config)
+  model = experiment.get_model(config, data.info)
+  task = experiment.get_task(config, data.info)
+  tx = optim.make_optimizer(config)
+  first = next(data.train_batches(config.batch_size, config.seed))
+  target = steps.init_state(model, task, tx, first, config.seed)
+  ckpts = checkpoint.Checkpoints(workdir, config.keep_checkpoints)
+  restored = ckpts.restore_latest(target)
+  ckpts.close()
+  if restored is None:
+    raise FileNotFoundError(f"{workdir}/checkpoints holds no checkpoint yet; train first.")
+  state, _ = restored
+  variables = {"params": state.params, **state.model_state}
+  return Trained(experiment, config, data, model, variables, int(state.step))
+
+
+def predict_classes(trained: Trained, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(probabilities [N, classes], predicted classes [N]) for a batch of model inputs."""
+  logits = trained.model.apply(trained.variables, inputs, train=False)
+  probs = np.asarray(jax.nn.softmax(logits, axis=-1))
+  return probs, probs.argmax(-1)
+
+
+def encode_prompt(prompt: str, vocab: list[str]) -> np.ndarray:
+  """Character ids of `prompt`; characters outside the vocabulary are an error that names them."""
+  index = {ch: i for i, ch in enumerate(vocab)}
+  unknown = sorted({ch for ch in prompt if ch not in index})
+  if unknown:
+    raise ValueError(f"--prompt has characters outside the model's vocabulary: {unknown!r}. "
+                     f"Valid characters: {''.join(sorted(vocab))!r}")
+  if not prompt:
+    raise ValueError("--prompt is empty: give at least one character to start from.")
+  return np.array([[index[ch] for ch in prompt]], np.int32)
+
+
+def main(argv: list[str]) -> None:
+  from absl import flags
+  del argv
+  fv = flags.FLAGS
+  trained = load(fv.workdir)
+  if fv.prompt is not None:
+    if not hasattr(trained.experiment, "generate"):
+      raise ValueError(f"{trained.experiment.__name__} is not a language model: --prompt needs "
+                       "one (shakespeare_gpt, shakespeare_rnn).")
+    vocab = trained.data.info["vocab"]
+    ids = encode_prompt(fv.prompt, vocab)
+    out = trained.experiment.generate(trained.model, trained.variables, ids, fv.num_tokens,
+                                      jax.random.PRNGKey(fv.seed), fv.temperature, fv.top_k or None)
+    print("".join(vocab[i] for i in np.asarray(out)[0]))
+    return
+  batch = next(trained.data.eval_batches(fv.split, fv.num_examples))
+  probs, classes = predict_classes(trained, batch["inputs"])
+  for i in range(int(batch["mask"].sum())):
+    print(f"example {i}: predicted {classes[i]} (p={probs[i, classes[i]]:.3f}), "
+          f"label {batch['targets'][i]}")
+
+
+def cli() -> None:
+  from absl import app, flags
+  flags.DEFINE_string("workdir", None, "A training run's workdir.", required=True)
+  flags.DEFINE_string("split", "test", "Split to take examples from (classifiers).")
+  flags.DEFINE_integer("num_examples", 8, "Examples to predict (classifiers).")
+  flags.DEFINE_string("prompt", None, "Text to continue (language models).")
+  flags.DEFINE_integer("num_tokens", 200, "Tokens to sample after the prompt.")
+  flags.DEFINE_float("temperature", 0.8, "Sampling temperature; 0 is greedy.")
+  flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens; 0 for all.")
+  flags.DEFINE_integer("seed", 0, "Sampling seed.")
+
+  def guarded(argv):
+    from absl import logging
+    logging.set_verbosity(logging.WARNING)
+    try:
+      main(argv)
+    except (ValueError, FileNotFoundError, checkpoint.CheckpointError) as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
+  app.run(guarded)
+
+
+if __name__ == "__main__":
+  cli()
