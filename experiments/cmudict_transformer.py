@@ -1,0 +1,55 @@
+"""Grapheme-to-phoneme on the CMU pronouncing dictionary with a Transformer encoder-decoder.
+
+  python -m experiments.cmudict_transformer --workdir=runs/cmudict_transformer
+
+Evaluation decodes greedily and reports exact match and word error rate (1 - exact match).
+Expect: (measured numbers go here once the real-data run is done).
+"""
+import sys
+
+import ml_collections
+
+from jaxmodels import tasks
+from jaxmodels.data.synthetic import SyntheticDataset
+from jaxmodels.models import transformer
+from jaxmodels.train import base_config, run_experiment
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = base_config()
+  config.batch_size = 128
+  config.num_train_steps = 6000
+  config.optimizer = "adamw"
+  config.learning_rate = 1e-3
+  config.weight_decay = 0.01
+  config.schedule = "warmup_cosine"
+  config.warmup_steps = 300
+  config.label_smoothing = 0.0
+  config.log_every_steps = 100
+  config.eval_every_steps = 2000
+  config.checkpoint_every_steps = 1000
+  config.model = ml_collections.ConfigDict(
+      dict(model_dim=128, num_layers=3, num_heads=4, mlp_dim=512, dropout_rate=0.1))
+  return config
+
+
+def get_data(config):
+  if config.synthetic_data:
+    return SyntheticDataset("seq2seq", src_len=24, tgt_len=24, src_vocab_size=32,
+                            tgt_vocab_size=72)
+  from jaxmodels import data
+  return data.load("cmudict", data_dir=config.data_dir or None)
+
+
+def get_model(config, info):
+  return transformer.EncoderDecoder(
+      src_vocab_size=info["src_vocab_size"], tgt_vocab_size=info["tgt_vocab_size"],
+      max_len=max(info["src_len"], info["tgt_len"]), **config.model)
+
+
+def get_task(config, info):
+  return tasks.Seq2Seq(decode_fn=transformer.greedy_decode)
+
+
+if __name__ == "__main__":
+  run_experiment(sys.modules[__name__])

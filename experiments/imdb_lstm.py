@@ -1,0 +1,56 @@
+"""IMDB sentiment with a bidirectional LSTM over word tokens (padding-aware).
+
+  python -m experiments.imdb_lstm --workdir=runs/imdb_lstm
+
+Expect: (measured numbers go here once the real-data run is done).
+"""
+import sys
+
+import ml_collections
+
+from jaxmodels import tasks
+from jaxmodels.data.synthetic import SyntheticDataset
+from jaxmodels.models import rnn
+from jaxmodels.train import base_config, run_experiment
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = base_config()
+  config.batch_size = 64
+  config.max_len = 256
+  config.vocab_size = 20000
+  config.num_train_steps = 1500
+  config.optimizer = "adam"
+  config.learning_rate = 2e-3
+  config.schedule = "cosine"
+  config.grad_clip_norm = 1.0
+  config.log_every_steps = 50
+  config.eval_every_steps = 500
+  config.checkpoint_every_steps = 500
+  config.model = ml_collections.ConfigDict(
+      dict(embed_dim=128, hidden_size=128, cell="lstm", num_layers=1, bidirectional=True,
+           dropout_rate=0.3))
+  return config
+
+
+def get_data(config):
+  if config.synthetic_data:
+    return SyntheticDataset("sequence_classification", seq_len=config.max_len,
+                            vocab_size=config.vocab_size, num_classes=2)
+  from jaxmodels import data
+  return data.load("imdb", data_dir=config.data_dir or None, max_len=config.max_len,
+                   vocab_size=config.vocab_size)
+
+
+def get_model(config, info):
+  return rnn.RNNClassifier(vocab_size=info["vocab_size"], num_classes=info["num_classes"],
+                           **config.model)
+
+
+def get_task(config, info):
+  return tasks.Classification(info["num_classes"], label_smoothing=config.label_smoothing,
+                              inputs=("inputs", "lengths"))
+
+
+if __name__ == "__main__":
+  run_experiment(sys.modules[__name__])

@@ -1,0 +1,78 @@
+"""Character-level GPT on the complete works of Shakespeare, with a sample printed at the end.
+
+  python -m experiments.shakespeare_gpt --workdir=runs/shakespeare_gpt
+  python -m jaxmodels.predict --workdir=runs/shakespeare_gpt --prompt="ROMEO:" --num_tokens=300
+
+Expect: (measured numbers go here once the real-data run is done).
+"""
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+
+from jaxmodels import tasks
+from jaxmodels.data.synthetic import SyntheticDataset
+from jaxmodels.models import transformer
+from jaxmodels.train import base_config, run_experiment
+
+VOCAB_SIZE = 84  # characters in the prepared corpus; synthetic data uses the same
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = base_config()
+  config.batch_size = 32
+  config.block_size = 128
+  config.num_train_steps = 2000
+  config.optimizer = "adamw"
+  config.learning_rate = 2e-3
+  config.weight_decay = 0.1
+  config.b2 = 0.99
+  config.schedule = "warmup_cosine"
+  config.warmup_steps = 100
+  config.grad_clip_norm = 1.0
+  config.log_every_steps = 50
+  config.eval_every_steps = 500
+  config.checkpoint_every_steps = 500
+  config.sample_prompt = "ROMEO:"
+  config.sample_tokens = 200
+  config.model = ml_collections.ConfigDict(
+      dict(model_dim=192, num_layers=4, num_heads=6, mlp_dim=768, dropout_rate=0.1))
+  return config
+
+
+def get_data(config):
+  if config.synthetic_data:
+    return SyntheticDataset("language_model", block_size=config.block_size, vocab_size=VOCAB_SIZE,
+                            vocab=[chr(32 + i) for i in range(VOCAB_SIZE)])
+  from jaxmodels import data
+  return data.load("shakespeare", data_dir=config.data_dir or None, block_size=config.block_size)
+
+
+def get_model(config, info):
+  return transformer.GPT(vocab_size=info["vocab_size"], max_len=max(config.block_size, 512),
+                         **config.model)
+
+
+def get_task(config, info):
+  return tasks.LanguageModel()
+
+
+def generate(model, variables, prompt_ids, num_tokens, rng, temperature=0.8, top_k=None):
+  return transformer.generate(model, variables, prompt_ids, num_tokens, rng, temperature, top_k)
+
+
+def on_finish(model, variables, info, config):
+  """Prints a sample from the trained model and keeps it in summary.json."""
+  from jaxmodels.predict import encode_prompt
+  vocab = info["vocab"]
+  prompt = "".join(ch for ch in config.sample_prompt if ch in vocab) or vocab[0]
+  ids = generate(model, variables, encode_prompt(prompt, vocab), config.sample_tokens,
+                 jax.random.PRNGKey(config.seed))
+  text = "".join(vocab[i] for i in np.asarray(ids)[0])
+  print(f"--- sample ---\n{text}\n--------------", flush=True)
+  return {"sample": text}
+
+
+if __name__ == "__main__":
+  run_experiment(sys.modules[__name__])
