@@ -1,0 +1,143 @@
+"""Bad input on the command line: non-zero exit, a message naming the culprit and the fix, and
+nothing already saved is lost."""
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--config.synthetic_data=True", "--config.model.features=(4,)",
+        "--config.model.dense_features=8", "--config.batch_size=8", "--config.num_train_steps=4",
+        "--config.log_every_steps=2", "--config.checkpoint_every_steps=2",
+        "--config.eval_every_steps=4", "--config.schedule=constant"]
+
+
+def run(args, module="experiments.fashion_mnist_cnn", env=None):
+  full_env = dict(os.environ, JAXMODELS_HOST_DEVICES="2", **(env or {}))
+  full_env.pop("XLA_FLAGS", None)
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=full_env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def snapshot(workdir):
+  """Hash of every file under workdir except the append-only logs a run may extend."""
+  digest = {}
+  for dirpath, _, files in os.walk(workdir):
+    for f in files:
+      path = os.path.join(dirpath, f)
+      with open(path, "rb") as fh:
+        digest[os.path.relpath(path, workdir)] = hashlib.sha256(fh.read()).hexdigest()
+  return digest
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("trained"))
+  result = run([f"--workdir={workdir}", *TINY])
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir
+
+
+BAD = [
+    # (arguments, words the message must contain)
+    (["--config.batchsize=8"], ["--config.batchsize", "unknown config key", "batch_size"]),
+    (["--config.model.feature=(4,)"], ["model.feature", "model.features"]),
+    (["--config.batch_size=big"], ["batch_size", "int"]),
+    (["--config.learning_rate=fast"], ["learning_rate", "float"]),
+    (["--config.synthetic_data=maybe"], ["synthetic_data", "bool"]),
+    (["--config.batch_size=0"], ["batch_size=0", "positive"]),
+    (["--config.batch_size=-8"], ["batch_size=-8", "positive"]),
+    (["--config.num_train_steps=0"], ["num_train_steps=0", "positive"]),
+    (["--config.log_every_steps=0"], ["log_every_steps=0", "positive"]),
+    (["--config.checkpoint_every_steps=-1"], ["checkpoint_every_steps", "positive"]),
+    (["--config.keep_checkpoints=0"], ["keep_checkpoints", "positive"]),
+    (["--config.learning_rate=-0.1"], ["learning_rate", "> 0"]),
+    (["--config.learning_rate=0"], ["learning_rate", "> 0"]),
+    (["--config.warmup_steps=-3"], ["warmup_steps", ">= 0"]),
+    (["--config.grad_clip_norm=-1.0"], ["grad_clip_norm", ">= 0"]),
+    (["--config.eval_batch_size=-2"], ["eval_batch_size", ">= 0"]),
+    (["--config.optimizer=adamm"], ["optimizer", "adamm", "adamw"]),
+    (["--config.schedule=linear"], ["schedule", "linear", "warmup_cosine"]),
+    (["--config.parallelism=dp"], ["parallelism", "'dp'", "pmap"]),
+    (["--config.batch_size=7"], ["batch_size=7", "does not divide", "2 devices"]),
+    (["--config.eval_batch_size=5"], ["eval_batch_size=5", "does not divide"]),
+    (["--config.parallelism=mesh", "--config.fsdp=3"], ["fsdp=3", "divide"]),
+    (["--num_processes=2"], ["--coordinator_address", "--process_id"]),
+]
+
+
+@pytest.mark.parametrize("args,words", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_config_is_a_clear_error_and_loses_nothing(trained, tmp_path, args, words):
+  workdir = str(tmp_path / "w")
+  shutil.copytree(trained, workdir)
+  before = snapshot(workdir)
+  result = run([f"--workdir={workdir}", *TINY, *args])
+  assert result.returncode != 0
+  message = result.stderr + result.stdout
+  for word in words:
+    assert word in message, message[-2000:]
+  assert "Traceback" not in message, message[-3000:]
+  assert snapshot(workdir) == before
+
+
+def test_missing_workdir_flag():
+  result = run(TINY)
+  assert result.returncode != 0
+  assert "workdir" in result.stderr
+
+
+def test_workdir_that_is_a_file(tmp_path):
+  path = tmp_path / "afile"
+  path.write_text("keep me")
+  result = run([f"--workdir={path}", *TINY])
+  assert result.returncode != 0
+  assert "is a file" in result.stderr and str(path) in result.stderr
+  assert path.read_text() == "keep me"
+
+
+def test_unwritable_workdir():
+  result = run(["--workdir=/proc/jaxmodels_cannot_write_here", *TINY])
+  assert result.returncode != 0
+  assert "not writable" in result.stderr and "/proc/jaxmodels_cannot_write_here" in result.stderr
+
+
+def test_unknown_experiment():
+  result = run(["--workdir=/tmp/x"], module="experiments.no_such_experiment")
+  assert result.returncode != 0
+  assert "experiments.no_such_experiment" in result.stderr
+
+
+def test_resume_with_changed_config_lists_the_keys(trained, tmp_path):
+  workdir = str(tmp_path / "w")
+  shutil.copytree(trained, workdir)
+  before = snapshot(workdir)
+  result = run([f"--workdir={workdir}", *TINY, "--config.learning_rate=0.5",
+                "--config.num_train_steps=6"])
+  assert result.returncode != 0
+  assert "learning_rate" in result.stderr and "--allow_config_change" in result.stderr
+  assert snapshot(workdir) == before
+
+
+def test_finished_run_is_not_retrained(trained, tmp_path):
+  workdir = str(tmp_path / "w")
+  shutil.copytree(trained, workdir)
+  before = snapshot(workdir)
+  result = run([f"--workdir={workdir}", *TINY])
+  assert result.returncode == 0
+  assert "already finished" in result.stdout
+  assert snapshot(workdir) == before
+
+
+def test_predict_on_a_trained_workdir(trained):
+  result = run([f"--workdir={trained}", "--num_examples=3"], module="jaxmodels.predict")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.count("predicted") == 3
+
+
+def test_predict_on_a_directory_that_is_not_a_run(tmp_path):
+  result = run([f"--workdir={tmp_path}"], module="jaxmodels.predict")
+  assert result.returncode == 2
+  assert "run.json" in result.stderr and str(tmp_path) in result.stderr
