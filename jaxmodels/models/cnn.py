@@ -1,0 +1,101 @@
+"""Small convolutional classifier: [conv -> (BN) -> ReLU]*k -> 2x2 max-pool blocks, dense head."""
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxmodels.models.mlp import dense_flops, logits_dtype
+
+
+class CNN(nn.Module):
+  """A cheap image classifier, sized for 28x28 greyscale data such as Fashion-MNIST.
+
+  Each entry of `features` is one block: `convs_per_block` SAME-padded `kernel_size` convolutions
+  with that many channels, each followed by BatchNorm (if `use_batchnorm`) and ReLU, then a 2x2
+  max-pool of stride 2. The head flattens, applies Dense(`dense_features`) + ReLU + dropout
+  (skipped when `dense_features` is 0) and a final Dense to `num_classes` float32 logits.
+  `axis_name` is given to BatchNorm so that statistics are averaged across pmap devices.
+  """
+  features: Sequence[int] = (32, 64)
+  kernel_size: int = 3
+  convs_per_block: int = 1
+  dense_features: int = 128
+  num_classes: int = 10
+  dropout_rate: float = 0.0
+  use_batchnorm: bool = False
+  bn_momentum: float = 0.9
+  axis_name: str | None = None
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    x = x.astype(self.dtype)
+    k = (self.kernel_size, self.kernel_size)
+    for features in self.features:
+      for _ in range(self.convs_per_block):
+        x = nn.Conv(features, k, padding="SAME", use_bias=not self.use_batchnorm,
+                    dtype=self.dtype, param_dtype=self.param_dtype)(x)
+        if self.use_batchnorm:
+          x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                           axis_name=self.axis_name, dtype=self.dtype,
+                           param_dtype=self.param_dtype)(x)
+        x = nn.relu(x)
+      x = max_pool_2x2(x)
+    x = x.reshape((x.shape[0], -1))
+    if self.dense_features:
+      x = nn.Dense(self.dense_features, dtype=self.dtype, param_dtype=self.param_dtype)(x)
+      x = nn.relu(x)
+      if self.dropout_rate > 0:
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)(x)
+    return x.astype(logits_dtype(self.dtype))
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2 max-pool of stride 2, VALID padding, as a reshape and a max.
+
+  Equal to nn.max_pool(x, (2, 2), (2, 2)); on CPU its gradient runs 2-3x faster than the
+  select-and-scatter that XLA emits for reduce_window (measured here, batch 128, 28x28).
+  """
+  b, h, w, c = x.shape
+  x = x[:, :h - h % 2, :w - w % 2]
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def conv_output_size(size: int, kernel: int, stride: int, padding: str | tuple[int, int]) -> int:
+  """Output length of one spatial axis of a convolution or pooling window.
+
+  `padding` is 'SAME' (output ceil(size / stride)), 'VALID' or explicit (low, high) padding.
+  """
+  if padding == "SAME":
+    return -(-size // stride)
+  low, high = (0, 0) if padding == "VALID" else padding
+  return (size + low + high - kernel) // stride + 1
+
+
+def conv_flops(out_hw: tuple[int, int], kernel: int, in_features: int, out_features: int) -> float:
+  """FLOPs of a square-kernel 2D convolution for one example: 2 * MACs (bias not counted)."""
+  return 2.0 * out_hw[0] * out_hw[1] * kernel * kernel * in_features * out_features
+
+
+def cnn_flops(model: CNN, input_shape: Sequence[int]) -> float:
+  """Forward-pass FLOPs of `model` for ONE example of shape (H, W, C) (no batch axis).
+
+  Counts 2 * MACs of every convolution and Dense layer; BatchNorm, ReLU and pooling are not
+  counted.
+  """
+  h, w, c = input_shape
+  total = 0.0
+  for features in model.features:
+    for _ in range(model.convs_per_block):
+      total += conv_flops((h, w), model.kernel_size, c, features)
+      c = features
+    h, w = conv_output_size(h, 2, 2, "VALID"), conv_output_size(w, 2, 2, "VALID")
+  flat = h * w * c
+  if model.dense_features:
+    total += dense_flops(flat, model.dense_features)
+    flat = model.dense_features
+  return total + dense_flops(flat, model.num_classes)
