@@ -17,16 +17,17 @@ from jaxmodels.train import base_config, run_experiment
 def get_config() -> ml_collections.ConfigDict:
   config = base_config()
   config.batch_size = 128
-  config.num_train_steps = 3000
-  config.optimizer = "adam"
+  config.num_train_steps = 2400  # ~5 epochs
+  config.optimizer = "adamw"
   config.learning_rate = 2e-3
+  config.weight_decay = 1e-4
   config.schedule = "cosine"
   config.log_every_steps = 100
-  config.eval_every_steps = 1000
-  config.checkpoint_every_steps = 1000
+  config.eval_every_steps = 800
+  config.checkpoint_every_steps = 800
   config.augment = False
   config.model = ml_collections.ConfigDict(
-      dict(features=(32, 64), dense_features=128, dropout_rate=0.25))
+      dict(features=(32, 64), dense_features=128, dropout_rate=0.3))
   return config
 
 

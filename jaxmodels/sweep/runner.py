@@ -321,6 +321,8 @@ class _Sweeper:
       self.stop.set()
       for t in threads:
         t.join()
+      for e in self.errors:
+        self.say(f'while stopping: {type(e).__name__}: {e}')
       raise
     if self.errors:
       raise self.errors[0]
