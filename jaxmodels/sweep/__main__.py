@@ -21,7 +21,8 @@ def parser() -> argparse.ArgumentParser:
       description='Hyperparameter sweep of an experiment with Optuna. Each trial runs '
                   '`python -m EXPERIMENT --workdir=DIR/trials/<n> --config.k=v ...`; results go '
                   'to DIR/results.csv, DIR/results.md and DIR/plots/. Rerunning the same command '
-                  'resumes the sweep. Extra --config.<key>=<value> flags are fixed for every trial.')
+                  'resumes the sweep. Extra --config.<key>=<value> flags are fixed for every '
+                  'trial.')
   p.add_argument('experiment', help='importable experiment module, e.g. experiments.mnist_mlp')
   p.add_argument('--workdir', required=True, help='sweep directory')
   p.add_argument('--num_trials', type=int, help='total trials (default: the sweep\'s; grid: its '

@@ -124,8 +124,9 @@ def to_markdown(table: Sequence[dict[str, Any]], sweep: Sweep, experiment: str,
   for row in table:
     lines.append('| ' + ' | '.join(_cell(row[c]) for c in cols) + ' |')
   if command:
-    lines += ['', f'Best: trial {table[0]["trial"]}, {sweep.metric} = {_cell(table[0][sweep.metric])}.'
-              ' Train it again with:', '', '```bash', command, '```']
+    best = table[0]
+    lines += ['', f'Best: trial {best["trial"]}, {sweep.metric} = {_cell(best[sweep.metric])}. '
+              'Train it again with:', '', '```bash', command, '```']
   lines += [''] + [f'![{Path(p).stem}]({p})' for p in plots]
   return '\n'.join(lines) + '\n'
 

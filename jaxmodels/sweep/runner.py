@@ -92,6 +92,11 @@ def run_sweep(experiment: str, workdir: str | os.PathLike, options: Options | No
   space.validate(sweep, config, sampler, options.overrides)
   if options.workers < 1:
     raise SweepError(f'--workers must be at least 1, got {options.workers}')
+  if not 0 < options.heartbeat_interval < options.stale_after:
+    raise SweepError(f'need 0 < --heartbeat_interval ({options.heartbeat_interval:g}) < '
+                     f'--stale_after ({options.stale_after:g})')
+  if options.poll_interval <= 0:
+    raise SweepError(f'--poll_interval must be positive, got {options.poll_interval:g}')
   num_trials = _num_trials(sweep, sampler, options.num_trials)
   workdir = Path(workdir).resolve()
   (workdir / 'trials').mkdir(parents=True, exist_ok=True)
@@ -291,6 +296,8 @@ class _Sweeper:
     self.dists = space.distributions(sweep)
     self.ask_lock, self.report_lock = threading.Lock(), threading.Lock()
     self.stop = threading.Event()
+    self.report_due = threading.Event()
+    self.reported: tuple[list[Any], list[dict[str, Any]]] = ([None], [])
     self.running: set[int] = set()
     self.errors: list[BaseException] = []
     cores, gpus = available_cores(), detect_gpus()
@@ -308,22 +315,24 @@ class _Sweeper:
     self.say(f'{self.experiment}: {self.num_trials} trials of {self.sweep.metric} '
              f'({self.sweep.mode}), {self.options.workers} worker(s), study in '
              f'{self.options.storage or self.workdir / "study.db"}')
-    threads = [threading.Thread(target=self.worker, args=(slot,), daemon=True)
-               for slot in range(self.options.workers)]
-    for t in threads:
-      t.start()
+    # Workers signal their end through events: a Ctrl-C that lands inside Thread.join can leave
+    # the thread marked as stopped (CPython), and the trials would then be abandoned unreleased.
+    ended = [threading.Event() for _ in range(self.options.workers)]
+    for slot in range(self.options.workers):
+      threading.Thread(target=self.worker, args=(slot, ended[slot]), daemon=True).start()
+    reporter = threading.Thread(target=self.reporter, daemon=True)
+    reporter.start()
     try:
-      while any(t.is_alive() for t in threads):
-        for t in threads:
-          t.join(timeout=0.2)
+      _wait_all(ended)
     except KeyboardInterrupt:
       self.say('interrupted: stopping trials; rerun the same command to resume')
       self.stop.set()
-      for t in threads:
-        t.join()
+      _wait_all(ended)
       for e in self.errors:
         self.say(f'while stopping: {type(e).__name__}: {e}')
       raise
+    self.stop.set()
+    reporter.join()
     if self.errors:
       raise self.errors[0]
     table = self.write_reports(final=True)
@@ -338,7 +347,7 @@ class _Sweeper:
                                                     self.options.overrides, self.sweep, best),
           flush=True)
 
-  def worker(self, slot: int) -> None:
+  def worker(self, slot: int, ended: threading.Event) -> None:
     try:
       while not self.stop.is_set():
         trial = self.next_trial()
@@ -348,10 +357,12 @@ class _Sweeper:
           self.run_trial(trial, slot)
         finally:
           self.running.discard(trial.number)
-        self.write_reports()
+        self.report_due.set()
     except BaseException as e:  # pylint: disable=broad-except
       self.errors.append(e)
       self.stop.set()
+    finally:
+      ended.set()
 
   def next_trial(self):
     """Ask for the next trial, or None when the budget is finished; waits while trials of
@@ -513,17 +524,36 @@ class _Sweeper:
       self.study.tell(trial, value)
       self.say(f'trial {trial.number} finished: {self.sweep.metric}={value:.6g}')
 
+  def reporter(self) -> None:
+    """Rewrite the reports after trials end, off the workers' path (plots take ~0.5 s)."""
+    while not self.stop.is_set():
+      if self.report_due.wait(timeout=0.2):
+        self.report_due.clear()
+        self.write_reports()
+
   def write_reports(self, final: bool = False) -> list[dict[str, Any]]:
+    """Rewrite results and plots, unless no trial changed since the last time."""
     with self.report_lock:
+      trials = counted(self.study.get_trials(deepcopy=False))
+      state = [(t.number, t.state.name, t.value) for t in trials]
+      if state == self.reported[0] and (self.workdir / 'results.csv').exists():
+        return self.reported[1]
       try:
-        return report.write_all(self.workdir, self.experiment, self.sweep,
-                                self.options.overrides,
-                                counted(self.study.get_trials(deepcopy=False)))
+        table = report.write_all(self.workdir, self.experiment, self.sweep,
+                                 self.options.overrides, trials)
       except Exception as e:  # pylint: disable=broad-except
         if final:
           raise
         self.say(f'could not write reports: {type(e).__name__}: {e}')
         return []
+      self.reported = (state, table)
+      return table
+
+
+def _wait_all(events: list[threading.Event]) -> None:
+  """Wait until every event is set, in short sleeps that Ctrl-C can interrupt safely."""
+  while not all(e.is_set() for e in events):
+    time.sleep(0.1)
 
 
 def kill(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
