@@ -13,6 +13,7 @@ import ml_collections
 from jaxmodels import tasks
 from jaxmodels.data.synthetic import SyntheticDataset
 from jaxmodels.models.resnet import ResNet50
+from jaxmodels.sweep import LogUniform, Sweep
 from jaxmodels.train import base_config, run_experiment
 
 
@@ -30,6 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every_steps = 2000
   config.checkpoint_every_steps = 2000
   config.augment = True
+  config.validation_size = 0  # >0 holds out that many train examples as the eval split
   config.model = ml_collections.ConfigDict(dict(num_filters=64, stem="cifar"))
   return config
 
@@ -38,7 +40,8 @@ def get_data(config):
   if config.synthetic_data:
     return SyntheticDataset("image_classification", image_shape=(32, 32, 3), num_classes=10)
   from jaxmodels import data
-  return data.load("cifar10", data_dir=config.data_dir or None, augment=config.augment)
+  return data.load("cifar10", data_dir=config.data_dir or None,
+                   validation_size=config.validation_size, augment=config.augment)
 
 
 def get_model(config, info):
@@ -47,6 +50,18 @@ def get_model(config, info):
 
 def get_task(config, info):
   return tasks.Classification(info["num_classes"], label_smoothing=config.label_smoothing)
+
+
+def get_sweep() -> Sweep:
+  """Sweep on a held-out part of train, not on test:
+
+    python -m jaxmodels.sweep experiments.cifar10_resnet --workdir=runs/sweep_cifar10_resnet \
+      --num_trials=20 --workers=2 --config.validation_size=5000
+  """
+  return Sweep(metric="validation_accuracy", mode="max", num_trials=20, params={
+      "learning_rate": LogUniform(0.02, 0.4),
+      "weight_decay": LogUniform(1e-5, 1e-3),
+  })
 
 
 if __name__ == "__main__":

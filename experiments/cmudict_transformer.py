@@ -12,6 +12,7 @@ import ml_collections
 from jaxmodels import tasks
 from jaxmodels.data.synthetic import SyntheticDataset
 from jaxmodels.models import transformer
+from jaxmodels.sweep import IntRange, LogUniform, Sweep, Uniform
 from jaxmodels.train import base_config, run_experiment
 
 
@@ -49,6 +50,15 @@ def get_model(config, info):
 
 def get_task(config, info):
   return tasks.Seq2Seq(decode_fn=transformer.greedy_decode)
+
+
+def get_sweep() -> Sweep:
+  """python -m jaxmodels.sweep experiments.cmudict_transformer --workdir=runs/sweep_cmudict_transformer --workers=2"""
+  return Sweep(metric="validation_loss", mode="min", num_trials=12, params={
+      "learning_rate": LogUniform(3e-4, 3e-3),
+      "model.num_layers": IntRange(2, 4),
+      "model.dropout_rate": Uniform(0.0, 0.3),
+  })
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import ml_collections
 from jaxmodels import tasks
 from jaxmodels.data.synthetic import SyntheticDataset
 from jaxmodels.models.mlp import MLP
+from jaxmodels.sweep import Choice, LogUniform, Sweep
 from jaxmodels.train import base_config, run_experiment
 
 
@@ -27,6 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 50
   config.eval_every_steps = 500
   config.checkpoint_every_steps = 500
+  config.validation_size = 0  # >0 holds out that many train examples as the eval split
   config.model = ml_collections.ConfigDict(dict(hidden_sizes=(64,), dropout_rate=0.0))
   return config
 
@@ -35,7 +37,8 @@ def get_data(config):
   if config.synthetic_data:
     return SyntheticDataset("image_classification", image_shape=(8, 8, 1), num_classes=10)
   from jaxmodels import data
-  return data.load("digits", data_dir=config.data_dir or None)
+  return data.load("digits", data_dir=config.data_dir or None,
+                   validation_size=config.validation_size)
 
 
 def get_model(config, info):
@@ -44,6 +47,18 @@ def get_model(config, info):
 
 def get_task(config, info):
   return tasks.Classification(info["num_classes"], label_smoothing=config.label_smoothing)
+
+
+def get_sweep() -> Sweep:
+  """Sweep on a held-out part of train, not on test:
+
+    python -m jaxmodels.sweep experiments.digits_mlp --workdir=runs/sweep_digits_mlp \
+      --num_trials=20 --workers=2 --config.validation_size=5000
+  """
+  return Sweep(metric="validation_accuracy", mode="max", num_trials=20, params={
+      "learning_rate": LogUniform(1e-4, 1e-2),
+      "batch_size": Choice([16, 32, 64]),
+  })
 
 
 if __name__ == "__main__":

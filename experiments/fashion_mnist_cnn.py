@@ -11,6 +11,7 @@ import ml_collections
 from jaxmodels import tasks
 from jaxmodels.data.synthetic import SyntheticDataset
 from jaxmodels.models.cnn import CNN
+from jaxmodels.sweep import Choice, LogUniform, Sweep, Uniform
 from jaxmodels.train import base_config, run_experiment
 
 
@@ -26,6 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every_steps = 800
   config.checkpoint_every_steps = 800
   config.augment = False
+  config.validation_size = 0  # >0 holds out that many train examples as the eval split
   config.model = ml_collections.ConfigDict(
       dict(features=(32, 64), dense_features=128, dropout_rate=0.3))
   return config
@@ -35,7 +37,8 @@ def get_data(config):
   if config.synthetic_data:
     return SyntheticDataset("image_classification", image_shape=(28, 28, 1), num_classes=10)
   from jaxmodels import data
-  return data.load("fashion_mnist", data_dir=config.data_dir or None, augment=config.augment)
+  return data.load("fashion_mnist", data_dir=config.data_dir or None,
+                   validation_size=config.validation_size, augment=config.augment)
 
 
 def get_model(config, info):
@@ -44,6 +47,19 @@ def get_model(config, info):
 
 def get_task(config, info):
   return tasks.Classification(info["num_classes"], label_smoothing=config.label_smoothing)
+
+
+def get_sweep() -> Sweep:
+  """Sweep on a held-out part of train, not on test:
+
+    python -m jaxmodels.sweep experiments.fashion_mnist_cnn --workdir=runs/sweep_fashion_mnist_cnn \
+      --num_trials=20 --workers=2 --config.validation_size=5000
+  """
+  return Sweep(metric="validation_accuracy", mode="max", num_trials=20, params={
+      "learning_rate": LogUniform(3e-4, 1e-2),
+      "batch_size": Choice([64, 128, 256]),
+      "model.dropout_rate": Uniform(0.0, 0.5),
+  })
 
 
 if __name__ == "__main__":

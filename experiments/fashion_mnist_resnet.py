@@ -11,6 +11,7 @@ import ml_collections
 from jaxmodels import tasks
 from jaxmodels.data.synthetic import SyntheticDataset
 from jaxmodels.models.resnet import ResNet18
+from jaxmodels.sweep import LogUniform, Sweep
 from jaxmodels.train import base_config, run_experiment
 
 
@@ -29,6 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every_steps = 1000
   config.checkpoint_every_steps = 500
   config.augment = True
+  config.validation_size = 0  # >0 holds out that many train examples as the eval split
   config.model = ml_collections.ConfigDict(dict(num_filters=32, stem="cifar"))
   return config
 
@@ -37,7 +39,8 @@ def get_data(config):
   if config.synthetic_data:
     return SyntheticDataset("image_classification", image_shape=(28, 28, 1), num_classes=10)
   from jaxmodels import data
-  return data.load("fashion_mnist", data_dir=config.data_dir or None, augment=config.augment)
+  return data.load("fashion_mnist", data_dir=config.data_dir or None,
+                   validation_size=config.validation_size, augment=config.augment)
 
 
 def get_model(config, info):
@@ -46,6 +49,18 @@ def get_model(config, info):
 
 def get_task(config, info):
   return tasks.Classification(info["num_classes"], label_smoothing=config.label_smoothing)
+
+
+def get_sweep() -> Sweep:
+  """Sweep on a held-out part of train, not on test:
+
+    python -m jaxmodels.sweep experiments.fashion_mnist_resnet --workdir=runs/sweep_fashion_mnist_resnet \
+      --num_trials=20 --workers=2 --config.validation_size=5000
+  """
+  return Sweep(metric="validation_accuracy", mode="max", num_trials=20, params={
+      "learning_rate": LogUniform(0.02, 0.4),
+      "weight_decay": LogUniform(1e-5, 1e-3),
+  })
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import ml_collections
 from jaxmodels import tasks
 from jaxmodels.data.synthetic import SyntheticDataset
 from jaxmodels.models import rnn
+from jaxmodels.sweep import Choice, LogUniform, Sweep, Uniform
 from jaxmodels.train import base_config, run_experiment
 
 
@@ -50,6 +51,15 @@ def get_model(config, info):
 def get_task(config, info):
   return tasks.Classification(info["num_classes"], label_smoothing=config.label_smoothing,
                               inputs=("inputs", "lengths"))
+
+
+def get_sweep() -> Sweep:
+  """python -m jaxmodels.sweep experiments.imdb_lstm --workdir=runs/sweep_imdb_lstm --workers=2"""
+  return Sweep(metric="validation_accuracy", mode="max", num_trials=12, params={
+      "learning_rate": LogUniform(3e-4, 1e-2),
+      "model.hidden_size": Choice([64, 128, 256]),
+      "model.dropout_rate": Uniform(0.0, 0.5),
+  })
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import ml_collections
 from jaxmodels import tasks
 from jaxmodels.data.synthetic import SyntheticDataset
 from jaxmodels.models.mlp import MLP
+from jaxmodels.sweep import Choice, LogUniform, Sweep
 from jaxmodels.train import base_config, run_experiment
 
 
@@ -29,6 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 1  # the seed prints the loss at every step
   config.eval_every_steps = 938
   config.checkpoint_every_steps = 938
+  config.validation_size = 0  # >0 holds out that many train examples as the eval split
   config.model = ml_collections.ConfigDict(dict(hidden_sizes=(128, 64), dropout_rate=0.0))
   return config
 
@@ -37,7 +39,8 @@ def get_data(config):
   if config.synthetic_data:
     return SyntheticDataset("image_classification", image_shape=(28, 28, 1), num_classes=10)
   from jaxmodels import data
-  return data.load("mnist", data_dir=config.data_dir or None)
+  return data.load("mnist", data_dir=config.data_dir or None,
+                   validation_size=config.validation_size)
 
 
 def get_model(config, info):
@@ -46,6 +49,19 @@ def get_model(config, info):
 
 def get_task(config, info):
   return tasks.Classification(info["num_classes"], label_smoothing=config.label_smoothing)
+
+
+def get_sweep() -> Sweep:
+  """Sweep on a held-out part of train, not on test:
+
+    python -m jaxmodels.sweep experiments.mnist_mlp --workdir=runs/sweep_mnist_mlp \
+      --num_trials=20 --workers=2 --config.validation_size=5000
+  """
+  return Sweep(metric="validation_accuracy", mode="max", num_trials=20, params={
+      "learning_rate": LogUniform(1e-3, 3e-1),
+      "optimizer": Choice(["sgd", "momentum", "adam"]),
+      "batch_size": Choice([32, 64, 128]),
+  })
 
 
 if __name__ == "__main__":

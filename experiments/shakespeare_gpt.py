@@ -14,6 +14,7 @@ import numpy as np
 from jaxmodels import tasks
 from jaxmodels.data.synthetic import SyntheticDataset
 from jaxmodels.models import transformer
+from jaxmodels.sweep import IntRange, LogUniform, Sweep, Uniform
 from jaxmodels.train import base_config, run_experiment
 
 VOCAB_SIZE = 84  # characters in the prepared corpus; synthetic data uses the same
@@ -72,6 +73,15 @@ def on_finish(model, variables, info, config):
   text = "".join(vocab[i] for i in np.asarray(ids)[0])
   print(f"--- sample ---\n{text}\n--------------", flush=True)
   return {"sample": text}
+
+
+def get_sweep() -> Sweep:
+  """python -m jaxmodels.sweep experiments.shakespeare_gpt --workdir=runs/sweep_shakespeare_gpt --workers=2"""
+  return Sweep(metric="validation_loss", mode="min", num_trials=12, params={
+      "learning_rate": LogUniform(3e-4, 3e-3),
+      "model.num_layers": IntRange(2, 6),
+      "model.dropout_rate": Uniform(0.0, 0.2),
+  })
 
 
 if __name__ == "__main__":

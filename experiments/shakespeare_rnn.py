@@ -14,6 +14,7 @@ import numpy as np
 from jaxmodels import tasks
 from jaxmodels.data.synthetic import SyntheticDataset
 from jaxmodels.models import rnn
+from jaxmodels.sweep import Choice, LogUniform, Sweep
 from jaxmodels.train import base_config, run_experiment
 
 VOCAB_SIZE = 84
@@ -68,6 +69,14 @@ def on_finish(model, variables, info, config):
   text = "".join(vocab[i] for i in np.asarray(ids)[0])
   print(f"--- sample ---\n{text}\n--------------", flush=True)
   return {"sample": text}
+
+
+def get_sweep() -> Sweep:
+  """python -m jaxmodels.sweep experiments.shakespeare_rnn --workdir=runs/sweep_shakespeare_rnn --workers=2"""
+  return Sweep(metric="validation_loss", mode="min", num_trials=12, params={
+      "learning_rate": LogUniform(1e-3, 1e-2),
+      "model.hidden_size": Choice([256, 384, 512]),
+  })
 
 
 if __name__ == "__main__":
