@@ -49,17 +49,30 @@ class Checkpoints:
       try:
         out = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-        return out["state"], dict(out["meta"])
       except Exception as e:  # orbax raises many types for truncated or corrupt files
         path = os.path.join(self.directory, str(step))
         logging.warning("checkpoint %s is unreadable (%s: %s); trying an older one",
                         path, type(e).__name__, str(e)[:200])
-        print(f"WARNING: checkpoint {path} is unreadable ({type(e).__name__}); "
-              "trying an older one", flush=True)
+        print(f"WARNING: checkpoint {path} is unreadable ({type(e).__name__}); kept aside as "
+              f"{path}.unreadable; trying an older one", flush=True)
         failures.append(path)
+        continue
+      if failures:
+        self._set_aside(failures)
+      # Host arrays, like a fresh state: with several processes, arrays committed to one local
+      # device cannot be put on a mesh that spans other processes' devices.
+      return jax.device_get(out["state"]), dict(out["meta"])
     raise CheckpointError(
         f"none of the checkpoints in {self.directory} can be restored ({', '.join(failures)}). "
         f"To start over, move or delete the workdir (or just {self.directory}) and run again.")
+
+  def _set_aside(self, paths: list[str]) -> None:
+    """Renames unreadable checkpoints out of orbax's sight (kept, never deleted), so the resumed
+    run can write those steps again."""
+    if jax.process_index() == 0:
+      for path in paths:
+        os.replace(path, f"{path}.unreadable")
+    self.manager.reload()
 
   def close(self) -> None:
     self.manager.close()
