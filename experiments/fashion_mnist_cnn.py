@@ -18,14 +18,15 @@ from jaxmodels.train import base_config, run_experiment
 def get_config() -> ml_collections.ConfigDict:
   config = base_config()
   config.batch_size = 128
-  config.num_train_steps = 2400  # ~5 epochs
+  config.num_train_steps = 3000  # 6.4 epochs
+  config.label_smoothing = 0.1
   config.optimizer = "adamw"
   config.learning_rate = 2e-3
   config.weight_decay = 1e-4
   config.schedule = "cosine"
   config.log_every_steps = 100
-  config.eval_every_steps = 800
-  config.checkpoint_every_steps = 800
+  config.eval_every_steps = 1000
+  config.checkpoint_every_steps = 1000
   config.augment = False
   config.validation_size = 0  # >0 holds out that many train examples as the eval split
   config.model = ml_collections.ConfigDict(
