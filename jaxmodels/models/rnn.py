@@ -1,0 +1,597 @@
+"""Recurrent models: an Elman cell, fused LSTM/GRU/RNN layers, a classifier and a language model.
+
+Layers run time-major inside: the input projections of all time steps are one large matmul done
+before the scan, so only the recurrent matmul `h @ W_h` stays inside the loop. Parameters use
+flax's layout (`nn.OptimizedLSTMCell`/`nn.LSTMCell`, `nn.GRUCell`, `nn.SimpleCell` names and
+shapes under a child called 'cell'), so a layer's variables are also valid variables of
+`nn.RNN(flax_cell)`; `impl='flax'` runs exactly that, for comparison.
+
+Carries follow flax: LSTM `(c, h)`, GRU and RNN `h`, each [B, H].
+"""
+from collections.abc import Callable
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+from jax import lax
+import jax.numpy as jnp
+
+Carry = Any
+Initializer = Callable[..., jax.Array]
+
+CELLS = ("rnn", "lstm", "gru")
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+
+_default_kernel_init = nn.initializers.lecun_normal()
+_default_recurrent_init = nn.initializers.orthogonal()
+_zeros = nn.initializers.zeros_init()
+
+
+def _out_dtype(dtype: Any) -> Any:
+  """float32 logits for float32 and narrower compute dtypes, float64 for float64 compute."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def _check_cell(cell: str) -> None:
+  if cell not in CELLS:
+    raise ValueError(f"unknown cell {cell!r}: choose one of {CELLS}")
+
+
+class SimpleRNNCell(nn.RNNCellBase):
+  """Elman cell: `h_t = tanh(W_hh h_{t-1} + W_xh x_t + b_h)`, usable inside `nn.RNN`.
+
+  The carry is `h` [..., features]. The output `y_t` is `h_t` when `output_features` is None (what
+  a stacked recurrent layer wants), else the projection `y_t = W_hy h_t + b_y` with
+  `output_features` units. Parameters: 'i' (W_xh as kernel [F, H], b_h as bias), 'h' (W_hh as
+  kernel [H, H], no bias), 'o' (W_hy, b_y; only with `output_features`). With
+  `output_features=None` this matches `nn.SimpleCell`'s parameters exactly.
+  """
+  features: int
+  output_features: int | None = None
+  activation_fn: Callable[[jax.Array], jax.Array] = jnp.tanh
+  kernel_init: Initializer = _default_kernel_init
+  recurrent_kernel_init: Initializer = _default_recurrent_init
+  bias_init: Initializer = _zeros
+  carry_init: Initializer = _zeros
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, carry: jax.Array, inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
+    dense = functools.partial(nn.Dense, self.features, dtype=self.dtype,
+                              param_dtype=self.param_dtype)
+    pre = (dense(kernel_init=self.kernel_init, bias_init=self.bias_init, name="i")(inputs)
+           + dense(use_bias=False, kernel_init=self.recurrent_kernel_init, name="h")(carry))
+    h = self.activation_fn(pre)
+    if self.output_features is None:
+      return h, h
+    y = nn.Dense(self.output_features, dtype=self.dtype, param_dtype=self.param_dtype,
+                 kernel_init=self.kernel_init, bias_init=self.bias_init, name="o")(h)
+    return h, y
+
+  @nn.nowrap
+  def initialize_carry(self, rng: jax.Array, input_shape: tuple[int, ...]) -> jax.Array:
+    """Zero state [*batch, features] for inputs of shape [*batch, in_features]."""
+    return self.carry_init(rng, tuple(input_shape[:-1]) + (self.features,), self.dtype)
+
+  @property
+  def num_feature_axes(self) -> int:
+    return 1
+
+
+def flax_cell(cell: str, features: int, dtype: Any = jnp.float32,
+              param_dtype: Any = jnp.float32, **kw) -> nn.RNNCellBase:
+  """The per-step cell for `cell` ('rnn' | 'lstm' | 'gru') with this module's parameter layout.
+
+  LSTM is `nn.OptimizedLSTMCell` (same parameters as `nn.LSTMCell`), GRU `nn.GRUCell`, RNN
+  `SimpleRNNCell`. Extra keywords (e.g. `parent=None`) go to the cell's constructor.
+  """
+  _check_cell(cell)
+  kw = {"dtype": dtype, "param_dtype": param_dtype, **kw}
+  if cell == "lstm":
+    return nn.OptimizedLSTMCell(features, **kw)
+  if cell == "gru":
+    return nn.GRUCell(features, **kw)
+  return SimpleRNNCell(features, **kw)
+
+
+class _DenseParams(nn.Module):
+  """Creates 'kernel' (and 'bias') exactly as nn.Dense would, and returns them unapplied."""
+  features: int
+  use_bias: bool
+  kernel_init: Initializer
+  bias_init: Initializer
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, in_features: int) -> tuple[jax.Array, jax.Array | None]:
+    kernel = self.param("kernel", self.kernel_init, (in_features, self.features),
+                        self.param_dtype)
+    if not self.use_bias:
+      return kernel, None
+    return kernel, self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+
+
+# (name, use_bias) of the input-side and hidden-side Dense layers of each flax cell, gate order.
+_IFOG = (0, 1, 3, 2)
+_LAYOUT = {
+    "lstm": ((("ii", False), ("if", False), ("ig", False), ("io", False)),
+             (("hi", True), ("hf", True), ("hg", True), ("ho", True))),
+    "gru": ((("ir", True), ("iz", True), ("in", True)),
+            (("hr", False), ("hz", False), ("hn", True))),
+    "rnn": ((("i", True),), (("h", False),)),
+}
+
+
+class CellParams(nn.Module):
+  """A flax cell's parameters, fused for the whole-sequence layer.
+
+  Returns `(w_x [F, G*H], b_x [G*H], w_h [H, G*H], b_hn [H] | None)` with gate blocks ordered
+  LSTM i, f, o, g (flax's i, f, g, o reordered so that one sigmoid covers a contiguous 3H block:
+  XLA on CPU runs that twice as fast as four sliced activations) and GRU r, z, n. LSTM's recurrent biases act as the input-side bias (they are
+  summed anyway); GRU keeps `b_hn` apart because it sits inside `r * (W_hn h + b_hn)`.
+  """
+  cell: str
+  features: int
+  kernel_init: Initializer = _default_kernel_init
+  recurrent_kernel_init: Initializer = _default_recurrent_init
+  bias_init: Initializer = _zeros
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, in_features: int):
+    _check_cell(self.cell)
+    x_side, h_side = _LAYOUT[self.cell]
+    make = functools.partial(_DenseParams, self.features, bias_init=self.bias_init,
+                             param_dtype=self.param_dtype)
+    xs = [make(use_bias=b, kernel_init=self.kernel_init, name=n)(in_features) for n, b in x_side]
+    hs = [make(use_bias=b, kernel_init=self.recurrent_kernel_init, name=n)(self.features)
+          for n, b in h_side]
+    if self.cell == "lstm":  # fused column order i, f, o, g: one sigmoid over a 3H block
+      xs, hs = [xs[j] for j in _IFOG], [hs[j] for j in _IFOG]
+    w_x = jnp.concatenate([k for k, _ in xs], axis=-1)
+    w_h = jnp.concatenate([k for k, _ in hs], axis=-1)
+    if self.cell == "lstm":
+      return w_x, jnp.concatenate([b for _, b in hs]), w_h, None
+    if self.cell == "gru":
+      return w_x, jnp.concatenate([b for _, b in xs]), w_h, hs[2][1]
+    return w_x, xs[0][1], w_h, None
+
+
+# Each cell's step in two halves for the hand-written VJP of the whole scan. `fwd(w_h, b_hn,
+# carry, xp_t)` -> (new carry, output, residuals), where xp_t already holds the input projection
+# and bias; `bwd(w_h, residuals, h_prev, d_carry, d_out)` -> (d previous carry, d xp_t, d hp_t),
+# with hp_t = h_prev @ w_h the recurrent pre-activation (it differs from d xp_t only for GRU).
+
+
+def _lstm_fwd(w_h, b_hn, carry, xp):
+  del b_hn
+  c, h = carry
+  z = xp + h @ w_h
+  hid = h.shape[-1]
+  s = jax.nn.sigmoid(z[:, :3 * hid])
+  g = jnp.tanh(z[:, 3 * hid:])
+  i, f, o = jnp.split(s, 3, axis=-1)
+  c_new = f * c + i * g
+  tc = jnp.tanh(c_new)
+  h_new = o * tc
+  return (c_new, h_new), h_new, (s, g, tc, c)
+
+
+def _lstm_bwd(w_h, res, h_prev, d_carry, dy):
+  del h_prev
+  s, g, tc, c_prev = res
+  i, f, o = jnp.split(s, 3, axis=-1)
+  dc, dh = d_carry
+  dh = dh + dy
+  dc = dc + dh * o * (1 - tc * tc)
+  ds = jnp.concatenate([dc * g, dc * c_prev, dh * tc], axis=-1) * s * (1 - s)
+  dz = jnp.concatenate([ds, dc * i * (1 - g * g)], axis=-1)
+  return (dc * f, dz @ w_h.T), dz, dz
+
+
+def _gru_fwd(w_h, b_hn, h, xp):
+  hp = h @ w_h
+  hid = h.shape[-1]
+  r, u = jnp.split(jax.nn.sigmoid(xp[:, :2 * hid] + hp[:, :2 * hid]), 2, axis=-1)
+  hn = hp[:, 2 * hid:] + b_hn
+  n = jnp.tanh(xp[:, 2 * hid:] + r * hn)
+  h_new = (1 - u) * n + u * h
+  return h_new, h_new, (r, u, n, hn)
+
+
+def _gru_bwd(w_h, res, h_prev, d_carry, dy):
+  r, u, n, hn = res
+  dh = d_carry + dy
+  dn = dh * (1 - u) * (1 - n * n)
+  dr = dn * hn * r * (1 - r)
+  du = dh * (h_prev - n) * u * (1 - u)
+  dxp = jnp.concatenate([dr, du, dn], axis=-1)
+  dhp = jnp.concatenate([dr, du, dn * r], axis=-1)
+  return dh * u + dhp @ w_h.T, dxp, dhp
+
+
+def _rnn_fwd(w_h, b_hn, h, xp):
+  del b_hn
+  h_new = jnp.tanh(xp + h @ w_h)
+  return h_new, h_new, h_new
+
+
+def _rnn_bwd(w_h, res, h_prev, d_carry, dy):
+  del h_prev
+  dz = (d_carry + dy) * (1 - res * res)
+  return dz @ w_h.T, dz, dz
+
+
+_FWD = {"lstm": _lstm_fwd, "gru": _gru_fwd, "rnn": _rnn_fwd}
+_BWD = {"lstm": _lstm_bwd, "gru": _gru_bwd, "rnn": _rnn_bwd}
+
+
+def zero_carry(cell: str, batch_size: int, features: int, dtype: Any = jnp.float32) -> Carry:
+  """The zero initial carry of one layer and direction: LSTM `(c, h)`, GRU/RNN `h`."""
+  h = jnp.zeros((batch_size, features), dtype)
+  return (h, h) if cell == "lstm" else h
+
+
+def carry_output(cell: str, carry: Carry) -> jax.Array:
+  """The hidden state `h` [B, H] inside a carry."""
+  return carry[1] if cell == "lstm" else carry
+
+
+def reverse_time(x: jax.Array, lengths: jax.Array | None) -> jax.Array:
+  """Reverses the real part of each time-major sequence x [T, B, ...]; padding stays at the end.
+
+  Position t < lengths[b] goes to lengths[b] - 1 - t; padding positions are permuted among
+  themselves. The map is its own inverse, so it also undoes itself.
+  """
+  if lengths is None:
+    return x[::-1]
+  steps = x.shape[0]
+  idx = (lengths[None, :] - 1 - jnp.arange(steps)[:, None]) % steps
+  idx = idx.reshape(idx.shape + (1,) * (x.ndim - 2))
+  return jnp.take_along_axis(x, idx, axis=0)
+
+
+def swap_time_batch(x: jax.Array) -> jax.Array:
+  """[B, T, ...] <-> [T, B, ...] as a real copy.
+
+  The barrier keeps XLA from folding the transpose into the neighbouring matmul, which on CPU
+  ran the input projection at a quarter of its speed in measurements here.
+  """
+  return lax.optimization_barrier(jnp.swapaxes(x, 0, 1))
+
+
+def run_fused(cell: str, params, x: jax.Array, carry: Carry,
+              mask: jax.Array | None) -> tuple[Carry, jax.Array]:
+  """Runs one direction over time-major x [T, B, F] from `carry`; returns (final carry, h [T,B,H]).
+
+  `params` comes from `CellParams`. The input projection of all steps is one matmul before the
+  loop. Where `mask[t, b]` is False the carry is left unchanged, so with padding at the end the
+  final carry is the one after each sequence's last real step (outputs there are still computed).
+  """
+  w_x, b_x, w_h, b_hn = params
+  xp = jnp.einsum("tbf,fg->tbg", x, w_x)
+  return scan_cells(cell, xp, b_x, w_h, b_hn, carry, mask)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def scan_cells(cell: str, xp: jax.Array, b_x: jax.Array, w_h: jax.Array,
+               b_hn: jax.Array | None, carry: Carry,
+               mask: jax.Array | None) -> tuple[Carry, jax.Array]:
+  """The recurrence over precomputed input projections xp [T, B, G*H] (see `run_fused`).
+
+  Its VJP is written by hand: the backward loop keeps only `dz @ w_h.T` and the elementwise
+  derivatives, and the weight gradient `sum_t h_{t-1}^T dz_t` becomes one large matmul after the
+  loop (autodiff of `lax.scan` accumulates it step by step). First-order reverse mode only.
+  """
+  return _scan_forward(cell, xp, b_x, w_h, b_hn, carry, mask, save=False)[0]
+
+
+def _scan_forward(cell, xp, b_x, w_h, b_hn, carry, mask, save):
+  fwd = _FWD[cell]
+
+  def body(c, inputs):
+    xp_t, m_t = inputs
+    new, y, res = fwd(w_h, b_hn, c, xp_t + b_x)
+    if m_t is not None:  # the bias is added here: a separate pass over xp was slower on CPU
+      new = jax.tree.map(lambda a, b: jnp.where(m_t[:, None], a, b), new, c)
+    return new, (y, (res, carry_output(cell, c)) if save else None)
+
+  carry, (ys, saved) = lax.scan(body, carry, (xp, mask))
+  return (carry, ys), saved
+
+
+def _scan_cells_fwd(cell, xp, b_x, w_h, b_hn, carry, mask):
+  out, saved = _scan_forward(cell, xp, b_x, w_h, b_hn, carry, mask, save=True)
+  return out, (saved, w_h, b_hn, mask)
+
+
+def _scan_cells_bwd(cell, residuals, cotangents):
+  (res, h_prev), w_h, b_hn, mask = residuals
+  d_carry, d_ys = cotangents
+  bwd = _BWD[cell]
+
+  def body(dc, inputs):
+    res_t, h_prev_t, m_t, dy_t = inputs
+    if m_t is None:
+      return _bwd_step(bwd, w_h, res_t, h_prev_t, dc, dy_t)
+    keep = lambda a: jnp.where(m_t[:, None], a, 0)
+    skip = lambda a: jnp.where(m_t[:, None], 0, a)
+    d_prev, grads = _bwd_step(bwd, w_h, res_t, h_prev_t, jax.tree.map(keep, dc), dy_t)
+    return jax.tree.map(lambda a, b: a + skip(b), d_prev, dc), grads
+
+  d_carry, (d_xp, d_hp) = lax.scan(body, d_carry, (res, h_prev, mask, d_ys), reverse=True)
+  d_w_h = jnp.einsum("tbh,tbg->hg", h_prev, d_hp)
+  d_b_hn = None if b_hn is None else jnp.sum(d_hp[..., -b_hn.shape[0]:], axis=(0, 1))
+  return d_xp, jnp.sum(d_xp, axis=(0, 1)), d_w_h, d_b_hn, d_carry, None
+
+
+def _bwd_step(bwd, w_h, res, h_prev, d_carry, dy):
+  d_prev, d_xp, d_hp = bwd(w_h, res, h_prev, d_carry, dy)
+  return d_prev, (d_xp, d_hp)
+
+
+scan_cells.defvjp(_scan_cells_fwd, _scan_cells_bwd)
+
+
+class RecurrentLayer(nn.Module):
+  """One direction of one fused recurrent layer on time-major inputs x [T, B, F].
+
+  `__call__(x, lengths, carry) -> (final carry, outputs [T, B, H])`. With `reverse=True` it reads
+  each sequence from its last real token back to its first and returns outputs in the original
+  order. Outputs at padding positions are unspecified (callers mask them); the final carry
+  ignores padding. Parameters live in the child 'cell' in flax's layout (see `CellParams`).
+  """
+  cell: str
+  features: int
+  reverse: bool = False
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, lengths: jax.Array | None,
+               carry: Carry | None = None) -> tuple[Carry, jax.Array]:
+    steps, batch = x.shape[:2]
+    if carry is None:
+      carry = zero_carry(self.cell, batch, self.features, self.dtype)
+    params = CellParams(self.cell, self.features, param_dtype=self.param_dtype, name="cell")(
+        x.shape[-1])
+    params = jax.tree.map(lambda p: p.astype(self.dtype), params)
+    carry = jax.tree.map(lambda c: c.astype(self.dtype), carry)
+    x = x.astype(self.dtype)
+    mask = None if lengths is None else jnp.arange(steps)[:, None] < lengths[None, :]
+    if self.reverse:
+      x = reverse_time(x, lengths)
+    carry, out = run_fused(self.cell, params, x, carry, mask)
+    if self.reverse:
+      out = reverse_time(out, lengths)
+    return carry, out
+
+
+class Recurrent(nn.Module):
+  """Stacked, optionally bidirectional recurrent layers honouring sequence lengths.
+
+  `__call__(x [B, T, F], lengths [B] | None, train) -> (outputs [B, T, D*H], final_state [B, D*H])`
+  with D = 2 when bidirectional (forward then backward features). Padding after `lengths[b]`
+  never changes outputs at real positions nor the final state; outputs at padding positions are
+  zero. The backward direction starts at each sequence's last real token, so its final state is
+  its output at position 0. `dropout_rate` applies between layers (on each layer's input but the
+  first), with the 'dropout' rng when `train`.
+
+  `initial_carry` / `return_carry=True` expose the full state, a tuple over layers of tuples over
+  directions of cell carries; then the call returns `(outputs, final_state, carries)`.
+
+  `impl='fused'` (default, faster) uses `RecurrentLayer`; `impl='flax'` runs `nn.RNN` over the
+  flax cell (`nn.OptimizedLSTMCell`, `nn.GRUCell`, `SimpleRNNCell`). Both have the same
+  parameter tree, `{'layer{l}_{fwd|bwd}': {'cell': <flax cell params>}}`.
+
+  `time_major=True` takes x [T, B, F] and returns outputs [T, B, D*H]: the layers run time-major,
+  and a caller that can produce time-major inputs (an embedding of `ids.T`) skips two transposes.
+  """
+  cell: str = "lstm"
+  hidden_size: int = 128
+  num_layers: int = 1
+  bidirectional: bool = False
+  dropout_rate: float = 0.0
+  impl: str = "fused"
+  time_major: bool = False
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, lengths: jax.Array | None = None, train: bool = False, *,
+               initial_carry: Any = None, return_carry: bool = False):
+    _check_cell(self.cell)
+    if self.impl not in ("fused", "flax"):
+      raise ValueError(f"unknown impl {self.impl!r}: 'fused' or 'flax'")
+    h = x.astype(self.dtype) if self.time_major else swap_time_batch(x.astype(self.dtype))
+    directions = (False, True) if self.bidirectional else (False,)
+    carries = []
+    for layer in range(self.num_layers):
+      if layer > 0 and self.dropout_rate > 0:
+        h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+      outs, layer_carries = [], []
+      for d, reverse in enumerate(directions):
+        c0 = None if initial_carry is None else initial_carry[layer][d]
+        c, out = self._direction(layer, reverse, h, lengths, c0)
+        outs.append(out)
+        layer_carries.append(c)
+      h = jnp.concatenate(outs, axis=-1) if len(outs) > 1 else outs[0]
+      carries.append(tuple(layer_carries))
+    if lengths is not None:
+      real = jnp.arange(h.shape[0])[:, None] < lengths[None, :]
+      h = jnp.where(real[..., None], h, 0)
+    outputs = h if self.time_major else swap_time_batch(h)
+    final = jnp.concatenate([carry_output(self.cell, c) for c in carries[-1]], axis=-1)
+    if return_carry:
+      return outputs, final, tuple(carries)
+    return outputs, final
+
+  @nn.nowrap
+  def _direction(self, layer: int, reverse: bool, x, lengths, carry):
+    name = f"layer{layer}_{'bwd' if reverse else 'fwd'}"
+    if carry is None:
+      carry = zero_carry(self.cell, x.shape[1], self.hidden_size, self.dtype)
+    if self.impl == "fused":
+      return RecurrentLayer(self.cell, self.hidden_size, reverse, self.dtype,
+                            self.param_dtype, name=name)(x, lengths, carry)
+    # parent=None leaves the cell unbound so that nn.RNN adopts it as its child 'cell'.
+    rnn = nn.RNN(flax_cell(self.cell, self.hidden_size, self.dtype, self.param_dtype,
+                           parent=None),
+                 time_major=True, name=name)
+    new, out = rnn(x, initial_carry=carry, seq_lengths=lengths, return_carry=True,
+                   reverse=reverse, keep_order=True)
+    if lengths is not None:  # nn.RNN would take the carry at index -1 for an empty sequence
+      new = jax.tree.map(lambda a, b: jnp.where((lengths > 0)[:, None], a, b), new, carry)
+    return new, out
+
+
+class RNNClassifier(nn.Module):
+  """Embedding -> Recurrent -> Dense on the final state (both directions concatenated).
+
+  `__call__(inputs int [B, T], lengths int [B] | None, train) -> logits [B, num_classes]`. Token 0
+  is padding; when `lengths` is None it is the count of non-zero tokens. Dropout (when
+  `dropout_rate > 0` and `train`) applies to the embeddings, between layers, and to the final
+  state.
+  """
+  vocab_size: int
+  num_classes: int
+  embed_dim: int = 128
+  hidden_size: int = 128
+  cell: str = "lstm"
+  num_layers: int = 1
+  bidirectional: bool = False
+  dropout_rate: float = 0.0
+  impl: str = "fused"
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array, lengths: jax.Array | None = None,
+               train: bool = False) -> jax.Array:
+    if lengths is None:
+      lengths = jnp.sum(inputs != 0, axis=-1)
+    drop = nn.Dropout(self.dropout_rate, deterministic=not train or self.dropout_rate == 0)
+    x = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype,
+                 param_dtype=self.param_dtype, name="embed")(inputs.T)
+    _, final = Recurrent(self.cell, self.hidden_size, self.num_layers, self.bidirectional,
+                         self.dropout_rate, self.impl, time_major=True, dtype=self.dtype,
+                         param_dtype=self.param_dtype, name="rnn")(drop(x), lengths, train)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+                      name="head")(drop(final))
+    return logits.astype(_out_dtype(self.dtype))
+
+
+class RNNLanguageModel(nn.Module):
+  """Next-token model: Embedding -> unidirectional Recurrent -> Dense over the vocabulary.
+
+  `__call__(input_ids int [B, T], train) -> logits [B, T, vocab_size]`; with `initial_carry` and
+  `return_carry=True` it continues from / returns the recurrent state (see `Recurrent`), which is
+  how `sample` decodes one token at a time. Dropout applies to embeddings, between layers and to
+  the recurrent outputs.
+  """
+  vocab_size: int
+  embed_dim: int = 128
+  hidden_size: int = 256
+  cell: str = "lstm"
+  num_layers: int = 1
+  dropout_rate: float = 0.0
+  impl: str = "fused"
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, input_ids: jax.Array, train: bool = False, *, initial_carry: Any = None,
+               return_carry: bool = False):
+    drop = nn.Dropout(self.dropout_rate, deterministic=not train or self.dropout_rate == 0)
+    x = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype,
+                 param_dtype=self.param_dtype, name="embed")(input_ids.T)
+    out, _, carry = Recurrent(self.cell, self.hidden_size, self.num_layers, False,
+                              self.dropout_rate, self.impl, time_major=True, dtype=self.dtype,
+                              param_dtype=self.param_dtype, name="rnn")(
+                                  drop(x), None, train, initial_carry=initial_carry,
+                                  return_carry=True)
+    out = swap_time_batch(out)
+    logits = nn.Dense(self.vocab_size, dtype=self.dtype, param_dtype=self.param_dtype,
+                      name="head")(drop(out))
+    logits = logits.astype(_out_dtype(self.dtype))
+    return (logits, carry) if return_carry else logits
+
+
+def sample(model: RNNLanguageModel, variables: Any, prompt_ids: jax.Array, num_steps: int,
+           rng: jax.Array, temperature: float = 1.0, top_k: int | None = None) -> jax.Array:
+  """Samples `num_steps` tokens after `prompt_ids` [B, P]; returns ids [B, P + num_steps].
+
+  The prompt runs through once; then each new token is fed back alone, carrying the recurrent
+  state, inside one `lax.scan` (compiled once per model, shapes, num_steps and top_k).
+  `temperature <= 0` or `top_k=1` is greedy (argmax); `top_k` keeps the k most likely tokens.
+  """
+  prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
+  if num_steps <= 0:
+    return prompt_ids
+  return _sample(model, variables, prompt_ids, num_steps, rng, jnp.float32(temperature), top_k)
+
+
+def _pick(logits: jax.Array, key: jax.Array, temperature: jax.Array,
+          top_k: int | None) -> jax.Array:
+  logits = logits.astype(jnp.float32)
+  if top_k is not None:
+    kth = lax.top_k(logits, top_k)[0][:, -1:]
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  greedy = jnp.argmax(logits, axis=-1)
+  drawn = jax.random.categorical(key, logits / jnp.maximum(temperature, 1e-6), axis=-1)
+  return jnp.where(temperature > 0, drawn, greedy).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "num_steps", "top_k"))
+def _sample(model, variables, prompt_ids, num_steps, rng, temperature, top_k):
+  logits, carry = model.apply(variables, prompt_ids, return_carry=True)
+  keys = jax.random.split(rng, num_steps)
+  first = _pick(logits[:, -1], keys[0], temperature, top_k)
+
+  def step(state, key):
+    carry, token = state
+    logits, carry = model.apply(variables, token[:, None], initial_carry=carry,
+                                return_carry=True)
+    token = _pick(logits[:, -1], key, temperature, top_k)
+    return (carry, token), token
+
+  _, rest = lax.scan(step, (carry, first), keys[1:])
+  return jnp.concatenate([prompt_ids, first[:, None], rest.T], axis=1)
+
+
+def recurrent_flops(cell: str, input_size: int, hidden_size: int, seq_len: int,
+                    num_layers: int = 1, bidirectional: bool = False) -> float:
+  """Forward FLOPs of a `Recurrent` stack on one sequence: 2 * MACs of its matmuls.
+
+  Per layer, direction and step: input projection `F * G * H` plus recurrent `H * G * H` MACs,
+  with G gates (RNN 1, GRU 3, LSTM 4) and F the layer's input width. Elementwise gate maths and
+  biases are not counted; padded steps are (they are computed).
+  """
+  _check_cell(cell)
+  dirs = 2 if bidirectional else 1
+  gh = GATES[cell] * hidden_size
+  total = 0.0
+  for layer in range(num_layers):
+    fan_in = input_size if layer == 0 else dirs * hidden_size
+    total += dirs * seq_len * 2.0 * (fan_in * gh + hidden_size * gh)
+  return total
+
+
+def forward_flops(model: RNNClassifier | RNNLanguageModel, seq_len: int) -> float:
+  """Analytic forward FLOPs per example of length `seq_len` (for MFU): recurrent stack + head.
+
+  The classifier's head runs once on the final state; the language model's at every step.
+  Embedding lookups count zero.
+  """
+  if isinstance(model, RNNClassifier):
+    dirs = 2 if model.bidirectional else 1
+    head = 2.0 * dirs * model.hidden_size * model.num_classes
+    return recurrent_flops(model.cell, model.embed_dim, model.hidden_size, seq_len,
+                           model.num_layers, model.bidirectional) + head
+  if isinstance(model, RNNLanguageModel):
+    head = 2.0 * seq_len * model.hidden_size * model.vocab_size
+    return recurrent_flops(model.cell, model.embed_dim, model.hidden_size, seq_len,
+                           model.num_layers) + head
+  raise TypeError(f"forward_flops knows RNNClassifier and RNNLanguageModel, not {type(model)}")

@@ -1,0 +1,445 @@
+"""Transformers: an encoder classifier, an encoder-decoder and a decoder-only GPT, with cached
+greedy decoding and sampling, and analytic FLOP counts.
+
+Every block is pre-LayerNorm (x + f(LayerNorm(x))), with a final LayerNorm after the stack: the
+residual path stays an identity, so training is stable without learning-rate warm-up tricks and
+deep stacks keep well-scaled gradients (Xiong et al. 2020, GPT-2). Token 0 is padding for the
+encoder and the encoder-decoder; attention never looks at padding keys.
+"""
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxmodels.models.attention import (LearnedPositionalEmbedding, MultiHeadAttention,
+                                        causal_mask, combine_masks, key_padding_mask)
+
+Array = jax.Array
+_EMBED_INIT = nn.initializers.normal(stddev=0.02)
+
+
+def _logits_dtype(dtype: Any) -> Any:
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+class MLPBlock(nn.Module):
+  """Dense(mlp_dim) -> GELU (tanh approximation) -> dropout -> Dense(back to input width)."""
+  mlp_dim: int
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> Array:
+    width = x.shape[-1]
+    x = nn.Dense(self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype, name="fc1")(x)
+    x = nn.gelu(x)
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype, name="fc2")(x)
+
+
+class EncoderBlock(nn.Module):
+  """Pre-LN block: x + Dropout(SelfAttention(LN(x))), then x + Dropout(MLP(LN(x)))."""
+  model_dim: int
+  num_heads: int
+  mlp_dim: int
+  dropout_rate: float = 0.0
+  head_dim: int | None = None
+  implementation: str | None = None
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Array | None = None, train: bool = False) -> Array:
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    h = nn.LayerNorm(**kw, name="ln1")(x)
+    h = MultiHeadAttention(self.num_heads, self.model_dim, self.head_dim, self.dropout_rate,
+                           fused_qkv=True, implementation=self.implementation, **kw,
+                           name="attn")(h, mask=mask, train=train)
+    x = x + nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+    h = MLPBlock(self.mlp_dim, self.dropout_rate, **kw, name="mlp")(
+        nn.LayerNorm(**kw, name="ln2")(x), train)
+    return x + nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+
+
+class DecoderBlock(nn.Module):
+  """Pre-LN block: causal self-attention, then cross-attention to `encoded` when given, then MLP.
+
+  `self_mask` should contain the causal mask (outside decode mode); in decode mode the
+  self-attention's cache supplies causality. `cross_mask` hides encoder padding.
+  """
+  model_dim: int
+  num_heads: int
+  mlp_dim: int
+  dropout_rate: float = 0.0
+  head_dim: int | None = None
+  decode: bool = False
+  implementation: str | None = None
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, self_mask: Array | None = None, encoded: Array | None = None,
+               cross_mask: Array | None = None, train: bool = False) -> Array:
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    drop = nn.Dropout(self.dropout_rate, deterministic=not train)
+    h = MultiHeadAttention(self.num_heads, self.model_dim, self.head_dim, self.dropout_rate,
+                           decode=self.decode, fused_qkv=True, implementation=self.implementation,
+                           **kw, name="self_attn")(nn.LayerNorm(**kw, name="ln1")(x),
+                                                   mask=self_mask, train=train)
+    x = x + drop(h)
+    if encoded is not None:
+      h = MultiHeadAttention(self.num_heads, self.model_dim, self.head_dim, self.dropout_rate,
+                             implementation=self.implementation, **kw, name="cross_attn")(
+                                 nn.LayerNorm(**kw, name="ln_cross")(x), encoded,
+                                 mask=cross_mask, train=train)
+      x = x + drop(h)
+    h = MLPBlock(self.mlp_dim, self.dropout_rate, **kw, name="mlp")(
+        nn.LayerNorm(**kw, name="ln2")(x), train)
+    return x + drop(h)
+
+
+def _embed(module: nn.Module, ids: Array, vocab: int, dim: int, max_len: int, name: str,
+           offset: Array | int = 0) -> tuple[nn.Embed, Array]:
+  kw = dict(dtype=module.dtype, param_dtype=module.param_dtype)
+  embed = nn.Embed(vocab, dim, embedding_init=_EMBED_INIT, **kw, name=f"{name}_embed")
+  x = LearnedPositionalEmbedding(max_len, dim, **kw, name=f"{name}_pos")(embed(ids), offset=offset)
+  return embed, x
+
+
+class DecodePosition(nn.Module):
+  """Decode-mode position counter in the 'cache' collection: returns the position of the first
+  of `length` new tokens and advances by `length`. Creating the cache (init) returns 0."""
+
+  @nn.compact
+  def __call__(self, length: int) -> Array:
+    ready = self.has_variable("cache", "position")
+    pos = self.variable("cache", "position", lambda: jnp.zeros((), jnp.int32))
+    if not ready:
+      return jnp.zeros((), jnp.int32)
+    offset = pos.value
+    pos.value = offset + length
+    return offset
+
+
+class TransformerEncoder(nn.Module):
+  """Encoder classifier: token + learned position embeddings, pre-LN encoder blocks, final LN,
+  pooling over real tokens ('mean': masked mean; 'first': the first token), Dense to classes.
+
+  `__call__(input_ids [B,T], attention_mask [B,T] (1 real, 0 pad; default input_ids != 0))`
+  returns float32 logits [B, num_classes].
+  """
+  vocab_size: int
+  num_classes: int
+  model_dim: int
+  num_layers: int
+  num_heads: int
+  mlp_dim: int
+  max_len: int
+  dropout_rate: float = 0.0
+  pooling: str = "mean"
+  head_dim: int | None = None
+  implementation: str | None = None
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, input_ids: Array, attention_mask: Array | None = None,
+               train: bool = False) -> Array:
+    if self.pooling not in ("mean", "first"):
+      raise ValueError(f"pooling must be 'mean' or 'first', got {self.pooling!r}")
+    valid = (input_ids != 0) if attention_mask is None else attention_mask.astype(bool)
+    _, x = _embed(self, input_ids, self.vocab_size, self.model_dim, self.max_len, "token")
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    mask = key_padding_mask(valid)
+    for i in range(self.num_layers):
+      x = EncoderBlock(self.model_dim, self.num_heads, self.mlp_dim, self.dropout_rate,
+                       self.head_dim, self.implementation, self.dtype, self.param_dtype,
+                       name=f"block{i}")(x, mask, train)
+    x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="ln_final")(x)
+    if self.pooling == "mean":
+      w = valid.astype(x.dtype)[..., None]
+      pooled = jnp.sum(x * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)
+    else:
+      pooled = x[:, 0]
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+                      name="head")(pooled)
+    return logits.astype(_logits_dtype(self.dtype))
+
+
+class EncoderDecoder(nn.Module):
+  """Sequence-to-sequence transformer (token 0 = padding in source and target).
+
+  `__call__(src_ids [B,S], tgt_ids [B,T])` -> float32 logits [B,T,tgt_vocab_size]; the decoder
+  reads tgt_ids as given (shift outside: feed targets[:, :-1], predict targets[:, 1:]).
+  `encode(src_ids)` and `decode(encoded, src_ids, tgt_ids)` are the two halves (call them with
+  `apply(..., method='encode')`). With `use_cache=True` (the decode mode; `decode` is taken by the
+  method) the decoder self-attention keeps a key/value cache and `decode` takes the next tokens
+  only, as `greedy_decode` does.
+  """
+  src_vocab_size: int
+  tgt_vocab_size: int
+  model_dim: int
+  num_layers: int
+  num_heads: int
+  mlp_dim: int
+  max_len: int
+  dropout_rate: float = 0.0
+  head_dim: int | None = None
+  use_cache: bool = False
+  implementation: str | None = None
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def setup(self):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    block = dict(dropout_rate=self.dropout_rate, head_dim=self.head_dim,
+                 implementation=self.implementation, **kw)
+    dim = self.model_dim
+    self.src_embed = nn.Embed(self.src_vocab_size, dim, embedding_init=_EMBED_INIT, **kw)
+    self.src_pos = LearnedPositionalEmbedding(self.max_len, dim, **kw)
+    self.tgt_embed = nn.Embed(self.tgt_vocab_size, dim, embedding_init=_EMBED_INIT, **kw)
+    self.tgt_pos = LearnedPositionalEmbedding(self.max_len, dim, **kw)
+    self.encoder = [EncoderBlock(dim, self.num_heads, self.mlp_dim, **block)
+                    for _ in range(self.num_layers)]
+    self.decoder = [DecoderBlock(dim, self.num_heads, self.mlp_dim, decode=self.use_cache, **block)
+                    for _ in range(self.num_layers)]
+    self.encoder_ln = nn.LayerNorm(**kw)
+    self.decoder_ln = nn.LayerNorm(**kw)
+    self.head = nn.Dense(self.tgt_vocab_size, **kw)
+    self.dropout = nn.Dropout(self.dropout_rate)
+    self.position = DecodePosition()
+
+  def __call__(self, src_ids: Array, tgt_ids: Array, train: bool = False) -> Array:
+    return self.decode(self.encode(src_ids, train), src_ids, tgt_ids, train)
+
+  def encode(self, src_ids: Array, train: bool = False) -> Array:
+    """Encoder states [B,S,model_dim]; padding positions are never attended to."""
+    x = self.dropout(self.src_pos(self.src_embed(src_ids)), deterministic=not train)
+    mask = key_padding_mask(src_ids != 0)
+    for block in self.encoder:
+      x = block(x, mask, train)
+    return self.encoder_ln(x)
+
+  def decode(self, encoded: Array, src_ids: Array, tgt_ids: Array, train: bool = False) -> Array:
+    """Decoder logits [B,T,tgt_vocab] for tgt_ids given the encoder states of src_ids.
+
+    Without the cache the self-attention is causal and hides target padding; with it, tgt_ids
+    are the tokens that follow those already cached (positions continue from the cache).
+    """
+    length = tgt_ids.shape[1]
+    offset = self.position(length) if self.use_cache else 0
+    x = self.tgt_pos(self.tgt_embed(tgt_ids), offset=offset)
+    x = self.dropout(x, deterministic=not train)
+    self_mask = None
+    if not self.use_cache:
+      self_mask = combine_masks(causal_mask(length), key_padding_mask(tgt_ids != 0))
+    cross_mask = key_padding_mask(src_ids != 0)
+    for block in self.decoder:
+      x = block(x, self_mask, encoded, cross_mask, train)
+    logits = self.head(self.decoder_ln(x))
+    return logits.astype(_logits_dtype(self.dtype))
+
+
+class GPT(nn.Module):
+  """Decoder-only language model: token + learned position embeddings, pre-LN causal blocks,
+  final LN, vocabulary head (tied to the token embedding when `tie_embeddings`).
+
+  `__call__(input_ids [B,T], attention_mask [B,T] (1 real, 0 pad) or None, train)` -> float32
+  logits [B,T,vocab_size]; the padding mask is combined with the causal mask. With `decode=True`
+  the blocks keep key/value caches and positions continue from the cached length (see
+  `generate`); attention_mask is not supported then. `remat=True` recomputes each block's
+  activations in the backward pass (nn.remat) to save memory.
+  """
+  vocab_size: int
+  model_dim: int
+  num_layers: int
+  num_heads: int
+  mlp_dim: int
+  max_len: int
+  dropout_rate: float = 0.0
+  decode: bool = False
+  tie_embeddings: bool = False
+  remat: bool = False
+  head_dim: int | None = None
+  implementation: str | None = None
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, input_ids: Array, attention_mask: Array | None = None,
+               train: bool = False) -> Array:
+    length = input_ids.shape[1]
+    if self.decode and attention_mask is not None:
+      raise ValueError("GPT(decode=True) does not take an attention_mask")
+    offset = DecodePosition(name="position")(length) if self.decode else 0
+    embed, x = _embed(self, input_ids, self.vocab_size, self.model_dim, self.max_len, "token",
+                      offset)
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    mask = None
+    if not self.decode:
+      valid = None if attention_mask is None else key_padding_mask(attention_mask.astype(bool))
+      mask = combine_masks(causal_mask(length), valid)
+    block_cls = nn.remat(DecoderBlock, static_argnums=(5,)) if self.remat else DecoderBlock
+    for i in range(self.num_layers):
+      x = block_cls(self.model_dim, self.num_heads, self.mlp_dim, self.dropout_rate,
+                    self.head_dim, self.decode, self.implementation, self.dtype,
+                    self.param_dtype, name=f"block{i}")(x, mask, None, None, train)
+    x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="ln_final")(x)
+    if self.tie_embeddings:
+      logits = embed.attend(x)
+    else:
+      logits = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype,
+                        param_dtype=self.param_dtype, name="head")(x)
+    return logits.astype(_logits_dtype(self.dtype))
+
+
+# ---------- decoding
+
+_TRACES = {"generate": 0, "greedy_decode": 0}  # how often each decoder was traced (tests)
+
+
+def _empty_cache(model: nn.Module, *example_args: Array) -> Any:
+  """Zero 'cache' collection for a decode-mode model, sized by the example arguments."""
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *example_args))["cache"]
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def _without_cache(variables: Any) -> dict[str, Any]:
+  return {k: v for k, v in variables.items() if k != "cache"}
+
+
+def sample_logits(logits: Array, rng: Array, temperature: Array | float = 1.0,
+                  top_k: int | None = None) -> Array:
+  """Samples ids [B] from logits [B,V] at a temperature, optionally among the top_k only;
+  temperature 0 (or top_k=1) is argmax."""
+  logits = logits.astype(jnp.float32)
+  if top_k is not None:
+    kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  greedy = jnp.argmax(logits, axis=-1)
+  scaled = logits / jnp.maximum(temperature, 1e-6)
+  sampled = jax.random.categorical(rng, scaled, axis=-1)
+  return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
+
+
+def generate(model: GPT, variables: Any, prompt_ids: Array, max_new_tokens: int, rng: Array,
+             temperature: float = 1.0, top_k: int | None = None) -> Array:
+  """Continues prompt_ids [B,P] by max_new_tokens sampled tokens: ids [B, P + max_new_tokens].
+
+  The prompt fills a key/value cache in one pass, then each new token costs one cached step; the
+  whole loop is one jit (lax.scan), compiled once per (model, shapes, max_new_tokens, top_k);
+  temperature and rng are traced. Needs P + max_new_tokens <= model.max_len.
+  """
+  batch, length = prompt_ids.shape
+  if length + max_new_tokens > model.max_len:
+    raise ValueError(f"prompt length {length} + max_new_tokens {max_new_tokens} exceeds "
+                     f"max_len={model.max_len}")
+  if max_new_tokens <= 0:
+    return jnp.asarray(prompt_ids)
+  return _generate(model, _without_cache(variables), jnp.asarray(prompt_ids, jnp.int32),
+                   max_new_tokens, rng, jnp.float32(temperature), top_k)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "top_k"))
+def _generate(model: GPT, variables: Any, prompt_ids: Array, max_new_tokens: int, rng: Array,
+              temperature: Array, top_k: int | None) -> Array:
+  _TRACES["generate"] += 1
+  model = model.clone(decode=True)
+  batch, length = prompt_ids.shape
+  cache = _empty_cache(model, jnp.zeros((batch, length + max_new_tokens), jnp.int32))
+  logits, state = model.apply({**variables, "cache": cache}, prompt_ids, mutable=["cache"])
+  rng, key = jax.random.split(rng)
+  first = sample_logits(logits[:, -1], key, temperature, top_k)
+
+  def step(carry, key):
+    cache, token = carry
+    logits, state = model.apply({**variables, "cache": cache}, token[:, None], mutable=["cache"])
+    return (state["cache"], sample_logits(logits[:, -1], key, temperature, top_k)), token
+
+  keys = jax.random.split(rng, max_new_tokens - 1)
+  (_, last), tokens = jax.lax.scan(step, (state["cache"], first), keys)
+  return jnp.concatenate([prompt_ids, tokens.T, last[:, None]], axis=1)
+
+
+def greedy_decode(model: EncoderDecoder, variables: Any, src_ids: Array, max_len: int,
+                  bos_id: int = 1, eos_id: int = 2) -> Array:
+  """Greedy decoding with the key/value cache: ids [B, max_len], the tokens after BOS.
+
+  The decoder starts from bos_id and picks the argmax token at every step, never the padding id
+  0; the EOS token is kept and every token after it is 0. One jit with a lax.scan, compiled once
+  per (model, src shape, max_len).
+  """
+  if max_len > model.max_len:
+    raise ValueError(f"max_len={max_len} exceeds the model's max_len={model.max_len}")
+  return _greedy_decode(model, _without_cache(variables), jnp.asarray(src_ids, jnp.int32),
+                        max_len, bos_id, eos_id)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_len", "bos_id", "eos_id"))
+def _greedy_decode(model: EncoderDecoder, variables: Any, src_ids: Array, max_len: int,
+                   bos_id: int, eos_id: int) -> Array:
+  _TRACES["greedy_decode"] += 1
+  model = model.clone(use_cache=True)
+  batch = src_ids.shape[0]
+  encoded = model.apply(variables, src_ids, method="encode")
+  cache = _empty_cache(model, src_ids, jnp.zeros((batch, max_len), jnp.int32))
+
+  def step(carry, _):
+    cache, token = carry
+    logits, state = model.apply({**variables, "cache": cache}, encoded, src_ids, token[:, None],
+                                method="decode", mutable=["cache"])
+    token = jnp.argmax(logits[:, -1].at[:, 0].set(-jnp.inf), axis=-1).astype(jnp.int32)
+    return (state["cache"], token), token
+
+  start = jnp.full((batch,), bos_id, jnp.int32)
+  _, tokens = jax.lax.scan(step, (cache, start), None, length=max_len)
+  return mask_after_eos(tokens.T, eos_id)
+
+
+def mask_after_eos(ids: Array, eos_id: int) -> Array:
+  """Sets every token after the first eos_id of each row to 0 (the EOS itself stays)."""
+  is_eos = ids == eos_id
+  after = (jnp.cumsum(is_eos, axis=1) - is_eos) > 0
+  return jnp.where(after, 0, ids)
+
+
+# ---------- FLOPs
+
+
+def _attention_flops(q_len: int, kv_len: int, dim: int, inner: int) -> float:
+  """Q, K, V and output projections plus scores and weighted values (2 * MACs)."""
+  projections = 2.0 * dim * inner * (2 * q_len + 2 * kv_len)
+  return projections + 2.0 * 2.0 * q_len * kv_len * inner
+
+
+def _mlp_flops(length: int, dim: int, mlp_dim: int) -> float:
+  return 2.0 * 2.0 * length * dim * mlp_dim
+
+
+def forward_flops(model: nn.Module, seq_len: int | tuple[int, int]) -> float:
+  """Analytic forward FLOPs (2 * multiply-accumulates) for ONE example.
+
+  Counts the matmuls: attention projections, the full T x T scores and weighted values (causal
+  masking is not subtracted), MLPs and the output head. Embedding look-ups, LayerNorm, softmax,
+  biases and pooling are not counted. For an EncoderDecoder, seq_len is an int (source and target
+  length) or (src_len, tgt_len).
+  """
+  dim = model.model_dim
+  inner = model.num_heads * (model.head_dim or model.model_dim // model.num_heads)
+  if isinstance(model, EncoderDecoder):
+    src, tgt = (seq_len, seq_len) if isinstance(seq_len, int) else seq_len
+    encoder = _attention_flops(src, src, dim, inner) + _mlp_flops(src, dim, model.mlp_dim)
+    decoder = (_attention_flops(tgt, tgt, dim, inner) + _attention_flops(tgt, src, dim, inner)
+               + _mlp_flops(tgt, dim, model.mlp_dim))
+    return model.num_layers * (encoder + decoder) + 2.0 * tgt * dim * model.tgt_vocab_size
+  if not isinstance(seq_len, int):
+    raise TypeError(f"seq_len must be an int for {type(model).__name__}")
+  layer = _attention_flops(seq_len, seq_len, dim, inner) + _mlp_flops(seq_len, dim, model.mlp_dim)
+  if isinstance(model, GPT):
+    return model.num_layers * layer + 2.0 * seq_len * dim * model.vocab_size
+  if isinstance(model, TransformerEncoder):
+    return model.num_layers * layer + 2.0 * dim * model.num_classes
+  raise TypeError(f"no FLOP count for {type(model).__name__}")
