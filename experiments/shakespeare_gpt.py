@@ -3,7 +3,9 @@
   python -m experiments.shakespeare_gpt --workdir=runs/shakespeare_gpt
   python -m jaxmodels.predict --workdir=runs/shakespeare_gpt --prompt="ROMEO:" --num_tokens=300
 
-Expect: (measured numbers go here once the real-data run is done).
+Expect (measured Nov 2026 on a busy 2-core CPU, with --config.num_train_steps=700
+--config.warmup_steps=50): validation loss 1.90 nats/char in 15m47s (0.7 steps/s), still falling;
+the 1.7 target needs about three times the steps, or a GPU.
 """
 import sys
 
