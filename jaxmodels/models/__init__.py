@@ -16,7 +16,7 @@ from jaxmodels.models.rnn import (Recurrent, RNNClassifier, RNNLanguageModel, Si
 from jaxmodels.models.transformer import (GPT, EncoderDecoder, TransformerEncoder, generate,
                                           greedy_decode)
 
-# LSTM and GRU cells are flax's; Recurrent(cell='lstm'|'gru'|'rnn') runs any of them fused.
+# LSTM and GRU cells are flax's; Recurrent(cell='lstm'|'gru'|'rnn') runs any of them over time.
 LSTMCell = nn.OptimizedLSTMCell
 GRUCell = nn.GRUCell
 

@@ -1,10 +1,18 @@
-"""Recurrent models: an Elman cell, fused LSTM/GRU/RNN layers, a classifier and a language model.
+"""Recurrent models: an Elman cell, LSTM/GRU/RNN layers, a classifier and a language model.
 
-Layers run time-major inside: the input projections of all time steps are one large matmul done
-before the scan, so only the recurrent matmul `h @ W_h` stays inside the loop. Parameters use
-flax's layout (`nn.OptimizedLSTMCell`/`nn.LSTMCell`, `nn.GRUCell`, `nn.SimpleCell` names and
-shapes under a child called 'cell'), so a layer's variables are also valid variables of
-`nn.RNN(flax_cell)`; `impl='flax'` runs exactly that, for comparison.
+Two interchangeable implementations of a layer, with one parameter tree (flax's layout:
+`nn.OptimizedLSTMCell`/`nn.LSTMCell`, `nn.GRUCell`, `nn.SimpleCell` names and shapes under a
+child called 'cell'):
+- `impl='flax'` (default): `nn.RNN` over the flax cell, input and recurrent matmuls per step.
+- `impl='fused'`: the input projections of all time steps are one large matmul before the scan,
+  only `h @ W_h` stays in the loop, and the scan has a hand-written VJP whose weight gradient is
+  one large matmul after the backward loop.
+On this project's 2-core CPU (XLA, shared with other jobs, Nov 2026; F=128, T=128, min of 8)
+per-step flax was the faster or equal one: LSTM B=64 H=128 forward 25 vs 27 ms, training step
+117 vs 131 ms; LSTM B=32 H=256 training step 174 vs 176 ms (fused won 180 vs 190 in another
+run); GRU B=64 H=128 forward 20 vs 38 ms, training step 81 vs 103 ms. Per-step matmuls ran at
+the same FLOP rate as one large matmul there, so precomputing saved no time on CPU; 'fused' is
+the layout that should pay on GPU/TPU, where large matmuls are far more efficient (not measured).
 
 Carries follow flax: LSTM `(c, h)`, GRU and RNN `h`, each [B, H].
 """
@@ -114,7 +122,6 @@ class _DenseParams(nn.Module):
 
 
 # (name, use_bias) of the input-side and hidden-side Dense layers of each flax cell, gate order.
-_IFOG = (0, 1, 3, 2)
 _LAYOUT = {
     "lstm": ((("ii", False), ("if", False), ("ig", False), ("io", False)),
              (("hi", True), ("hf", True), ("hg", True), ("ho", True))),
@@ -122,6 +129,7 @@ _LAYOUT = {
             (("hr", False), ("hz", False), ("hn", True))),
     "rnn": ((("i", True),), (("h", False),)),
 }
+_IFOG = (0, 1, 3, 2)  # flax's LSTM gates i, f, g, o -> fused order i, f, o, g
 
 
 class CellParams(nn.Module):
@@ -129,8 +137,10 @@ class CellParams(nn.Module):
 
   Returns `(w_x [F, G*H], b_x [G*H], w_h [H, G*H], b_hn [H] | None)` with gate blocks ordered
   LSTM i, f, o, g (flax's i, f, g, o reordered so that one sigmoid covers a contiguous 3H block:
-  XLA on CPU runs that twice as fast as four sliced activations) and GRU r, z, n. LSTM's recurrent biases act as the input-side bias (they are
-  summed anyway); GRU keeps `b_hn` apart because it sits inside `r * (W_hn h + b_hn)`.
+  XLA on CPU ran that scan twice as fast as four sliced activations) and GRU r, z, n. LSTM's
+  recurrent biases act as the input-side bias (the two are summed anyway); GRU keeps `b_hn`
+  apart because it sits inside `r * (W_hn h + b_hn)`. The parameters themselves keep flax's
+  names and shapes; only this fused view is reordered.
   """
   cell: str
   features: int
@@ -162,7 +172,8 @@ class CellParams(nn.Module):
 # Each cell's step in two halves for the hand-written VJP of the whole scan. `fwd(w_h, b_hn,
 # carry, xp_t)` -> (new carry, output, residuals), where xp_t already holds the input projection
 # and bias; `bwd(w_h, residuals, h_prev, d_carry, d_out)` -> (d previous carry, d xp_t, d hp_t),
-# with hp_t = h_prev @ w_h the recurrent pre-activation (it differs from d xp_t only for GRU).
+# with hp_t = h_prev @ w_h the recurrent pre-activation; d hp_t is None where it equals d xp_t
+# (LSTM, RNN: only GRU's reset gate sits between them).
 
 
 def _lstm_fwd(w_h, b_hn, carry, xp):
@@ -188,7 +199,7 @@ def _lstm_bwd(w_h, res, h_prev, d_carry, dy):
   dc = dc + dh * o * (1 - tc * tc)
   ds = jnp.concatenate([dc * g, dc * c_prev, dh * tc], axis=-1) * s * (1 - s)
   dz = jnp.concatenate([ds, dc * i * (1 - g * g)], axis=-1)
-  return (dc * f, dz @ w_h.T), dz, dz
+  return (dc * f, dz @ w_h.T), dz, None
 
 
 def _gru_fwd(w_h, b_hn, h, xp):
@@ -221,7 +232,7 @@ def _rnn_fwd(w_h, b_hn, h, xp):
 def _rnn_bwd(w_h, res, h_prev, d_carry, dy):
   del h_prev
   dz = (d_carry + dy) * (1 - res * res)
-  return dz @ w_h.T, dz, dz
+  return dz @ w_h.T, dz, None
 
 
 _FWD = {"lstm": _lstm_fwd, "gru": _gru_fwd, "rnn": _rnn_fwd}
@@ -293,8 +304,9 @@ def _scan_forward(cell, xp, b_x, w_h, b_hn, carry, mask, save):
 
   def body(c, inputs):
     xp_t, m_t = inputs
+    # The bias is added per step: a separate pass over the whole xp was slower on CPU.
     new, y, res = fwd(w_h, b_hn, c, xp_t + b_x)
-    if m_t is not None:  # the bias is added here: a separate pass over xp was slower on CPU
+    if m_t is not None:
       new = jax.tree.map(lambda a, b: jnp.where(m_t[:, None], a, b), new, c)
     return new, (y, (res, carry_output(cell, c)) if save else None)
 
@@ -322,7 +334,10 @@ def _scan_cells_bwd(cell, residuals, cotangents):
     return jax.tree.map(lambda a, b: a + skip(b), d_prev, dc), grads
 
   d_carry, (d_xp, d_hp) = lax.scan(body, d_carry, (res, h_prev, mask, d_ys), reverse=True)
-  d_w_h = jnp.einsum("tbh,tbg->hg", h_prev, d_hp)
+  d_hp = d_xp if d_hp is None else d_hp
+  # An explicit transpose: the einsum contracting over (t, b) ran half as fast on CPU.
+  h_prev_t = lax.optimization_barrier(h_prev.reshape(-1, h_prev.shape[-1]).T)
+  d_w_h = h_prev_t @ d_hp.reshape(-1, d_hp.shape[-1])
   d_b_hn = None if b_hn is None else jnp.sum(d_hp[..., -b_hn.shape[0]:], axis=(0, 1))
   return d_xp, jnp.sum(d_xp, axis=(0, 1)), d_w_h, d_b_hn, d_carry, None
 
@@ -382,9 +397,10 @@ class Recurrent(nn.Module):
   `initial_carry` / `return_carry=True` expose the full state, a tuple over layers of tuples over
   directions of cell carries; then the call returns `(outputs, final_state, carries)`.
 
-  `impl='fused'` (default, faster) uses `RecurrentLayer`; `impl='flax'` runs `nn.RNN` over the
-  flax cell (`nn.OptimizedLSTMCell`, `nn.GRUCell`, `SimpleRNNCell`). Both have the same
-  parameter tree, `{'layer{l}_{fwd|bwd}': {'cell': <flax cell params>}}`.
+  `impl='flax'` (default; faster on CPU for most sizes measured, see the module docstring) runs
+  `nn.RNN` over the flax cell (`nn.OptimizedLSTMCell`, `nn.GRUCell`, `SimpleRNNCell`);
+  `impl='fused'` runs `RecurrentLayer`. Both have the same parameter tree,
+  `{'layer{l}_{fwd|bwd}': {'cell': <flax cell params>}}`, and give the same results.
 
   `time_major=True` takes x [T, B, F] and returns outputs [T, B, D*H]: the layers run time-major,
   and a caller that can produce time-major inputs (an embedding of `ids.T`) skips two transposes.
@@ -394,7 +410,7 @@ class Recurrent(nn.Module):
   num_layers: int = 1
   bidirectional: bool = False
   dropout_rate: float = 0.0
-  impl: str = "fused"
+  impl: str = "flax"
   time_major: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -463,7 +479,7 @@ class RNNClassifier(nn.Module):
   num_layers: int = 1
   bidirectional: bool = False
   dropout_rate: float = 0.0
-  impl: str = "fused"
+  impl: str = "flax"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -497,7 +513,7 @@ class RNNLanguageModel(nn.Module):
   cell: str = "lstm"
   num_layers: int = 1
   dropout_rate: float = 0.0
-  impl: str = "fused"
+  impl: str = "flax"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
