@@ -12,6 +12,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
 from jaxmodels.train import checkpoint, config as config_lib, metrics as metrics_lib, optim
 from jaxmodels.train import parallel, perf, steps
@@ -44,7 +45,7 @@ def prepare_workdir(workdir: str) -> None:
     raise WorkdirError(f"--workdir={workdir} is a file, not a directory; choose another path.")
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, ".write_test")
+    probe = os.path.join(workdir, f".write_test.{jax.process_index()}")  # processes share it
     with open(probe, "w", encoding="utf-8") as f:
       f.write("ok")
     os.remove(probe)
@@ -55,10 +56,9 @@ def prepare_workdir(workdir: str) -> None:
 
 def check_resume_config(workdir: str, config: ml_collections.ConfigDict, allow: bool) -> None:
   path = os.path.join(workdir, "config.json")
-  if allow or not os.path.exists(path):
+  if allow or not epath.Path(path).exists():
     return
-  with open(path, encoding="utf-8") as f:
-    saved = json.load(f)
+  saved = json.loads(epath.Path(path).read_text())
   diff = config_lib.differing_keys(saved, config)
   if diff:
     shown = ", ".join(f"{k} (saved {config_lib.flat_keys(ml_collections.ConfigDict(saved)).get(k)!r})"
@@ -69,14 +69,30 @@ def check_resume_config(workdir: str, config: ml_collections.ConfigDict, allow: 
 
 
 class _Signals:
-  """Turns SIGTERM/SIGINT into a request to stop after the current step."""
+  """Turns SIGTERM/SIGINT into a request to stop after the current step.
+
+  With several processes all must stop after the same step, so SIGTERM is left to jax's
+  preemption service, which agrees on that step, and SIGINT keeps its default.
+  """
 
   def __init__(self):
     self.signum = 0
     self._old = {}
+    self._multi = jax.process_count() > 1
+
+  def poll(self, step: int) -> int:
+    """The signal to stop on after `step`, or 0; every process must call it at every step."""
+    if self._multi and not self.signum:
+      from jax.experimental import multihost_utils
+      try:
+        if multihost_utils.reached_preemption_sync_point(step):
+          self.signum = signal.SIGTERM
+      except RuntimeError:  # jax_enable_preemption_service is off
+        pass
+    return self.signum
 
   def __enter__(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in () if self._multi else (signal.SIGTERM, signal.SIGINT):
       try:
         self._old[sig] = signal.signal(sig, self._handle)
       except ValueError:  # not the main thread
@@ -126,10 +142,9 @@ def train_and_evaluate(experiment: ModuleType, config: ml_collections.ConfigDict
     state, meta = restored
   start = int(state.step)
   summary_path = os.path.join(workdir, "summary.json")
-  if start >= config.num_train_steps and os.path.exists(summary_path):
+  if start >= config.num_train_steps and epath.Path(summary_path).exists():
     ckpts.close()
-    with open(summary_path, encoding="utf-8") as f:
-      summary = json.load(f)
+    summary = json.loads(epath.Path(summary_path).read_text())
     if is_main:
       print(f"{workdir} already finished {start} steps; nothing to do. Summary: {summary_path}")
     return summary
@@ -153,9 +168,14 @@ def experiment_name(experiment: ModuleType) -> str:
 
 
 def _write_json(path: str, obj: Any) -> None:
+  """Replaces `path` whole: through a temporary file locally, in one upload on gs:// (epath)."""
+  text = json.dumps(obj, indent=2, sort_keys=True)
+  if "://" in path:
+    epath.Path(path).write_text(text)
+    return
   tmp = path + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
+    f.write(text)
   os.replace(tmp, path)
 
 
@@ -190,10 +210,11 @@ class _Run:
     t = time.time()
     first = strategy.put_batch(next(batches))
     compiled = train_fn.lower(dstate, first).compile()
+    step_fn = strategy.step_callable(train_fn, compiled)
     compile_s = time.time() - t
     flops_per_step = perf.compiled_flops(compiled)
     if flops_per_step and strategy.name != "none":
-      flops_per_step *= jax.local_device_count() if strategy.name == "pmap" else 1
+      flops_per_step *= jax.device_count() if strategy.name == "pmap" else 1
 
     self.progress = metrics_lib.Progress(start, config.num_train_steps, config.progress_bar,
                                          self.is_main)
@@ -204,7 +225,7 @@ class _Run:
     with _Signals() as signals:
       while step < config.num_train_steps:
         t = time.time()
-        dstate, sums = compiled(dstate, batch)
+        dstate, sums = step_fn(dstate, batch)
         step += 1
         self.pending.append(sums)
         in_flight.append(sums)
@@ -219,10 +240,11 @@ class _Run:
           timed_steps += 1
         if step % config.eval_every_steps == 0 and not done:
           self.evaluate(dstate, step, self.data.eval_splits[:1])
-        if step % config.checkpoint_every_steps == 0 or done or signals.signum:
+        stop = signals.poll(step)
+        if step % config.checkpoint_every_steps == 0 or done or stop:
           self._save(dstate, step)
-        if signals.signum:
-          raise Stopped(step, signals.signum)
+        if stop:
+          raise Stopped(step, stop)
         if not done:
           batch = strategy.put_batch(next(batches))
       jax.block_until_ready(dstate)

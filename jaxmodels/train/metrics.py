@@ -31,7 +31,9 @@ class MetricWriter:
     self._jsonl = None
     if enabled:
       from tensorboardX import SummaryWriter
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+      path = os.path.join(workdir, "metrics.jsonl")
+      self._jsonl = (_RewrittenFile(path) if "://" in path
+                     else open(path, "a", encoding="utf-8"))
       self._tb = SummaryWriter(logdir=workdir, flush_secs=30)
 
   def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
@@ -53,6 +55,29 @@ class MetricWriter:
     if self.enabled:
       self._jsonl.close()
       self._tb.close()
+
+
+class _RewrittenFile:
+  """Appending for object stores (gs:// through etils.epath), which cannot append to an object:
+  keeps the text and uploads all of it at each flush."""
+
+  def __init__(self, path: str):
+    from etils import epath
+    self.path = epath.Path(path)
+    self.text = self.path.read_text() if self.path.exists() else ""
+    self.dirty = False
+
+  def write(self, text: str) -> None:
+    self.text += text
+    self.dirty = True
+
+  def flush(self) -> None:
+    if self.dirty:
+      self.path.write_text(self.text)
+      self.dirty = False
+
+  def close(self) -> None:
+    self.flush()
 
 
 class Progress:

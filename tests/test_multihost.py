@@ -1,0 +1,238 @@
+"""Multi-process training: two processes on 127.0.0.1 (jax.distributed with gloo CPU collectives),
+each with 2 fake devices, train exactly like one process with 4 devices, and resume together from a
+checkpoint after both are killed. Also: gs:// workdirs go through etils.epath."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT_S = 150  # per launch; every process still running then is killed
+STEPS = 40
+FLAGS = ["--config.synthetic_data=True", "--config.model.features=(4,)",
+         "--config.model.dense_features=8", "--config.batch_size=16",
+         "--config.schedule=constant", f"--config.num_train_steps={STEPS}",
+         "--config.log_every_steps=5", "--config.eval_every_steps=20",
+         "--config.checkpoint_every_steps=10", "--config.progress_bar=False"]
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _env(devices: int, cache_dir: str) -> dict:
+  """2 or 4 fake CPU devices; a compilation cache shared by the test's runs (start-up is mostly
+  compiling the many small computations of model initialisation)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAXMODELS_HOST_DEVICES=str(devices),
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             JAX_COMPILATION_CACHE_DIR=cache_dir, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+  env.pop("JAX_CPU_COLLECTIVES_IMPLEMENTATION", None)  # the default, gloo
+  return env
+
+
+def _launch(workdir, parallelism: str, processes: int) -> list:
+  """Starts the run's processes; with 2 devices each when processes > 1, else 4 in one."""
+  os.makedirs(workdir, exist_ok=True)
+  cache_dir = os.path.join(os.path.dirname(os.path.dirname(workdir)), "xla_cache")
+  cmd = [sys.executable, "-m", "experiments.fashion_mnist_cnn", f"--workdir={workdir}",
+         f"--config.parallelism={parallelism}"] + FLAGS
+  if processes == 1:
+    return [_popen(cmd, _env(4, cache_dir), os.path.join(workdir, "log0.txt"))]
+  port = _free_port()
+  return [_popen(cmd + [f"--coordinator_address=127.0.0.1:{port}",
+                        f"--num_processes={processes}", f"--process_id={i}"],
+                 _env(2, cache_dir), os.path.join(workdir, f"log{i}.txt"))
+          for i in range(processes)]
+
+
+def _popen(cmd, env, log_path):
+  log = open(log_path, "ab")
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+  proc.log_path = log_path
+  log.close()
+  return proc
+
+
+def _kill(procs) -> None:
+  for p in procs:
+    if p.poll() is None:
+      p.kill()
+  for p in procs:
+    p.wait()
+
+
+def _tail(procs) -> str:
+  out = []
+  for p in procs:
+    with open(p.log_path, errors="replace") as f:
+      lines = [l for l in f.read().splitlines() if "[Gloo]" not in l]
+    out.append(f"--- {p.log_path} (exit {p.returncode})\n" + "\n".join(lines[-25:]))
+  return "\n".join(out)
+
+
+def _wait(procs) -> None:
+  """Waits for all, killing every process at the deadline; fails unless all exit 0."""
+  deadline = time.time() + TIMEOUT_S
+  try:
+    for p in procs:
+      p.wait(timeout=max(deadline - time.time(), 0.1))
+  except subprocess.TimeoutExpired:
+    _kill(procs)
+    pytest.fail(f"run did not finish in {TIMEOUT_S}s; killed.\n{_tail(procs)}")
+  if any(p.returncode != 0 for p in procs):
+    pytest.fail(f"a process failed.\n{_tail(procs)}")
+
+
+def _summary(workdir) -> dict:
+  with open(os.path.join(workdir, "summary.json")) as f:
+    return json.load(f)
+
+
+def _records(workdir) -> list:
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(l) for l in f]
+
+
+def _last_by_step_split(workdir) -> dict:
+  """{(step, split): record}; a resumed run re-logs steps after its checkpoint: keep the last."""
+  return {(r["step"], r["split"]): r for r in _records(workdir)}
+
+
+def _checkpoint_steps(workdir) -> list:
+  path = os.path.join(workdir, "checkpoints")
+  names = os.listdir(path) if os.path.isdir(path) else []
+  return sorted(int(n) for n in names if n.isdigit())
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+  """runs/<name>/ workdirs beside the shared compilation cache xla_cache/."""
+  return tmp_path_factory.mktemp("multihost")
+
+
+@pytest.fixture(scope="module")
+def straight_runs(root):
+  """Uninterrupted runs: {(parallelism, processes): workdir}; the one-process runs first (they fill
+  the compilation cache), then both two-process runs together."""
+  workdirs = {}
+  for processes in (1, 2):
+    launched = {}
+    try:
+      for par in ("pmap", "mesh"):
+        workdirs[(par, processes)] = str(root / "runs" / f"{par}_{processes}")
+        launched[par] = _launch(workdirs[(par, processes)], par, processes)
+      for procs in launched.values():
+        _wait(procs)
+    finally:
+      for procs in launched.values():
+        _kill(procs)
+  return workdirs
+
+
+def _assert_same_run(workdir, reference, atol=1e-5):
+  got, want = _summary(workdir), _summary(reference)
+  assert got["steps"] == want["steps"] == STEPS
+  assert got["num_devices"] == want["num_devices"] == 4
+  for key in ("train_loss", "train_accuracy", "eval_loss", "eval_accuracy", "test_loss",
+              "test_accuracy"):
+    np.testing.assert_allclose(got[key], want[key], rtol=0, atol=atol, err_msg=key)
+  got_records, want_records = _last_by_step_split(workdir), _last_by_step_split(reference)
+  assert sorted(got_records) == sorted(want_records)
+  for key, want_record in want_records.items():
+    np.testing.assert_allclose(got_records[key]["loss"], want_record["loss"], rtol=0, atol=atol,
+                               err_msg=str(key))
+
+
+@pytest.mark.parametrize("parallelism", ["pmap", "mesh"])
+def test_two_processes_equal_one_process_with_the_same_devices(straight_runs, parallelism):
+  two, one = straight_runs[(parallelism, 2)], straight_runs[(parallelism, 1)]
+  _assert_same_run(two, one)
+  assert _summary(two)["parallelism"] == parallelism
+  # The loss moved, so equality is not two runs that both did nothing.
+  records = [r for r in _records(one) if r["split"] == "train"]
+  assert abs(records[0]["loss"] - records[-1]["loss"]) > 1e-3
+  # Only process 0 writes metrics: one record per (step, split).
+  assert len(_records(two)) == len(_last_by_step_split(two))
+  for name in ("config.json", "run.json", "summary.json"):
+    assert os.path.exists(os.path.join(two, name))
+
+
+def test_both_processes_killed_then_resume_from_checkpoint(straight_runs, root):
+  workdir = str(root / "runs" / "killed")
+  procs = _launch(workdir, "mesh", 2)
+  deadline = time.time() + TIMEOUT_S
+  try:
+    while not _checkpoint_steps(workdir):
+      if time.time() > deadline or any(p.poll() is not None for p in procs):
+        pytest.fail(f"no checkpoint appeared before the processes ended.\n{_tail(procs)}")
+      time.sleep(0.05)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.send_signal(signal.SIGKILL)
+    _kill(procs)
+  killed_at = _checkpoint_steps(workdir)
+  assert killed_at and max(killed_at) < STEPS
+  assert not os.path.exists(os.path.join(workdir, "summary.json"))
+
+  resumed = _launch(workdir, "mesh", 2)
+  _wait(resumed)
+  with open(resumed[0].log_path) as f:
+    assert "Traceback" not in f.read()
+  # It restarted from the checkpoint, not from step 0: no train record at step 5 after the kill.
+  records = _records(workdir)
+  fives = [i for i, r in enumerate(records) if r["step"] == 5 and r["split"] == "train"]
+  assert len(fives) == 1
+  _assert_same_run(workdir, straight_runs[("mesh", 2)], atol=1e-6)
+  _assert_same_run(workdir, straight_runs[("mesh", 1)])
+
+
+def test_gs_workdir_files_go_through_epath(monkeypatch):
+  """config.json, summary.json and metrics.jsonl on gs:// use etils.epath (fsspec backend, gcsfs in
+  real use; here fsspec's in-memory filesystem stands in for it). Appends survive a reopen."""
+  import fsspec  # pylint: disable=unused-import
+  import tensorboardX
+  from etils import epath
+  from fsspec.implementations.memory import MemoryFileSystem
+  import ml_collections
+  from jaxmodels.train import config as config_lib, loop, metrics
+
+  class Memory(MemoryFileSystem):
+    store, pseudo_dirs = {}, [""]  # private to this test
+  registry = sys.modules["fsspec.registry"]._registry  # pylint: disable=protected-access
+  monkeypatch.setitem(registry, "gcs", Memory)
+  epath.backend.fsspec_backend._get_filesystem.cache_clear()
+
+  class NoTensorBoard:
+    def __init__(self, logdir, **kwargs):
+      assert logdir == "gs://bucket/run"
+    add_scalar = flush = close = lambda *args: None
+  monkeypatch.setattr(tensorboardX, "SummaryWriter", NoTensorBoard)
+  try:
+    for steps in ([1, 2], [3]):
+      writer = metrics.MetricWriter("gs://bucket/run")
+      for step in steps:
+        writer.write(step, "train", {"loss": 1.0 / step})
+      writer.close()
+    lines = epath.Path("gs://bucket/run/metrics.jsonl").read_text().splitlines()
+    assert [json.loads(l) for l in lines] == [
+        {"step": s, "split": "train", "loss": 1.0 / s} for s in (1, 2, 3)]
+
+    config = ml_collections.ConfigDict({"seed": 3})
+    loop._write_json("gs://bucket/run/config.json", config.to_dict())  # pylint: disable=protected-access
+    assert json.loads(epath.Path("gs://bucket/run/config.json").read_text()) == {"seed": 3}
+    loop.check_resume_config("gs://bucket/run", config, allow=False)
+    with pytest.raises(config_lib.ConfigError, match="seed"):
+      loop.check_resume_config("gs://bucket/run", ml_collections.ConfigDict({"seed": 4}), False)
+    assert not os.path.exists("gs:") and not os.path.exists("bucket")
+  finally:
+    epath.backend.fsspec_backend._get_filesystem.cache_clear()
