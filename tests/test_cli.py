@@ -141,3 +141,12 @@ def test_predict_on_a_directory_that_is_not_a_run(tmp_path):
   result = run([f"--workdir={tmp_path}"], module="jaxmodels.predict")
   assert result.returncode == 2
   assert "run.json" in result.stderr and str(tmp_path) in result.stderr
+
+
+def test_prompt_outside_the_vocabulary_names_the_characters():
+  from jaxmodels.predict import encode_prompt
+  assert encode_prompt("ab", ["a", "b", "c"]).tolist() == [[0, 1]]
+  with pytest.raises(ValueError, match=r"outside the model's vocabulary: \['Z', 'é'\]"):
+    encode_prompt("abZé", ["a", "b", "c"])
+  with pytest.raises(ValueError, match="empty"):
+    encode_prompt("", ["a"])

@@ -65,8 +65,8 @@ def reference(tmp_path_factory):
   return workdir
 
 
-def test_kill_9_at_random_moments_then_resume_is_bit_identical(reference, tmp_path):
-  kills = int(os.environ.get("JAXMODELS_KILLS", "5"))
+@pytest.mark.parametrize("kills", [5, pytest.param(20, marks=pytest.mark.slow)])
+def test_kill_9_at_random_moments_then_resume_is_bit_identical(reference, tmp_path, kills):
   workdir = str(tmp_path / "killed")
   rng = random.Random(0)
   for _ in range(kills):

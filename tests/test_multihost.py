@@ -3,6 +3,7 @@ each with 2 fake devices, train exactly like one process with 4 devices, and res
 checkpoint after both are killed. Also: gs:// workdirs go through etils.epath."""
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -39,12 +40,14 @@ def _env(devices: int, cache_dir: str) -> dict:
   return env
 
 
-def _launch(workdir, parallelism: str, processes: int) -> list:
+def _launch(workdir, parallelism: str, processes: int, extra=()) -> list:
   """Starts the run's processes; with 2 devices each when processes > 1, else 4 in one."""
   os.makedirs(workdir, exist_ok=True)
-  cache_dir = os.path.join(os.path.dirname(os.path.dirname(workdir)), "xla_cache")
+  # <basetemp>/<test>/runs/<name>: one cache for every test of this file (of this xdist worker).
+  cache_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(workdir))),
+                           "xla_cache_multihost")
   cmd = [sys.executable, "-m", "experiments.fashion_mnist_cnn", f"--workdir={workdir}",
-         f"--config.parallelism={parallelism}"] + FLAGS
+         f"--config.parallelism={parallelism}"] + FLAGS + list(extra)
   if processes == 1:
     return [_popen(cmd, _env(4, cache_dir), os.path.join(workdir, "log0.txt"))]
   port = _free_port()
@@ -113,14 +116,7 @@ def _checkpoint_steps(workdir) -> list:
   return sorted(int(n) for n in names if n.isdigit())
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-  """runs/<name>/ workdirs beside the shared compilation cache xla_cache/."""
-  return tmp_path_factory.mktemp("multihost")
-
-
-@pytest.fixture(scope="module")
-def straight_runs(root):
+def _straight_runs(root) -> dict:
   """Uninterrupted runs: {(parallelism, processes): workdir}; the one-process runs first (they fill
   the compilation cache), then both two-process runs together."""
   workdirs = {}
@@ -152,48 +148,66 @@ def _assert_same_run(workdir, reference, atol=1e-5):
                                err_msg=str(key))
 
 
-@pytest.mark.parametrize("parallelism", ["pmap", "mesh"])
-def test_two_processes_equal_one_process_with_the_same_devices(straight_runs, parallelism):
-  two, one = straight_runs[(parallelism, 2)], straight_runs[(parallelism, 1)]
-  _assert_same_run(two, one)
-  assert _summary(two)["parallelism"] == parallelism
-  # The loss moved, so equality is not two runs that both did nothing.
-  records = [r for r in _records(one) if r["split"] == "train"]
-  assert abs(records[0]["loss"] - records[-1]["loss"]) > 1e-3
-  # Only process 0 writes metrics: one record per (step, split).
-  assert len(_records(two)) == len(_last_by_step_split(two))
-  for name in ("config.json", "run.json", "summary.json"):
-    assert os.path.exists(os.path.join(two, name))
-
-
-def test_both_processes_killed_then_resume_from_checkpoint(straight_runs, root):
-  workdir = str(root / "runs" / "killed")
-  procs = _launch(workdir, "mesh", 2)
+def _run_until_checkpoint(workdir, parallelism: str, extra=()) -> list:
+  """Starts a two-process run and returns its processes, still running, once a checkpoint exists."""
+  procs = _launch(workdir, parallelism, 2, extra)
   deadline = time.time() + TIMEOUT_S
-  try:
-    while not _checkpoint_steps(workdir):
-      if time.time() > deadline or any(p.poll() is not None for p in procs):
-        pytest.fail(f"no checkpoint appeared before the processes ended.\n{_tail(procs)}")
-      time.sleep(0.05)
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.send_signal(signal.SIGKILL)
-    _kill(procs)
+  while not _checkpoint_steps(workdir):
+    if time.time() > deadline or any(p.poll() is not None for p in procs):
+      _kill(procs)
+      pytest.fail(f"no checkpoint appeared while the processes ran.\n{_tail(procs)}")
+    time.sleep(0.05)
+  return procs
+
+
+# One test, not several sharing a fixture: pytest-xdist could run each on its own worker and
+# launch every run twice.
+def test_two_processes_train_like_one_and_resume_after_both_are_killed(tmp_path):
+  runs = _straight_runs(tmp_path)
+  for parallelism in ("pmap", "mesh"):
+    two, one = runs[(parallelism, 2)], runs[(parallelism, 1)]
+    _assert_same_run(two, one)
+    assert _summary(two)["parallelism"] == parallelism
+    # The loss moved, so equality is not two runs that both did nothing.
+    records = [r for r in _records(one) if r["split"] == "train"]
+    assert abs(records[0]["loss"] - records[-1]["loss"]) > 1e-3
+    # Only process 0 writes metrics: one record per (step, split).
+    assert len(_records(two)) == len(_last_by_step_split(two))
+    for name in ("config.json", "run.json", "summary.json"):
+      assert os.path.exists(os.path.join(two, name))
+
+  workdir = str(tmp_path / "runs" / "killed")
+  _kill(_run_until_checkpoint(workdir, "mesh"))  # SIGKILL both
   killed_at = _checkpoint_steps(workdir)
   assert killed_at and max(killed_at) < STEPS
   assert not os.path.exists(os.path.join(workdir, "summary.json"))
-
   resumed = _launch(workdir, "mesh", 2)
   _wait(resumed)
-  with open(resumed[0].log_path) as f:
-    assert "Traceback" not in f.read()
-  # It restarted from the checkpoint, not from step 0: no train record at step 5 after the kill.
-  records = _records(workdir)
-  fives = [i for i, r in enumerate(records) if r["step"] == 5 and r["split"] == "train"]
-  assert len(fives) == 1
-  _assert_same_run(workdir, straight_runs[("mesh", 2)], atol=1e-6)
-  _assert_same_run(workdir, straight_runs[("mesh", 1)])
+  # It restarted from the checkpoint, not from step 0: one train record at step 5 in all.
+  assert sum(r["step"] == 5 and r["split"] == "train" for r in _records(workdir)) == 1
+  _assert_same_run(workdir, runs[("mesh", 2)], atol=1e-6)
+  _assert_same_run(workdir, runs[("mesh", 1)])
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
+  """jax's preemption service agrees on the step, so both save there and exit 128 + SIGTERM."""
+  workdir = str(tmp_path / "runs" / "preempted")
+  procs = _run_until_checkpoint(workdir, "pmap", ["--config.num_train_steps=100000"])
+  procs[1].send_signal(signal.SIGTERM)
+  deadline = time.time() + TIMEOUT_S
+  try:
+    for p in procs:
+      p.wait(timeout=max(deadline - time.time(), 0.1))
+  except subprocess.TimeoutExpired:
+    _kill(procs)
+    pytest.fail(f"the processes did not stop after SIGTERM.\n{_tail(procs)}")
+  assert [p.returncode for p in procs] == [128 + signal.SIGTERM] * 2, _tail(procs)
+  stopped = []
+  for p in procs:
+    with open(p.log_path) as f:
+      stopped += re.findall(r"Stopped by signal 15 at step (\d+)", f.read())
+  assert len(stopped) == 2 and stopped[0] == stopped[1], _tail(procs)
+  assert max(_checkpoint_steps(workdir)) == int(stopped[0])
 
 
 def test_gs_workdir_files_go_through_epath(monkeypatch):
