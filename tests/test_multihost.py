@@ -1,6 +1,7 @@
 """Multi-process training: two processes on 127.0.0.1 (jax.distributed with gloo CPU collectives),
 each with 2 fake devices, train exactly like one process with 4 devices, and resume together from a
-checkpoint after both are killed. Also: gs:// workdirs go through etils.epath."""
+checkpoint after both are killed; SIGTERM to one process stops both after the same step. Also:
+gs:// workdirs go through etils.epath."""
 import json
 import os
 import re

@@ -72,6 +72,10 @@ def _init_distributed(fv: flags.FlagValues) -> None:
     if not (fv.coordinator_address and fv.num_processes and fv.process_id is not None):
       _fail("multi-process runs need all of --coordinator_address=HOST:PORT, --num_processes=N "
             "and --process_id=I (or none of them).")
+    import os
+    if not os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):
+      # CPU processes need cross-process collectives; gloo is the default in recent jax only.
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(fv.coordinator_address, fv.num_processes, fv.process_id)
   elif _on_cloud_tpu():
     jax.distributed.initialize()

@@ -120,6 +120,10 @@ def train_and_evaluate(experiment: ModuleType, config: ml_collections.ConfigDict
   is_main = jax.process_index() == 0
   prepare_workdir(workdir)
   config_lib.check(config, jax.device_count())
+  if config.parallelism == "none" and jax.process_count() > 1:
+    raise config_lib.ConfigError(
+        f"config.parallelism='none' trains on one device, but this run has {jax.process_count()} "
+        "processes; use --config.parallelism=pmap or mesh.")
   check_resume_config(workdir, config, allow_config_change)
   if is_main:
     _write_json(os.path.join(workdir, "config.json"), json.loads(config_lib.to_json(config)))
