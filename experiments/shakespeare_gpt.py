@@ -9,13 +9,12 @@ the 1.7 target needs about three times the steps, or a GPU.
 """
 import sys
 
-import jax
 import ml_collections
-import numpy as np
 
 from jaxmodels import tasks
 from jaxmodels.data.synthetic import SyntheticDataset
 from jaxmodels.models import transformer
+from jaxmodels.predict import print_sample
 from jaxmodels.sweep import IntRange, LogUniform, Sweep, Uniform
 from jaxmodels.train import base_config, run_experiment
 
@@ -67,14 +66,7 @@ def generate(model, variables, prompt_ids, num_tokens, rng, temperature=0.8, top
 
 def on_finish(model, variables, info, config):
   """Prints a sample from the trained model and keeps it in summary.json."""
-  from jaxmodels.predict import encode_prompt
-  vocab = info["vocab"]
-  prompt = "".join(ch for ch in config.sample_prompt if ch in vocab) or vocab[0]
-  ids = generate(model, variables, encode_prompt(prompt, vocab), config.sample_tokens,
-                 jax.random.PRNGKey(config.seed))
-  text = "".join(vocab[i] for i in np.asarray(ids)[0])
-  print(f"--- sample ---\n{text}\n--------------", flush=True)
-  return {"sample": text}
+  return {"sample": print_sample(generate, model, variables, info["vocab"], config)}
 
 
 def get_sweep() -> Sweep:

@@ -75,6 +75,17 @@ def encode_prompt(prompt: str, vocab: list[str]) -> np.ndarray:
   return np.array([[index[ch] for ch in prompt]], np.int32)
 
 
+def print_sample(generate, model: Any, variables: Any, vocab: list[str],
+                 config: ml_collections.ConfigDict) -> str:
+  """Continues config.sample_prompt by config.sample_tokens characters, prints and returns it."""
+  prompt = "".join(ch for ch in config.sample_prompt if ch in vocab) or vocab[0]
+  ids = generate(model, variables, encode_prompt(prompt, vocab), config.sample_tokens,
+                 jax.random.PRNGKey(config.seed))
+  text = "".join(vocab[i] for i in np.asarray(ids)[0])
+  print(f"--- sample ---\n{text}\n--------------", flush=True)
+  return text
+
+
 def main(argv: list[str]) -> None:
   from absl import flags
   del argv
