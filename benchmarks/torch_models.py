@@ -6,9 +6,12 @@ max-pool) and 1x1 projection shortcuts; the LSTM language model is Embedding -> 
 the MLP is Flatten -> Dense/ReLU layers. The GPT uses `F.scaled_dot_product_attention` with
 `is_causal=True`, the idiomatic (and fastest) way to write attention in PyTorch eager.
 
-A `TorchStep` runs one optimizer step on a fixed batch, the way a PyTorch training loop does.
-Variants: 'eager' (NCHW for images), 'channels_last' (images only) and 'compile' (torch.compile
-of the model; it needs a C++ compiler and may be unavailable).
+A `TorchStep` runs one optimizer step on a fixed batch, the way a PyTorch training loop does,
+with as many intra-op threads as cores. Variants: 'eager' (NCHW for images), 'channels_last'
+(images only), 'eager_1thread' (one thread: on a loaded machine OpenMP's barriers make small
+ops far slower with two threads than with one, so for the small models the faster of the two is
+the fair baseline) and 'compile' (torch.compile of the model; it needs a C++ compiler and may be
+unavailable).
 """
 from __future__ import annotations
 
@@ -150,8 +153,12 @@ MODELS = {"gpt": GPT, "resnet18": ResNet18, "lstm": LSTMLanguageModel, "mlp": ML
 
 
 def variants(name: str) -> tuple[str, ...]:
-  """The eager variants worth timing for `name` (the faster one is the baseline)."""
-  return ("eager", "channels_last") if name == "resnet18" else ("eager",)
+  """The eager variants worth timing for `name` (the fastest one is the baseline)."""
+  if name == "resnet18":
+    return ("eager", "channels_last")
+  if name in ("mlp", "lstm"):
+    return ("eager", "eager_1thread")
+  return ("eager",)
 
 
 def set_threads(threads: int | None = None) -> int:
@@ -178,10 +185,11 @@ class TorchStep:
 
   def __init__(self, name: str, shape: dict[str, Any], batch: dict[str, np.ndarray],
                variant: str = "eager", lr: float = 1e-3, seed: int = 0):
-    if variant not in ("eager", "channels_last", "compile"):
+    if variant not in ("eager", "channels_last", "eager_1thread", "compile"):
       raise ValueError(f"unknown torch variant {variant!r}")
     torch.manual_seed(seed)
     self.name, self.variant = name, variant
+    self.threads = 1 if variant == "eager_1thread" else (os.cpu_count() or 1)
     model = MODELS[name](**shape)
     x = torch.from_numpy(np.ascontiguousarray(batch["inputs"]))
     if x.ndim == 4:
@@ -205,6 +213,7 @@ class TorchStep:
 
   def run(self, steps: int) -> float:
     """Seconds for `steps` steps (PyTorch on CPU is synchronous)."""
+    torch.set_num_threads(self.threads)
     start = time.perf_counter()
     for _ in range(steps):
       self.step()

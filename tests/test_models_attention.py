@@ -109,15 +109,15 @@ def test_jax_nn_path_agrees_with_native_path_and_gradients():
 
 
 def test_attention_weights_are_float32_softmax_for_bfloat16_inputs():
-  q, k, _ = qkv(3)
-  mask = jnp.asarray(causal_mask(TQ))
-  w = attention_weights(q[:, :, :, :].astype(jnp.bfloat16), q.astype(jnp.bfloat16), mask)
-  assert w.dtype == jnp.float32
-  np.testing.assert_allclose(np.asarray(w).sum(-1), 1.0, rtol=1e-6)
-  assert np.all(np.asarray(w)[..., np.triu_indices(TQ, 1)[0], np.triu_indices(TQ, 1)[1]] == 0)
-  out = attend(*(a.astype(jnp.bfloat16) for a in qkv(3)), None)
+  q, k, v = qkv(3, tq=TK)
+  bf16 = [a.astype(jnp.bfloat16) for a in (q, k, v)]
+  w = np.asarray(attention_weights(bf16[0], bf16[1], causal_mask(TK)))
+  assert w.dtype == np.float32 and w.shape == (B, H, TK, TK)
+  np.testing.assert_allclose(w.sum(-1), 1.0, rtol=1e-6)
+  assert np.all(w[..., np.triu(np.ones((TK, TK), bool), k=1)] == 0)
+  out = attend(*bf16, None)
   assert out.dtype == jnp.bfloat16
-  np.testing.assert_allclose(np.asarray(out, np.float32), np_attention(*qkv(3)), atol=0.05)
+  np.testing.assert_allclose(np.asarray(out, np.float32), np_attention(*bf16), atol=0.05)
 
 
 def test_attention_dropout_zeroes_and_rescales_weights():

@@ -22,13 +22,13 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None = Non
                           implementation: str | None = None) -> Array:
   """softmax(Q K^T / sqrt(d_k)) V for q [B,Tq,H,D], k and v [B,Tk,H,D]; returns [B,Tq,H,D].
 
-  The scores and the softmax are computed in float32 whatever the input dtype. A query row whose
-  keys are all masked out gives zeros (not NaN, not a uniform average). Dropout on the attention
-  weights is applied when `dropout_rng` is given and `dropout_rate > 0`.
+  Scores and softmax are in float32 for float32 and narrower inputs (float64 for float64). A query
+  row whose keys are all masked out gives zeros (not NaN, not a uniform average). Dropout on the
+  attention weights is applied when `dropout_rng` is given and `dropout_rate > 0`.
 
   `implementation`: None picks `jax.nn.dot_product_attention` on GPU/TPU (no attention dropout)
-  and the plain einsum path here otherwise; 'native' forces the plain path; 'xla' or 'cudnn' force
-  `jax.nn.dot_product_attention` with that backend.
+  and the batched-matmul path written here otherwise (the faster one on CPU); 'native' forces
+  that path; 'xla' or 'cudnn' force `jax.nn.dot_product_attention` with that backend.
   """
   if implementation not in _IMPLEMENTATIONS:
     raise ValueError(f"implementation must be one of {_IMPLEMENTATIONS}, got {implementation!r}")
@@ -47,7 +47,8 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None = Non
 
 
 def attention_weights(q: Array, k: Array, mask: Array | None = None) -> Array:
-  """The float32 attention weights [B,H,Tq,Tk]; rows with every key masked are all zero."""
+  """Attention weights [B,H,Tq,Tk] (float32, or float64 for float64 inputs); rows with every key
+  masked are all zero."""
   weights = _softmax_weights(_heads_first(q), _heads_first(k), mask)
   return weights if mask is None else weights * _any_key(mask)[..., None]
 
@@ -62,16 +63,17 @@ def _any_key(mask: Array) -> Array:
 
 
 def _softmax_weights(q: Array, k: Array, mask: Array | None) -> Array:
-  """softmax(q k^T / sqrt(d)) in float32 for heads-first q [B,H,Tq,D], k [B,H,Tk,D].
+  """softmax(q k^T / sqrt(d)) in float32 (float64 for float64 inputs) for heads-first
+  q [B,H,Tq,D], k [B,H,Tk,D].
 
   Masked logits are set to the most negative float, so a partly masked row puts exactly zero
   weight on them; a fully masked row comes out uniform and is zeroed by the caller.
   """
   q = q * jnp.asarray(1.0 / np.sqrt(q.shape[-1]), q.dtype)
   logits = jax.lax.dot_general(q, k, (((3,), (3,)), ((0, 1), (0, 1))),
-                               preferred_element_type=jnp.float32)
+                               preferred_element_type=jnp.promote_types(q.dtype, jnp.float32))
   if mask is not None:
-    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
   return jax.nn.softmax(logits, axis=-1)
 
 

@@ -156,7 +156,8 @@ class TransformerEncoder(nn.Module):
     mask = key_padding_mask(valid)
     for i in range(self.num_layers):
       x = EncoderBlock(self.model_dim, self.num_heads, self.mlp_dim, self.dropout_rate,
-                       self.head_dim, self.implementation, self.dtype, self.param_dtype,
+                       head_dim=self.head_dim, implementation=self.implementation,
+                       dtype=self.dtype, param_dtype=self.param_dtype,
                        name=f"block{i}")(x, mask, train)
     x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="ln_final")(x)
     if self.pooling == "mean":
@@ -285,8 +286,9 @@ class GPT(nn.Module):
     block_cls = nn.remat(DecoderBlock, static_argnums=(5,)) if self.remat else DecoderBlock
     for i in range(self.num_layers):
       x = block_cls(self.model_dim, self.num_heads, self.mlp_dim, self.dropout_rate,
-                    self.head_dim, self.decode, self.implementation, self.dtype,
-                    self.param_dtype, name=f"block{i}")(x, mask, None, None, train)
+                    head_dim=self.head_dim, decode=self.decode,
+                    implementation=self.implementation, dtype=self.dtype,
+                    param_dtype=self.param_dtype, name=f"block{i}")(x, mask, None, None, train)
     x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="ln_final")(x)
     if self.tie_embeddings:
       logits = embed.attend(x)
@@ -312,16 +314,17 @@ def _without_cache(variables: Any) -> dict[str, Any]:
 
 
 def sample_logits(logits: Array, rng: Array, temperature: Array | float = 1.0,
-                  top_k: int | None = None) -> Array:
-  """Samples ids [B] from logits [B,V] at a temperature, optionally among the top_k only;
-  temperature 0 (or top_k=1) is argmax."""
+                  top_k: Array | int | None = None) -> Array:
+  """Samples ids [B] from logits [B,V] at a temperature, optionally among the top_k only (ties
+  with the k-th logit stay in); temperature 0 (or top_k=1) is argmax. top_k may be traced."""
   logits = logits.astype(jnp.float32)
   if top_k is not None:
-    kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+    vocab = logits.shape[-1]
+    k = jnp.clip(jnp.asarray(top_k, jnp.int32), 1, vocab)
+    kth = jax.lax.dynamic_index_in_dim(jnp.sort(logits, axis=-1), vocab - k, axis=-1)
     logits = jnp.where(logits < kth, -jnp.inf, logits)
   greedy = jnp.argmax(logits, axis=-1)
-  scaled = logits / jnp.maximum(temperature, 1e-6)
-  sampled = jax.random.categorical(rng, scaled, axis=-1)
+  sampled = jax.random.categorical(rng, logits / jnp.maximum(temperature, 1e-6), axis=-1)
   return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
 
 
@@ -329,23 +332,25 @@ def generate(model: GPT, variables: Any, prompt_ids: Array, max_new_tokens: int,
              temperature: float = 1.0, top_k: int | None = None) -> Array:
   """Continues prompt_ids [B,P] by max_new_tokens sampled tokens: ids [B, P + max_new_tokens].
 
-  The prompt fills a key/value cache in one pass, then each new token costs one cached step; the
-  whole loop is one jit (lax.scan), compiled once per (model, shapes, max_new_tokens, top_k);
-  temperature and rng are traced. Needs P + max_new_tokens <= model.max_len.
+  The prompt fills a key/value cache in one pass, then each new token costs one cached step. The
+  whole loop is one jit (lax.scan), compiled once per (model, prompt shape, max_new_tokens,
+  whether top_k is used); rng, temperature and the value of top_k are traced. Needs
+  P + max_new_tokens <= model.max_len.
   """
-  batch, length = prompt_ids.shape
+  length = prompt_ids.shape[1]
   if length + max_new_tokens > model.max_len:
     raise ValueError(f"prompt length {length} + max_new_tokens {max_new_tokens} exceeds "
                      f"max_len={model.max_len}")
   if max_new_tokens <= 0:
     return jnp.asarray(prompt_ids)
+  k = None if top_k is None else jnp.int32(top_k)
   return _generate(model, _without_cache(variables), jnp.asarray(prompt_ids, jnp.int32),
-                   max_new_tokens, rng, jnp.float32(temperature), top_k)
+                   max_new_tokens, rng, jnp.float32(temperature), k)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "top_k"))
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens"))
 def _generate(model: GPT, variables: Any, prompt_ids: Array, max_new_tokens: int, rng: Array,
-              temperature: Array, top_k: int | None) -> Array:
+              temperature: Array, top_k: Array | None) -> Array:
   _TRACES["generate"] += 1
   model = model.clone(decode=True)
   batch, length = prompt_ids.shape

@@ -1,0 +1,316 @@
+"""Transformer models: causality, padding invariance, cached decoding against uncached argmax
+loops, single compilation of the decoders, finite-difference gradients and FLOP counts."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from jaxmodels.models import transformer
+from jaxmodels.models.transformer import (GPT, EncoderDecoder, TransformerEncoder, forward_flops,
+                                          generate, greedy_decode, mask_after_eos)
+
+VOCAB = 13
+TINY = dict(model_dim=16, num_layers=2, num_heads=2, mlp_dim=32)
+
+
+def ids(seed, shape, low=1, high=VOCAB):
+  return jnp.asarray(np.random.default_rng(seed).integers(low, high, shape), jnp.int32)
+
+
+def random_params(model, *args, seed=0, scale=0.3):
+  """Random parameters of the model's shapes from NumPy: no compiled init needed, and non-trivial
+  biases and LayerNorm parameters exercise every term."""
+  shapes = jax.eval_shape(model.init, jax.random.key(0), *args)["params"]
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda s: jnp.asarray(scale * rng.standard_normal(s.shape), s.dtype), shapes)
+
+
+def setup_model(model, *args, **kwargs):
+  variables = {"params": random_params(model, *args, **kwargs)}
+  return variables, jax.jit(model.apply, static_argnames=("train", "method"))
+
+
+@functools.lru_cache(maxsize=None)
+def gpt():
+  model = GPT(VOCAB, max_len=12, **TINY)
+  variables, apply = setup_model(model, ids(0, (2, 12)))
+  return model, variables, apply
+
+
+@functools.lru_cache(maxsize=None)
+def seq2seq(seed=0, scale=0.3):
+  model = EncoderDecoder(src_vocab_size=VOCAB, tgt_vocab_size=6, max_len=10, **TINY)
+  variables, apply = setup_model(model, ids(0, (2, 5)), ids(1, (2, 4), high=6), seed=seed,
+                                 scale=scale)
+  return model, variables, apply
+
+
+# ---------- GPT (inputs are [2, 12] throughout, so one compiled forward pass serves most tests)
+
+
+def test_gpt_shapes_dtypes_and_tied_head():
+  model, variables, apply = gpt()
+  x = ids(1, (2, 12))
+  logits = apply(variables, x)
+  assert logits.shape == (2, 12, VOCAB) and logits.dtype == jnp.float32
+  assert "qkv" in variables["params"]["block0"]["self_attn"]
+  assert jax.jit(model.clone(dtype=jnp.bfloat16).apply)(variables, x).dtype == jnp.float32
+  tied = model.clone(tie_embeddings=True)
+  params = random_params(tied, x)
+  assert "head" not in params
+  logits, state = jax.jit(functools.partial(tied.apply, capture_intermediates=True))(
+      {"params": params}, x)
+  final = np.asarray(state["intermediates"]["ln_final"]["__call__"][0], np.float64)
+  table = np.asarray(params["token_embed"]["embedding"], np.float64)
+  np.testing.assert_allclose(logits, final @ table.T, rtol=1e-5, atol=1e-5)
+
+
+def test_gpt_is_causal():
+  _, variables, apply = gpt()
+  x = ids(2, (2, 12))
+  base = np.asarray(apply(variables, x))
+  for t in (0, 4, 9):
+    changed = x.at[:, t + 1:].set((x[:, t + 1:] + 5) % VOCAB)
+    out = np.asarray(apply(variables, changed))
+    np.testing.assert_allclose(out[:, :t + 1], base[:, :t + 1], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(out[:, t + 1:], base[:, t + 1:])
+
+
+def test_gpt_padding_never_changes_real_positions():
+  _, variables, apply = gpt()
+  x = ids(3, (2, 12))
+  mask = jnp.array([[1] * 12, [1] * 7 + [0] * 5])
+  base = np.asarray(apply(variables, x, mask))
+  other = np.asarray(apply(variables, x.at[1, 7:].set(jnp.array([7, 0, 2, 2, 9])), mask))
+  np.testing.assert_allclose(other[1, :7], base[1, :7], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(other[0], base[0], rtol=1e-5, atol=1e-6)
+  # Left padding: the padded tokens are ignored only because of the mask.
+  left = jnp.array([[0, 0] + [1] * 10] * 2)
+  a = np.asarray(apply(variables, x, left))
+  b = np.asarray(apply(variables, x.at[:, :2].set(4), left))
+  np.testing.assert_allclose(a[:, 2:], b[:, 2:], rtol=1e-5, atol=1e-6)
+  unmasked = np.asarray(apply(variables, x.at[:, :2].set(4)))
+  assert not np.allclose(unmasked[:, 2:], a[:, 2:])
+
+
+def gpt_argmax_loop(apply, variables, prompt, total):
+  """Reference decoding without a cache: a full forward pass over the whole prefix per token.
+
+  The prefix sits in a fixed [B, total] buffer (later slots hold filler) so that one compiled
+  forward pass serves every step; causality (tested above) makes the filler irrelevant.
+  """
+  x = np.zeros((prompt.shape[0], total), np.int32)
+  x[:, :prompt.shape[1]] = prompt
+  for t in range(prompt.shape[1], total):
+    x[:, t] = np.argmax(np.asarray(apply(variables, jnp.asarray(x)))[:, t - 1], axis=-1)
+  return x
+
+
+def test_gpt_cached_greedy_generation_equals_uncached_argmax():
+  model, variables, apply = gpt()
+  prompt = ids(4, (2, 4))
+  want = gpt_argmax_loop(apply, variables, prompt, 12)
+  got = generate(model, variables, prompt, 8, jax.random.key(0), temperature=0.0)
+  assert got.shape == (2, 12)
+  np.testing.assert_array_equal(got, want)
+  top1 = generate(model, variables, prompt, 8, jax.random.key(1), temperature=1.0, top_k=1)
+  np.testing.assert_array_equal(top1, want)
+
+
+def test_gpt_top_k_samples_stay_in_the_top_k_of_uncached_logits():
+  model, variables, apply = gpt()
+  prompt = ids(5, (2, 4))
+  for seed in range(3):
+    got = np.asarray(generate(model, variables, prompt, 8, jax.random.key(seed), temperature=2.0,
+                              top_k=3))
+    np.testing.assert_array_equal(got[:, :4], prompt)
+    logits = np.asarray(apply(variables, jnp.asarray(got)))
+    for t in range(4, 12):
+      top3 = np.argsort(logits[:, t - 1], axis=-1)[:, -3:]
+      assert all(got[b, t] in top3[b] for b in range(2))
+  again = generate(model, variables, prompt, 8, jax.random.key(2), temperature=2.0, top_k=3)
+  np.testing.assert_array_equal(again, got)
+  samples = [np.asarray(generate(model, variables, prompt, 8, jax.random.key(s), temperature=5.0))
+             for s in range(3)]
+  assert any(not np.array_equal(samples[0], s) for s in samples[1:])
+
+
+def test_generate_compiles_once_per_shape():
+  model, variables, _ = gpt()
+  generate(model, variables, ids(6, (2, 4)), 8, jax.random.key(0), temperature=0.7, top_k=2)
+  before = transformer._TRACES["generate"]
+  for seed in range(3):
+    generate(model, variables, ids(7 + seed, (2, 4)), 8, jax.random.key(seed),
+             temperature=0.5 * seed, top_k=2 + seed)
+  assert transformer._TRACES["generate"] == before
+  generate(model, variables, ids(6, (2, 3)), 8, jax.random.key(0))
+  assert transformer._TRACES["generate"] == before + 1
+  with pytest.raises(ValueError, match="max_len"):
+    generate(model, variables, ids(6, (2, 4)), 9, jax.random.key(0))
+
+
+def test_gpt_remat_gives_the_same_logits_and_gradients():
+  model, variables, _ = gpt()
+  x = ids(8, (2, 12))
+
+  def grads(m):
+    loss = lambda p: jnp.sum(m.apply({"params": p}, x) ** 2)
+    return jax.jit(jax.value_and_grad(loss))(variables["params"])
+
+  (l0, g0), (l1, g1) = grads(model), grads(model.clone(remat=True))
+  np.testing.assert_allclose(l1, l0, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), g1, g0)
+
+
+def test_dropout_only_in_training():
+  model, variables, apply = gpt()
+  x = ids(9, (2, 12))
+  dropping = model.clone(dropout_rate=0.3)
+  train = jax.jit(functools.partial(dropping.apply, train=True))
+  a = train(variables, x, rngs={"dropout": jax.random.key(1)})
+  b = train(variables, x, rngs={"dropout": jax.random.key(2)})
+  assert not np.allclose(a, b) and not np.allclose(a, apply(variables, x))
+  np.testing.assert_array_equal(jax.jit(dropping.apply)(variables, x), apply(variables, x))
+
+
+# ---------- encoder classifier
+
+
+def test_encoder_padding_never_changes_logits():
+  model = TransformerEncoder(VOCAB, num_classes=3, max_len=10, **TINY)
+  x = jnp.array([[3, 4, 5, 0, 0, 0], [6, 7, 8, 9, 1, 0]])
+  variables, apply = setup_model(model, x)
+  base = np.asarray(apply(variables, x))
+  assert base.shape == (2, 3) and base.dtype == np.float32
+  longer = jnp.pad(x, ((0, 0), (0, 4)))  # more padding at the end
+  np.testing.assert_allclose(apply(variables, longer), base, rtol=1e-5, atol=1e-6)
+  mask = (x != 0).astype(jnp.int32)  # explicit mask: pad positions may hold any token
+  junk = jnp.where(mask == 1, x, 11)
+  np.testing.assert_allclose(apply(variables, junk, mask), base, rtol=1e-5, atol=1e-6)
+  assert not np.allclose(apply(variables, junk), base)
+  changed = np.asarray(apply(variables, x.at[:, 0].set(2)))  # real tokens matter in every row
+  assert np.all(np.abs(changed - base).max(-1) > 1e-4)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "first"])
+def test_encoder_pooling_by_hand(pooling):
+  """Logits = head(pooled final states): mean over real positions, or the first position."""
+  model = TransformerEncoder(VOCAB, num_classes=3, max_len=10, pooling=pooling, **TINY)
+  x = jnp.array([[3, 4, 5, 0], [6, 7, 8, 9]])
+  variables, _ = setup_model(model, x)
+  logits, state = jax.jit(functools.partial(model.apply, capture_intermediates=True))(variables, x)
+  final = np.asarray(state["intermediates"]["ln_final"]["__call__"][0], np.float64)
+  head = jax.tree.map(lambda a: np.asarray(a, np.float64), variables["params"]["head"])
+  if pooling == "mean":
+    pooled = np.stack([final[0, :3].mean(0), final[1].mean(0)])
+  else:
+    pooled = final[:, 0]
+  np.testing.assert_allclose(logits, pooled @ head["kernel"] + head["bias"], rtol=1e-5, atol=1e-6)
+
+
+# ---------- encoder-decoder
+
+
+def test_seq2seq_shapes_methods_and_padding():
+  _, variables, apply = seq2seq()
+  src = jnp.array([[3, 4, 5, 0, 0], [6, 7, 8, 9, 10]])
+  tgt = jnp.array([[1, 3, 4, 0], [1, 5, 5, 2]])
+  logits = np.asarray(apply(variables, src, tgt))
+  assert logits.shape == (2, 4, 6) and logits.dtype == np.float32
+  encoded = apply(variables, src, method="encode")
+  assert encoded.shape == (2, 5, 16)
+  np.testing.assert_allclose(apply(variables, encoded, src, tgt, method="decode"), logits,
+                             rtol=1e-5, atol=1e-6)
+  more_src = jnp.pad(src, ((0, 0), (0, 3)))
+  np.testing.assert_allclose(apply(variables, more_src, tgt), logits, rtol=1e-5, atol=1e-6)
+  changed = np.asarray(apply(variables, src, tgt.at[:, 2:].set(3)))  # the decoder is causal
+  np.testing.assert_allclose(changed[:, :2], logits[:, :2], rtol=1e-5, atol=1e-6)
+  assert not np.allclose(changed[:, 2:], logits[:, 2:])
+  assert not np.allclose(apply(variables, src.at[0, 0].set(9), tgt)[0], logits[0])
+
+
+def seq2seq_argmax_loop(apply, variables, src, steps, bos=1, eos=2):
+  """Reference without a cache: a full decoder pass over the prefix per token (in a fixed
+  buffer, as for GPT), argmax excluding padding 0, tokens after the first EOS zeroed."""
+  y = np.zeros((src.shape[0], steps), np.int32)
+  y[:, 0] = bos
+  out = np.zeros_like(y)
+  for t in range(steps):
+    logits = np.array(apply(variables, src, jnp.asarray(y))[:, t])
+    logits[:, 0] = -np.inf
+    out[:, t] = logits.argmax(-1)
+    if t + 1 < steps:
+      y[:, t + 1] = out[:, t]
+  for row in out:
+    hits = np.nonzero(row == eos)[0]
+    if hits.size:
+      row[hits[0] + 1:] = 0
+  return out
+
+
+def test_greedy_decode_equals_uncached_argmax_and_compiles_once():
+  model, variables, apply = seq2seq(seed=1, scale=1.0)  # weights under which EOS comes early
+  src = ids(11, (2, 5)).at[1, 3:].set(0)
+  want = seq2seq_argmax_loop(apply, variables, src, 9)
+  got = greedy_decode(model, variables, src, 9)
+  assert got.shape == (2, 9)
+  np.testing.assert_array_equal(got, want)
+  assert np.any(want[:, :-1] == 2)  # an EOS occurs early, so the zero-tail rule is exercised
+  before = transformer._TRACES["greedy_decode"]
+  again = greedy_decode(model, variables, ids(12, (2, 5)), 9)
+  assert transformer._TRACES["greedy_decode"] == before
+  np.testing.assert_array_equal(again, seq2seq_argmax_loop(apply, variables, ids(12, (2, 5)), 9))
+  with pytest.raises(ValueError, match="max_len"):
+    greedy_decode(model, variables, src, 11)
+
+
+def test_mask_after_eos_by_hand():
+  got = mask_after_eos(jnp.array([[5, 2, 4, 2], [3, 3, 3, 3], [2, 6, 7, 8]]), 2)
+  np.testing.assert_array_equal(got, [[5, 2, 0, 0], [3, 3, 3, 3], [2, 0, 0, 0]])
+
+
+# ---------- gradients against finite differences (float64)
+
+
+@pytest.mark.parametrize("kind", ["gpt", "seq2seq"])
+def test_gradients_match_finite_differences(kind):
+  with jax.enable_x64(True):
+    kw = dict(model_dim=8, num_layers=1, num_heads=2, mlp_dim=8, dtype=jnp.float64,
+              param_dtype=jnp.float64)
+    x = jnp.array([[3, 4, 5, 0], [6, 7, 1, 2]])
+    if kind == "gpt":
+      model, args = GPT(VOCAB, max_len=4, **kw), (x, (x != 0).astype(jnp.int32))
+    else:
+      model = EncoderDecoder(VOCAB, 6, max_len=4, **kw)
+      args = (x, jnp.array([[1, 3, 0], [1, 4, 5]]))
+    params = random_params(model, *args)
+    assert all(p.dtype == jnp.float64 for p in jax.tree.leaves(params))
+    loss = jax.jit(lambda p: jnp.sum(jnp.tanh(model.apply({"params": p}, *args))))
+    grads = jax.grad(loss)(params)
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+    assert all(np.any(g != 0) for g in jax.tree.leaves(grads))
+    check_grads(loss, (params,), order=1, modes=["rev"], eps=1e-6, atol=1e-6, rtol=1e-6)
+
+
+# ---------- FLOPs
+
+
+def test_forward_flops_by_hand():
+  c, h, m, t, v = 16, 16, 32, 8, 13  # model dim, heads * head_dim, mlp dim, length, vocab
+  attn = 2 * t * c * 3 * h + 2 * t * t * h * 2 + 2 * t * h * c  # qkv, scores + values, out
+  mlp = 2 * t * c * m * 2
+  assert forward_flops(GPT(v, max_len=8, **TINY), t) == 2 * (attn + mlp) + 2 * t * c * v
+  enc = TransformerEncoder(v, num_classes=3, max_len=8, **TINY)
+  assert forward_flops(enc, t) == 2 * (attn + mlp) + 2 * c * 3
+  s = 5
+  cross = 2 * t * c * h + 2 * s * c * 2 * h + 2 * t * s * h * 2 + 2 * t * h * c
+  enc_s = 2 * s * c * 3 * h + 2 * s * s * h * 2 + 2 * s * h * c + 2 * s * c * m * 2
+  dec = attn + cross + mlp
+  seq = EncoderDecoder(v, 7, max_len=8, **TINY)
+  assert forward_flops(seq, (s, t)) == 2 * (enc_s + dec) + 2 * t * c * 7
+  assert forward_flops(seq, t) == forward_flops(seq, (t, t))
+  wide = GPT(v, max_len=8, head_dim=4, **TINY)  # 2 heads x 4 = 8 inner features
+  assert forward_flops(wide, 1) == 2 * (2 * c * 8 * 4 + 4 * 8 + 4 * c * m) + 2 * c * v
