@@ -190,3 +190,32 @@ def test_config_override_checks():
   with pytest.raises(config_lib.ConfigError, match="expected a value of type int"):
     config_lib.check_overrides(["--config.batch_size=big"], base)
   config_lib.check_overrides(["--config.model.dense_features=3", "--workdir=x"], base)
+
+
+def test_summary_mfu_uses_the_analytic_flop_count(tmp_path):
+  from jaxmodels.models.cnn import cnn_flops
+  config = _tiny_config(num_train_steps=12)
+  summary = loop.train_and_evaluate(fashion_mnist_cnn, config, str(tmp_path))
+  model = fashion_mnist_cnn.get_model(config, fashion_mnist_cnn.get_data(config).info)
+  assert summary["flops_per_step"] == 3 * cnn_flops(model, (28, 28, 1)) * config.batch_size
+  assert 0 < summary["mfu"] < 1
+
+
+def test_profile_steps_writes_a_trace_tensorboard_reads(tmp_path):
+  loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(num_train_steps=14, profile_steps=2),
+                          str(tmp_path))
+  assert list(tmp_path.glob("plugins/profile/*/*.xplane.pb"))
+  with pytest.raises(config_lib.ConfigError, match="profile_steps"):
+    loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(profile_steps=-1), str(tmp_path / "b"))
+
+
+def test_compilation_cache_is_filled_and_can_be_turned_off(tmp_path):
+  cache = tmp_path / "cache"
+  config = _tiny_config(num_train_steps=10, compilation_cache_dir=str(cache))
+  loop.train_and_evaluate(fashion_mnist_cnn, config, str(tmp_path / "a"))
+  entries = set(cache.iterdir())
+  assert entries
+  loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(num_train_steps=10, seed=1,
+                                                          compilation_cache_dir="none"),
+                          str(tmp_path / "b"))
+  assert set(cache.iterdir()) == entries

@@ -358,3 +358,26 @@ def test_reshape_max_pool_equals_flax_max_pool():
   x = jax.random.normal(jax.random.PRNGKey(3), (2, 7, 9, 3))
   np.testing.assert_array_equal(np.asarray(max_pool_2x2(x)),
                                 np.asarray(nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")))
+
+
+def test_forward_flops_dispatches_to_each_family():
+  import jax
+  from jaxmodels import models
+  from jaxmodels.models import cnn, mlp, resnet, rnn, transformer
+  img = jax.ShapeDtypeStruct((4, 32, 32, 3), jnp.float32)
+  ids = jax.ShapeDtypeStruct((4, 16), jnp.int32)
+  m = models.MLP(hidden_sizes=(8,), num_classes=3)
+  assert models.forward_flops(m, [img]) == mlp.mlp_flops(m, (32, 32, 3)) == 2 * (32 * 32 * 3 * 8 + 8 * 3)
+  c = models.CNN(num_classes=10)
+  assert models.forward_flops(c, [img]) == cnn.cnn_flops(c, (32, 32, 3))
+  r = models.ResNet18(num_classes=10, stem="cifar")
+  assert models.forward_flops(r, [img]) == resnet.resnet_flops(r, (32, 32, 3))
+  lm = models.RNNLanguageModel(vocab_size=20, embed_dim=8, hidden_size=16)
+  assert models.forward_flops(lm, [ids]) == rnn.forward_flops(lm, 16)
+  gpt = models.GPT(vocab_size=20, model_dim=16, num_layers=2, num_heads=2, mlp_dim=32, max_len=16)
+  assert models.forward_flops(gpt, [ids, ids]) == transformer.forward_flops(gpt, 16)
+  src = jax.ShapeDtypeStruct((4, 10), jnp.int32)
+  ed = models.EncoderDecoder(src_vocab_size=20, tgt_vocab_size=20, model_dim=16, num_layers=1,
+                             num_heads=2, mlp_dim=32, max_len=16)
+  assert models.forward_flops(ed, [src, ids]) == transformer.forward_flops(ed, (10, 16))
+  assert models.forward_flops(models.SimpleRNNCell(features=4), [ids]) is None

@@ -12,7 +12,7 @@ SCHEDULES = ("constant", "cosine", "warmup_cosine", "step")
 # Keys that may change when a run resumes: they do not change what is computed.
 RESUMABLE_KEYS = ("num_train_steps", "log_every_steps", "eval_every_steps",
                   "checkpoint_every_steps", "keep_checkpoints", "max_steps_in_flight",
-                  "progress_bar", "profile_steps", "data_dir")
+                  "progress_bar", "profile_steps", "data_dir", "compilation_cache_dir")
 
 
 class ConfigError(ValueError):
@@ -50,6 +50,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data_dir = ""  # "": $TFDS_DATA_DIR or ~/tensorflow_datasets
   c.progress_bar = True
   c.profile_steps = 0  # >0: write a jax.profiler trace of that many steps after step 10
+  c.compilation_cache_dir = ""  # "": $JAXMODELS_CACHE_DIR or ~/.cache/jaxmodels/xla; "none": off
   return c
 
 
@@ -62,6 +63,8 @@ def check(config: ml_collections.ConfigDict, num_devices: int) -> None:
               "checkpoint_every_steps", "keep_checkpoints", "max_steps_in_flight", "fsdp"):
     if config[key] <= 0:
       raise ConfigError(f"config.{key}={config[key]} must be a positive integer.")
+  if config.profile_steps < 0:
+    raise ConfigError(f"config.profile_steps={config.profile_steps} must be >= 0 (0: no trace).")
   if config.eval_batch_size < 0:
     raise ConfigError(f"config.eval_batch_size={config.eval_batch_size} must be >= 0 (0: batch_size).")
   if not config.learning_rate > 0:

@@ -14,11 +14,14 @@ import ml_collections
 import numpy as np
 from etils import epath
 
+from jaxmodels import models
 from jaxmodels.train import checkpoint, config as config_lib, metrics as metrics_lib, optim
 from jaxmodels.train import parallel, perf, steps
 
 # metrics.jsonl and summary.json name the held-out split evaluated during training "eval".
 SPLIT_NAMES = {"validation": "eval", "test": "test", "train": "train"}
+# config.profile_steps traces steps after this many, so compilation and warm-up stay out of it.
+PROFILE_AFTER_STEPS = 10
 
 
 class NonFiniteError(RuntimeError):
@@ -125,6 +128,10 @@ def train_and_evaluate(experiment: ModuleType, config: ml_collections.ConfigDict
         f"config.parallelism='none' trains on one device, but this run has {jax.process_count()} "
         "processes; use --config.parallelism=pmap or mesh.")
   check_resume_config(workdir, config, allow_config_change)
+  if config.compilation_cache_dir == "none":
+    perf.disable_compilation_cache()
+  else:
+    perf.enable_compilation_cache(config.compilation_cache_dir or None)
   if is_main:
     _write_json(os.path.join(workdir, "config.json"), json.loads(config_lib.to_json(config)))
     _write_json(os.path.join(workdir, "run.json"), {"experiment": experiment_name(experiment)})
@@ -212,13 +219,14 @@ class _Run:
     batches = self.data.train_batches(config.batch_size, config.seed, start, **self.shard)
 
     t = time.time()
-    first = strategy.put_batch(next(batches))
+    host_first = next(batches)
+    first = strategy.put_batch(host_first)
     compiled = train_fn.lower(dstate, first).compile()
     step_fn = strategy.step_callable(train_fn, compiled)
     compile_s = time.time() - t
-    flops_per_step = perf.compiled_flops(compiled)
-    if flops_per_step and strategy.name != "none":
-      flops_per_step *= jax.device_count() if strategy.name == "pmap" else 1
+    flops_per_step = self._flops_per_step(host_first, compiled)
+    profile = perf.StepProfile(self.workdir, start + PROFILE_AFTER_STEPS, config.profile_steps,
+                               enabled=self.is_main)
 
     self.progress = metrics_lib.Progress(start, config.num_train_steps, config.progress_bar,
                                          self.is_main)
@@ -229,8 +237,10 @@ class _Run:
     with _Signals() as signals:
       while step < config.num_train_steps:
         t = time.time()
+        profile.before_step(step)
         dstate, sums = step_fn(dstate, batch)
         step += 1
+        profile.after_step(step, sums)
         self.pending.append(sums)
         in_flight.append(sums)
         if len(in_flight) > config.max_steps_in_flight:
@@ -252,6 +262,7 @@ class _Run:
         if not done:
           batch = strategy.put_batch(next(batches))
       jax.block_until_ready(dstate)
+      profile.stop()
 
     final = {}
     if self.decode:
@@ -268,14 +279,25 @@ class _Run:
                    examples_per_s=examples_per_s, num_devices=strategy.num_devices,
                    parallelism=strategy.name)
     if flops_per_step and examples_per_s:
-      achieved = flops_per_step * examples_per_s / config.batch_size
-      summary.update(flops_per_step=flops_per_step, mfu=achieved / perf.matmul_peak_flops())
+      achieved = flops_per_step * examples_per_s / config.batch_size / jax.process_count()
+      summary.update(flops_per_step=flops_per_step, mfu=achieved / perf.process_peak_flops())
     if self.is_main:
       _write_json(os.path.join(self.workdir, "summary.json"), summary)
       print(json.dumps({k: v for k, v in summary.items() if not k.startswith("train_")},
                        indent=None), flush=True)
     self.writer.flush()
     return summary
+
+  def _flops_per_step(self, host_batch, compiled) -> float | None:
+    """Analytic FLOPs of one step of the global batch; XLA's count where no analytic one exists."""
+    inputs = self.task.model_args(host_batch)
+    per_example = models.forward_flops(self.strategy.model, inputs)
+    if per_example is not None:
+      return 3.0 * per_example * self.config.batch_size
+    flops = perf.compiled_flops(compiled)
+    if flops and self.strategy.name == "pmap":
+      flops *= jax.device_count()  # a pmapped computation is counted for one device
+    return flops
 
   def _log_train(self, step: int) -> None:
     sums = [self.strategy.fetch(s) for s in self.pending]

@@ -6,6 +6,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+from jax.experimental.compilation_cache import compilation_cache
 
 
 def matmul_peak_flops(n: int = 1024, seconds: float = 0.3) -> float:
@@ -20,6 +21,13 @@ def matmul_peak_flops(n: int = 1024, seconds: float = 0.3) -> float:
     f(a).block_until_ready()
     best = min(best, time.perf_counter() - t)
   return 2 * n**3 / best
+
+
+def process_peak_flops(seconds: float = 1.0) -> float:
+  """The matmul peak of this process's devices: on CPU the host devices share the cores, so one
+  device's matmul (which uses every core) is the peak; accelerators add up."""
+  peak = matmul_peak_flops(seconds=seconds)
+  return peak if jax.default_backend() == "cpu" else peak * jax.local_device_count()
 
 
 def compiled_flops(compiled) -> float | None:
@@ -37,17 +45,52 @@ def compiled_flops(compiled) -> float | None:
 def enable_compilation_cache(cache_dir: str | None = None, min_compile_secs: float = 0.0) -> str:
   """Turns on JAX's persistent compilation cache in `cache_dir`; returns the directory used.
 
-  A warm cache skips XLA compilation of every step function (and of the small computations of
-  model initialisation), so a restarted or resumed run reaches its first step sooner. The default
-  directory is $JAXMODELS_CACHE_DIR or ~/.cache/jaxmodels/xla. Computations that compiled faster
-  than `min_compile_secs` are not written (0 caches everything). Call it before the first
-  compilation; later calls only change the settings for compilations still to come.
+  A warm cache skips XLA compilation of every step function and of the state initialisation, so
+  a restarted or resumed run reaches its first step sooner. The default directory is
+  $JAXMODELS_CACHE_DIR or ~/.cache/jaxmodels/xla. Computations that compiled faster than
+  `min_compile_secs` are not written (0 caches everything). A later call with another directory
+  switches the cache for compilations still to come.
   """
   cache_dir = (cache_dir or os.environ.get("JAXMODELS_CACHE_DIR")
                or os.path.join(os.path.expanduser("~"), ".cache", "jaxmodels", "xla"))
   if "://" not in cache_dir:
     os.makedirs(cache_dir, exist_ok=True)
+  if jax.config.jax_compilation_cache_dir != cache_dir or not jax.config.jax_enable_compilation_cache:
+    compilation_cache.reset_cache()  # jax opens the cache once, at the first compilation
+  jax.config.update("jax_enable_compilation_cache", True)
   jax.config.update("jax_compilation_cache_dir", cache_dir)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_secs))
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
   return cache_dir
+
+
+def disable_compilation_cache() -> None:
+  """Compilations from now on neither read nor write the persistent cache."""
+  jax.config.update("jax_enable_compilation_cache", False)
+  compilation_cache.reset_cache()
+
+class StepProfile:
+  """A jax.profiler trace of `num_steps` training steps from step `first`, written under
+  `logdir`/plugins/profile where TensorBoard's profile tab finds it (the workdir is the logdir)."""
+
+  def __init__(self, logdir: str, first: int, num_steps: int, enabled: bool = True):
+    self.logdir, self.first, self.last = logdir, first, first + num_steps
+    self.enabled = enabled and num_steps > 0
+    self.active = False
+
+  def before_step(self, step: int) -> None:
+    """Call with the number of steps done before dispatching the next one."""
+    if self.enabled and step == self.first:
+      jax.profiler.start_trace(self.logdir)
+      self.active = True
+
+  def after_step(self, step: int, outputs) -> None:
+    """Call with the number of steps done; the trace ends once the last traced step finishes."""
+    if self.active and step >= self.last:
+      jax.block_until_ready(outputs)
+      self.stop()
+
+  def stop(self) -> None:
+    if self.active:
+      jax.profiler.stop_trace()
+      self.active = False
