@@ -7,13 +7,12 @@ with a bounded number of steps in flight, as the training loop does.
 Run as a module it measures the time to the first step of one model in a fresh process, with
 or without a persistent compilation cache (the cold/warm cache benchmark runs it twice):
 
-  python -m benchmarks.jax_side --first_step=gpt [--cache_dir=DIR] [--quick] [--jit_init]
+  python -m benchmarks.jax_side --first_step=gpt [--cache_dir=DIR] [--quick]
 """
 from __future__ import annotations
 
 import collections
 import dataclasses
-import functools
 import time
 from typing import Any
 
@@ -22,7 +21,7 @@ import jax
 import optax
 
 from benchmarks import shapes as shapes_lib
-from jaxmodels import tasks
+from jaxmodels import models, tasks
 from jaxmodels.models import mlp, resnet, rnn, transformer
 from jaxmodels.train import optim, parallel, perf, steps
 
@@ -54,22 +53,21 @@ def make_spec(name: str, shape: dict[str, Any], seed: int = 0) -> Spec:
     model = transformer.GPT(vocab_size=s["vocab_size"], model_dim=s["model_dim"],
                             num_layers=s["num_layers"], num_heads=s["num_heads"],
                             mlp_dim=s["mlp_dim"], max_len=s["context"])
-    return Spec(name, model, tasks.LanguageModel(), batch,
-                transformer.forward_flops(model, s["context"]))
-  if name == "resnet18":
+    task = tasks.LanguageModel()
+  elif name == "resnet18":
     model = resnet.ResNet18(num_classes=s["num_classes"], num_filters=s["num_filters"],
                             stem="cifar")
-    return Spec(name, model, tasks.Classification(s["num_classes"]), batch,
-                resnet.resnet_flops(model, s["image_shape"]))
-  if name == "lstm":
+    task = tasks.Classification(s["num_classes"])
+  elif name == "lstm":
     model = rnn.RNNLanguageModel(vocab_size=s["vocab_size"], embed_dim=s["embed_dim"],
                                  hidden_size=s["hidden_size"], cell="lstm")
-    return Spec(name, model, tasks.LanguageModel(), batch, rnn.forward_flops(model, s["seq_len"]))
-  if name == "mlp":
+    task = tasks.LanguageModel()
+  elif name == "mlp":
     model = mlp.MLP(hidden_sizes=tuple(s["hidden_sizes"]), num_classes=s["num_classes"])
-    return Spec(name, model, tasks.Classification(s["num_classes"]), batch,
-                mlp.mlp_flops(model, s["image_shape"]))
-  raise ValueError(f"unknown model {name!r}; valid: {', '.join(shapes_lib.MODELS)}")
+    task = tasks.Classification(s["num_classes"])
+  else:
+    raise ValueError(f"unknown model {name!r}; valid: {', '.join(shapes_lib.MODELS)}")
+  return Spec(name, model, task, batch, models.forward_flops(model, task.model_args(batch)))
 
 
 class JaxStep:
@@ -77,12 +75,11 @@ class JaxStep:
 
   Construction does everything up to and including the first step and keeps its timings in
   `timings`: init_s (steps.init_state), compile_s (tracing, lowering, compilation), step_s (the
-  first step). `jit_init=True` runs steps.init_state under jax.jit instead of op by op, a
-  proposed engine change whose effect the compile_cache benchmark reports.
+  first step).
   """
 
   def __init__(self, spec: Spec, strategy: str = "none", lr: float = 1e-3, seed: int = 0,
-               max_in_flight: int = 2, jit_init: bool = False):
+               max_in_flight: int = 2):
     self.spec, self.max_in_flight = spec, max_in_flight
     self.strategy = parallel.make(strategy, spec.model)
     if spec.batch_size % self.strategy.num_devices:
@@ -90,8 +87,7 @@ class JaxStep:
                        f"{self.strategy.num_devices} devices")
     tx, schedule = optax.adam(lr), optax.constant_schedule(lr)
     clock = time.perf_counter()
-    init = functools.partial(steps.init_state, spec.model, spec.task, tx, seed=seed)
-    host_state = jax.block_until_ready((jax.jit(init) if jit_init else init)(spec.batch))
+    host_state = jax.block_until_ready(steps.init_state(spec.model, spec.task, tx, spec.batch, seed))
     self.timings = {"init_s": time.perf_counter() - clock}
     clock = time.perf_counter()
     train_fn = self.strategy.train_fn(spec.task, tx, schedule, host_state)
@@ -169,8 +165,7 @@ def engine_feeds(experiment: Any, config: Any, datasets: dict[str, Any]) -> dict
   return feeds
 
 
-def time_to_first_step(name: str, quick: bool, cache_dir: str | None,
-                       jit_init: bool = False) -> dict[str, float]:
+def time_to_first_step(name: str, quick: bool, cache_dir: str | None) -> dict[str, float]:
   """Timings from a fresh model to the first finished step, with an optional persistent cache.
 
   startup_s is everything before the first step runs (what a compilation cache can shorten);
@@ -178,7 +173,7 @@ def time_to_first_step(name: str, quick: bool, cache_dir: str | None,
   """
   if cache_dir:
     perf.enable_compilation_cache(cache_dir)
-  step = JaxStep(make_spec(name, shapes_lib.shapes(name, quick)), jit_init=jit_init)
+  step = JaxStep(make_spec(name, shapes_lib.shapes(name, quick)))
   t = step.timings
   return dict(t, startup_s=t["init_s"] + t["compile_s"], first_step_s=step.first_step_s)
 
@@ -190,9 +185,8 @@ def _main(argv: list[str] | None = None) -> None:
   parser.add_argument("--first_step", required=True, choices=shapes_lib.MODELS)
   parser.add_argument("--cache_dir", default=None)
   parser.add_argument("--quick", action="store_true")
-  parser.add_argument("--jit_init", action="store_true")
   args = parser.parse_args(argv)
-  result = time_to_first_step(args.first_step, args.quick, args.cache_dir, args.jit_init)
+  result = time_to_first_step(args.first_step, args.quick, args.cache_dir)
   print(json.dumps(result), flush=True)
 
 

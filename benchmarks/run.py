@@ -244,35 +244,31 @@ def input_pipeline_bench(settings: Settings) -> dict[str, Any]:
 # ---------- compilation cache
 
 
-def _first_step(name: str, quick: bool, cache_dir: str, jit_init: bool) -> dict[str, float]:
+def _first_step(name: str, quick: bool, cache_dir: str) -> dict[str, float]:
   argv = [sys.executable, "-m", "benchmarks.jax_side", f"--first_step={name}",
           f"--cache_dir={cache_dir}"] + (["--quick"] if quick else [])
-  proc = subprocess.run(argv + (["--jit_init"] if jit_init else []), capture_output=True,
-                        text=True, check=False)
+  proc = subprocess.run(argv, capture_output=True, text=True, check=False)
   lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
   if proc.returncode != 0 or not lines:
     raise RuntimeError(f"first-step child failed: {proc.stderr.strip()[-300:]}")
   return json.loads(lines[-1])
 
 
-def _cold_warm(name: str, quick: bool, jit_init: bool) -> tuple[dict, dict]:
+def _cold_warm(name: str, quick: bool) -> tuple[dict, dict]:
   with tempfile.TemporaryDirectory() as cache_dir:
-    return (_first_step(name, quick, cache_dir, jit_init),
-            _first_step(name, quick, cache_dir, jit_init))
+    return _first_step(name, quick, cache_dir), _first_step(name, quick, cache_dir)
 
 
 def compile_cache_bench(settings: Settings, models: tuple[str, ...]) -> list[dict[str, Any]]:
   """Time to the first step in fresh processes: empty cache (cold), then the same cache (warm).
 
-  Measured for the engine as it is (steps.init_state runs op by op) and with the state
-  initialised under jax.jit (a proposed change). ratio is warm/cold of the time to the first
-  finished step; startup_ratio leaves the first step's own run time out.
+  ratio is warm/cold of the time to the first finished step; startup_ratio leaves the first
+  step's own run time out.
   """
   records = []
   for name in models:
     try:
-      cold, warm = _cold_warm(name, settings.quick, jit_init=False)
-      jit_cold, jit_warm = _cold_warm(name, settings.quick, jit_init=True)
+      cold, warm = _cold_warm(name, settings.quick)
     except RuntimeError as e:
       records.append(_skipped(f"compile_cache:{name}", str(e)))
       continue
@@ -280,12 +276,10 @@ def compile_cache_bench(settings: Settings, models: tuple[str, ...]) -> list[dic
         "benchmark": f"compile_cache:{name}", "cold_s": cold["first_step_s"],
         "warm_s": warm["first_step_s"], "ratio": warm["first_step_s"] / cold["first_step_s"],
         "startup_ratio": warm["startup_s"] / cold["startup_s"],
-        "cold": cold, "warm": warm, "jit_init_cold": jit_cold, "jit_init_warm": jit_warm,
-        "jit_init_ratio": jit_warm["first_step_s"] / jit_cold["first_step_s"],
+        "cold": cold, "warm": warm,
         "note": (f"first step cold {cold['first_step_s']:.1f}s warm {warm['first_step_s']:.1f}s "
                  f"(startup ratio {warm['startup_s'] / cold['startup_s']:.2f}, the step itself "
-                 f"{warm['step_s']:.1f}s); jitted init: cold {jit_cold['first_step_s']:.1f}s "
-                 f"warm {jit_warm['first_step_s']:.1f}s")})
+                 f"{warm['step_s']:.1f}s)")})
   return records
 
 

@@ -25,9 +25,9 @@ def get_config() -> ml_collections.ConfigDict:
   config = base_config()
   config.batch_size = 32
   config.block_size = 128
-  config.num_train_steps = 2000
+  config.num_train_steps = 1600
   config.optimizer = "adamw"
-  config.learning_rate = 2e-3
+  config.learning_rate = 3e-3
   config.weight_decay = 0.1
   config.b2 = 0.99
   config.schedule = "warmup_cosine"
@@ -39,7 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.sample_prompt = "ROMEO:"
   config.sample_tokens = 200
   config.model = ml_collections.ConfigDict(
-      dict(model_dim=192, num_layers=4, num_heads=6, mlp_dim=768, dropout_rate=0.1))
+      dict(model_dim=128, num_layers=4, num_heads=4, mlp_dim=512, dropout_rate=0.0))
   return config
 
 

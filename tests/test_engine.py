@@ -21,12 +21,12 @@ TINY_RESNET = ResNet(stage_sizes=(1, 1), block_cls=BasicBlock, num_filters=4, st
 TINY_MLP = MLP(hidden_sizes=(16,))
 
 
-def _run_steps(name, model, num_steps=4, batch_size=16, fsdp=1):
+def _run_steps(name, model, num_steps=4, batch_size=16, fsdp=1, grad_accum_steps=1):
   config = base_config()
   config.optimizer, config.learning_rate = "momentum", 0.05
   task = tasks.Classification(10)
   tx, schedule = optim.make_optimizer(config), optim.learning_rate_schedule(config)
-  strategy = parallel.make(name, model, fsdp)
+  strategy = parallel.make(name, model, fsdp, grad_accum_steps)
   batches = DATA.train_batches(batch_size, seed=0)
   state = steps.init_state(model, task, tx, next(DATA.train_batches(batch_size, 0)), seed=0)
   train = strategy.train_fn(task, tx, schedule, state)
@@ -49,6 +49,23 @@ def test_pmap_mesh_and_one_device_agree(model):
                     jax.tree_util.tree_leaves((ref_state.params, ref_state.model_state))):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5,
                                  err_msg=f"{name}/{fsdp}")
+
+
+@pytest.mark.parametrize("name", ["none", "pmap", "mesh"])
+def test_gradient_accumulation_equals_the_whole_batch(name):
+  ref_losses, ref_state = _run_steps("none", TINY_MLP, batch_size=32)
+  # 32 examples on 8 devices: 2 micro-batches of 2 each; on one device 4 of 8.
+  accum = 4 if name == "none" else 2
+  losses, state = _run_steps(name, TINY_MLP, batch_size=32, grad_accum_steps=accum)
+  np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-6)
+  for a, b in zip(jax.tree_util.tree_leaves(state.params),
+                  jax.tree_util.tree_leaves(ref_state.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_accumulation_that_does_not_divide_is_a_clear_error(tmp_path):
+  with pytest.raises(config_lib.ConfigError, match="grad_accum_steps=3"):
+    loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(grad_accum_steps=3), str(tmp_path))
 
 
 def test_fsdp_shards_parameters():

@@ -38,6 +38,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.step_boundaries = (0.5, 0.75)  # step schedule: fractions of num_train_steps
   c.step_decay = 0.1
   c.grad_clip_norm = 0.0  # 0 disables clipping
+  c.grad_accum_steps = 1  # >1: sum the gradients of that many micro-batches per update
   c.label_smoothing = 0.0
   c.log_every_steps = 100
   c.eval_every_steps = 1000
@@ -60,7 +61,8 @@ def check(config: ml_collections.ConfigDict, num_devices: int) -> None:
   _choice(config, "optimizer", OPTIMIZERS)
   _choice(config, "schedule", SCHEDULES)
   for key in ("batch_size", "num_train_steps", "log_every_steps", "eval_every_steps",
-              "checkpoint_every_steps", "keep_checkpoints", "max_steps_in_flight", "fsdp"):
+              "checkpoint_every_steps", "keep_checkpoints", "max_steps_in_flight", "fsdp",
+              "grad_accum_steps"):
     if config[key] <= 0:
       raise ConfigError(f"config.{key}={config[key]} must be a positive integer.")
   if config.profile_steps < 0:
@@ -79,6 +81,12 @@ def check(config: ml_collections.ConfigDict, num_devices: int) -> None:
             f"config.{key}={config[key]} does not divide across the {num_devices} devices of "
             f"parallelism='{config.parallelism}'; use a multiple of {num_devices}, set "
             "JAXMODELS_HOST_DEVICES to a divisor, or --config.parallelism=none.")
+  shards = 1 if config.parallelism == "none" else num_devices
+  if config.batch_size % (shards * config.grad_accum_steps):
+    raise ConfigError(
+        f"config.batch_size={config.batch_size} does not split into config.grad_accum_steps="
+        f"{config.grad_accum_steps} micro-batches on each of {shards} device(s); use a batch_size "
+        f"that is a multiple of {shards * config.grad_accum_steps}.")
   if config.parallelism == "mesh" and num_devices % config.fsdp:
     raise ConfigError(f"config.fsdp={config.fsdp} must divide the {num_devices} devices.")
 

@@ -141,7 +141,7 @@ def train_and_evaluate(experiment: ModuleType, config: ml_collections.ConfigDict
   task = experiment.get_task(config, data.info)
   tx = optim.make_optimizer(config)
   schedule = optim.learning_rate_schedule(config)
-  strategy = parallel.make(config.parallelism, model, config.fsdp)
+  strategy = parallel.make(config.parallelism, model, config.fsdp, config.grad_accum_steps)
   shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
 
   batches = data.train_batches(config.batch_size, config.seed, 0, **shard)

@@ -37,8 +37,9 @@ class Strategy:
   """Places data and compiles steps; subclasses decide how."""
   name = ""
 
-  def __init__(self, model: nn.Module):
+  def __init__(self, model: nn.Module, grad_accum_steps: int = 1):
     self.model = model
+    self.grad_accum_steps = grad_accum_steps
 
   @property
   def num_devices(self) -> int:
@@ -90,7 +91,8 @@ class Single(Strategy):
 
   def train_fn(self, task, tx, schedule, state):
     return jax.jit(functools.partial(steps.train_step, model=self.model, task=task, tx=tx,
-                                     schedule=schedule), donate_argnums=0)
+                                     schedule=schedule, grad_accum_steps=self.grad_accum_steps),
+                   donate_argnums=0)
 
   def eval_fn(self, task, decode, state):
     return jax.jit(functools.partial(steps.eval_step, model=self.model, task=task, decode=decode))
@@ -99,8 +101,8 @@ class Single(Strategy):
 class Pmap(Strategy):
   name = "pmap"
 
-  def __init__(self, model: nn.Module):
-    super().__init__(with_axis_name(model, AXIS))
+  def __init__(self, model: nn.Module, grad_accum_steps: int = 1):
+    super().__init__(with_axis_name(model, AXIS), grad_accum_steps)
     self.devices = jax.local_devices()
 
   def put_state(self, state):
@@ -123,7 +125,8 @@ class Pmap(Strategy):
 
   def train_fn(self, task, tx, schedule, state):
     return jax.pmap(functools.partial(steps.train_step, model=self.model, task=task, tx=tx,
-                                      schedule=schedule, axis_name=AXIS),
+                                      schedule=schedule, axis_name=AXIS,
+                                      grad_accum_steps=self.grad_accum_steps),
                     axis_name=AXIS, donate_argnums=0)
 
   def eval_fn(self, task, decode, state):
@@ -134,8 +137,8 @@ class Pmap(Strategy):
 class MeshStrategy(Strategy):
   name = "mesh"
 
-  def __init__(self, model: nn.Module, fsdp: int = 1):
-    super().__init__(model)
+  def __init__(self, model: nn.Module, fsdp: int = 1, grad_accum_steps: int = 1):
+    super().__init__(model, grad_accum_steps)
     devices = np.asarray(jax.devices()).reshape(-1, fsdp)
     self.mesh = Mesh(devices, ("data", "fsdp"))
     self.fsdp = fsdp
@@ -175,7 +178,7 @@ class MeshStrategy(Strategy):
   def train_fn(self, task, tx, schedule, state):
     sharding = self.state_sharding(state)
     return jax.jit(functools.partial(steps.train_step, model=self.model, task=task, tx=tx,
-                                     schedule=schedule),
+                                     schedule=schedule, grad_accum_steps=self.grad_accum_steps),
                    in_shardings=(sharding, self.batch_sharding),
                    out_shardings=(sharding, self.replicated), donate_argnums=0)
 
@@ -185,9 +188,9 @@ class MeshStrategy(Strategy):
                    out_shardings=self.replicated)
 
 
-def make(name: str, model: nn.Module, fsdp: int = 1) -> Strategy:
+def make(name: str, model: nn.Module, fsdp: int = 1, grad_accum_steps: int = 1) -> Strategy:
   if name == "pmap":
-    return Pmap(model)
+    return Pmap(model, grad_accum_steps)
   if name == "mesh":
-    return MeshStrategy(model, fsdp)
-  return Single(model)
+    return MeshStrategy(model, fsdp, grad_accum_steps)
+  return Single(model, grad_accum_steps)

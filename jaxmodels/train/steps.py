@@ -51,23 +51,38 @@ def _psum(tree: Any, axis_name: str | None) -> Any:
 
 def train_step(state: TrainState, batch: Any, *, model: nn.Module, task: Any,
                tx: optax.GradientTransformation, schedule: optax.Schedule,
-               axis_name: str | None = None) -> tuple[TrainState, dict[str, Any]]:
-  """One optimizer step; returns the new state and metric sums {name: (sum, weight)}."""
+               axis_name: str | None = None, grad_accum_steps: int = 1
+               ) -> tuple[TrainState, dict[str, Any]]:
+  """One optimizer step; returns the new state and metric sums {name: (sum, weight)}.
+
+  With grad_accum_steps = k > 1 the batch is processed as k micro-batches (examples i, i+k,
+  i+2k, ... form micro-batch i) whose gradients are summed before the one update: the same
+  update as the whole batch at 1/k of the activation memory. BatchNorm statistics are then
+  those of the micro-batches, updated k times.
+  """
   rng = jax.random.fold_in(state.rng, state.step)
   if axis_name:
     rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
   total_weight = _psum(jnp.sum(task.weights(batch)), axis_name)
-  mutable = list(state.model_state)
 
-  def loss_fn(params):
-    variables = {"params": params, **state.model_state}
-    out = model.apply(variables, *task.model_args(batch), train=True, rngs={"dropout": rng},
-                      mutable=mutable or False)
-    outputs, new_model_state = out if mutable else (out, {})
-    losses, sums = task.losses(outputs, batch)
-    return jnp.sum(losses) / jnp.maximum(total_weight, 1e-9), (sums, new_model_state)
+  def grads_of(model_state, micro_batch, micro_rng):
+    mutable = list(model_state)
 
-  grads, (sums, new_model_state) = jax.grad(loss_fn, has_aux=True)(state.params)
+    def loss_fn(params):
+      variables = {"params": params, **model_state}
+      out = model.apply(variables, *task.model_args(micro_batch), train=True,
+                        rngs={"dropout": micro_rng}, mutable=mutable or False)
+      outputs, new_model_state = out if mutable else (out, {})
+      losses, sums = task.losses(outputs, micro_batch)
+      return jnp.sum(losses) / jnp.maximum(total_weight, 1e-9), (sums, new_model_state)
+
+    return jax.grad(loss_fn, has_aux=True)(state.params)
+
+  if grad_accum_steps == 1:
+    grads, (sums, new_model_state) = grads_of(state.model_state, batch, rng)
+  else:
+    grads, sums, new_model_state = _accumulate(grads_of, state.model_state, batch, rng,
+                                               grad_accum_steps)
   grads, sums = _psum((grads, sums), axis_name)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -77,6 +92,31 @@ def train_step(state: TrainState, batch: Any, *, model: nn.Module, task: Any,
   new_state = state.replace(step=state.step + 1, params=params, model_state=new_model_state,
                             opt_state=opt_state)
   return new_state, sums
+
+
+def _accumulate(grads_of, model_state, batch, rng, k):
+  """Sums gradients and metric sums over k strided micro-batches with a scan."""
+  def split(x):
+    return jnp.moveaxis(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 1, 0)
+  micro_batches = jax.tree_util.tree_map(split, batch)
+  first = jax.tree_util.tree_map(lambda x: x[0], micro_batches)
+  shapes = jax.eval_shape(grads_of, model_state, first, rng)
+  zeros = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), shapes[0])
+  zero_sums = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), shapes[1][0])
+
+  def body(carry, xs):
+    grads, sums, ms = carry
+    i, micro_batch = xs
+    g, (s, ms) = grads_of(ms, micro_batch, jax.random.fold_in(rng, i))
+    return (_add(grads, g), _add(sums, s), ms), None
+
+  (grads, sums, model_state), _ = jax.lax.scan(
+      body, (zeros, zero_sums, model_state), (jnp.arange(k), micro_batches))
+  return grads, sums, model_state
+
+
+def _add(a: Any, b: Any) -> Any:
+  return jax.tree_util.tree_map(jnp.add, a, b)
 
 
 def eval_step(state: TrainState, batch: Any, *, model: nn.Module, task: Any,
