@@ -314,3 +314,25 @@ def test_forward_flops_by_hand():
   assert forward_flops(seq, t) == forward_flops(seq, (t, t))
   wide = GPT(v, max_len=8, head_dim=4, **TINY)  # 2 heads x 4 = 8 inner features
   assert forward_flops(wide, 1) == 2 * (2 * c * 8 * 4 + 4 * 8 + 4 * c * m) + 2 * c * v
+
+
+def test_scan_over_layers_equals_the_unrolled_gpt():
+  kw = dict(vocab_size=VOCAB, model_dim=16, num_layers=3, num_heads=2, mlp_dim=32, max_len=16)
+  ids = jax.random.randint(jax.random.PRNGKey(1), (2, 8), 0, VOCAB)
+  unrolled, scanned = GPT(**kw), GPT(**kw, scan_layers=True)
+  variables = unrolled.init(jax.random.PRNGKey(0), ids)
+  params = dict(variables["params"])
+  layers = [params.pop(f"block{i}") for i in range(3)]
+  params["blocks"] = {"block": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}
+  shapes = jax.eval_shape(scanned.init, jax.random.PRNGKey(0), ids)["params"]
+  assert jax.tree.map(jnp.shape, shapes) == jax.tree.map(jnp.shape, params)
+  want = unrolled.apply(variables, ids)
+  np.testing.assert_allclose(scanned.apply({"params": params}, ids), want, atol=1e-5)
+  remat = GPT(**kw, scan_layers=True, remat=True)
+  np.testing.assert_allclose(remat.apply({"params": params}, ids), want, atol=1e-5)
+  grads = jax.grad(lambda p: remat.apply({"params": p}, ids).sum())(params)
+  assert grads["blocks"]["block"]["ln1"]["scale"].shape == (3, 16)
+  prompt = ids[:, :3]
+  np.testing.assert_array_equal(
+      transformer.generate(scanned, {"params": params}, prompt, 5, jax.random.PRNGKey(0), 0.0),
+      transformer.generate(unrolled, variables, prompt, 5, jax.random.PRNGKey(0), 0.0))

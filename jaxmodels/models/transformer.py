@@ -101,6 +101,17 @@ class DecoderBlock(nn.Module):
     return x + drop(h)
 
 
+class _ScannedBlock(DecoderBlock):
+  """A decoder block in nn.scan's (carry, output) form; the carry is the residual stream."""
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Array | None, train: bool) -> tuple[Array, None]:
+    fields = {f: getattr(self, f) for f in ("model_dim", "num_heads", "mlp_dim", "dropout_rate",
+                                            "head_dim", "decode", "implementation", "dtype",
+                                            "param_dtype")}
+    return DecoderBlock(**fields, name="block")(x, mask, None, None, train), None
+
+
 def _embed(module: nn.Module, ids: Array, vocab: int, dim: int, max_len: int, name: str,
            offset: Array | int = 0) -> tuple[nn.Embed, Array]:
   kw = dict(dtype=module.dtype, param_dtype=module.param_dtype)
@@ -252,7 +263,9 @@ class GPT(nn.Module):
   logits [B,T,vocab_size]; the padding mask is combined with the causal mask. With `decode=True`
   the blocks keep key/value caches and positions continue from the cached length (see
   `generate`); attention_mask is not supported then. `remat=True` recomputes each block's
-  activations in the backward pass (nn.remat) to save memory.
+  activations in the backward pass (nn.remat) to save memory. `scan_layers=True` runs the blocks
+  as one nn.scan over stacked parameters (params['blocks'] with a leading layer axis): the
+  compiled program holds one block, so deep models compile in the time of a shallow one.
   """
   vocab_size: int
   model_dim: int
@@ -264,6 +277,7 @@ class GPT(nn.Module):
   decode: bool = False
   tie_embeddings: bool = False
   remat: bool = False
+  scan_layers: bool = False
   head_dim: int | None = None
   implementation: str | None = None
   dtype: Any = jnp.float32
@@ -283,12 +297,20 @@ class GPT(nn.Module):
     if not self.decode:
       valid = None if attention_mask is None else key_padding_mask(attention_mask.astype(bool))
       mask = combine_masks(causal_mask(length), valid)
-    block_cls = nn.remat(DecoderBlock, static_argnums=(5,)) if self.remat else DecoderBlock
-    for i in range(self.num_layers):
-      x = block_cls(self.model_dim, self.num_heads, self.mlp_dim, self.dropout_rate,
-                    head_dim=self.head_dim, decode=self.decode,
-                    implementation=self.implementation, dtype=self.dtype,
-                    param_dtype=self.param_dtype, name=f"block{i}")(x, mask, None, None, train)
+    block = dict(model_dim=self.model_dim, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
+                 dropout_rate=self.dropout_rate, head_dim=self.head_dim, decode=self.decode,
+                 implementation=self.implementation, dtype=self.dtype,
+                 param_dtype=self.param_dtype)
+    if self.scan_layers:
+      cls = nn.remat(_ScannedBlock, static_argnums=(3,)) if self.remat else _ScannedBlock
+      stack = nn.scan(cls, variable_axes={"params": 0, "cache": 0},
+                      split_rngs={"params": True, "dropout": True},
+                      in_axes=(nn.broadcast, nn.broadcast), length=self.num_layers)
+      x, _ = stack(**block, name="blocks")(x, mask, train)
+    else:
+      block_cls = nn.remat(DecoderBlock, static_argnums=(5,)) if self.remat else DecoderBlock
+      for i in range(self.num_layers):
+        x = block_cls(**block, name=f"block{i}")(x, mask, None, None, train)
     x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="ln_final")(x)
     if self.tie_embeddings:
       logits = embed.attend(x)
