@@ -39,7 +39,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.sample_prompt = "ROMEO:"
   config.sample_tokens = 200
   config.model = ml_collections.ConfigDict(
-      dict(model_dim=128, num_layers=4, num_heads=4, mlp_dim=512, dropout_rate=0.0))
+      dict(model_dim=128, num_layers=4, num_heads=4, mlp_dim=512, dropout_rate=0.0,
+           remat=False, scan_layers=False))
   return config
 
 
@@ -52,8 +53,8 @@ def get_data(config):
 
 
 def get_model(config, info):
-  return transformer.GPT(vocab_size=info["vocab_size"], max_len=max(config.block_size, 512),
-                         **config.model)
+  # Position embeddings for the trained context only; generate() slides its window past it.
+  return transformer.GPT(vocab_size=info["vocab_size"], max_len=config.block_size, **config.model)
 
 
 def get_task(config, info):

@@ -149,7 +149,23 @@ def test_generate_compiles_once_per_shape():
   generate(model, variables, ids(6, (2, 3)), 8, jax.random.key(0))
   assert transformer._TRACES["generate"] == before + 1
   with pytest.raises(ValueError, match="max_len"):
-    generate(model, variables, ids(6, (2, 4)), 9, jax.random.key(0))
+    generate(model, variables, ids(6, (2, 12)), 1, jax.random.key(0))
+
+
+def test_generate_past_max_len_slides_the_window():
+  """Past max_len=12 the newest 6 tokens start a fresh window; a cache-free loop that feeds the
+  model exactly those windows must pick the same argmax tokens."""
+  model, variables, apply = gpt()
+  prompt = ids(9, (2, 5))
+  got = np.asarray(generate(model, variables, prompt, 20, jax.random.key(0), temperature=0.0))
+  assert got.shape == (2, 25)
+  seq, start = np.asarray(prompt), 0
+  while seq.shape[1] < 25:
+    if seq.shape[1] - start == 12:
+      start = seq.shape[1] - 6
+    logits = np.asarray(apply(variables, jnp.asarray(seq[:, start:])))
+    seq = np.concatenate([seq, logits[:, -1].argmax(-1)[:, None].astype(np.int32)], axis=1)
+  np.testing.assert_array_equal(got, seq)
 
 
 def test_gpt_remat_gives_the_same_logits_and_gradients():

@@ -355,19 +355,27 @@ def generate(model: GPT, variables: Any, prompt_ids: Array, max_new_tokens: int,
   """Continues prompt_ids [B,P] by max_new_tokens sampled tokens: ids [B, P + max_new_tokens].
 
   The prompt fills a key/value cache in one pass, then each new token costs one cached step. The
-  whole loop is one jit (lax.scan), compiled once per (model, prompt shape, max_new_tokens,
-  whether top_k is used); rng, temperature and the value of top_k are traced. Needs
-  P + max_new_tokens <= model.max_len.
+  model never sees a position past its max_len (the positions it was trained on when max_len is
+  the training context): once the window is full, its newest max_len // 2 tokens are read into a
+  fresh cache and sampling goes on. Each window is one jit (lax.scan), compiled once per (model,
+  prompt shape, number of new tokens, whether top_k is used); rng, temperature and the value of
+  top_k are traced. Needs P < model.max_len.
   """
   length = prompt_ids.shape[1]
-  if length + max_new_tokens > model.max_len:
-    raise ValueError(f"prompt length {length} + max_new_tokens {max_new_tokens} exceeds "
-                     f"max_len={model.max_len}")
-  if max_new_tokens <= 0:
-    return jnp.asarray(prompt_ids)
+  if length >= model.max_len:
+    raise ValueError(f"prompt length {length} must be below the model's max_len={model.max_len}")
+  ids = jnp.asarray(prompt_ids, jnp.int32)
   k = None if top_k is None else jnp.int32(top_k)
-  return _generate(model, _without_cache(variables), jnp.asarray(prompt_ids, jnp.int32),
-                   max_new_tokens, rng, jnp.float32(temperature), k)
+  variables = _without_cache(variables)
+  pieces, context, remaining, window = [ids], ids, max_new_tokens, 0
+  while remaining > 0:
+    n = min(remaining, model.max_len - context.shape[1])
+    key = rng if window == 0 else jax.random.fold_in(rng, window)
+    pieces.append(_generate(model, variables, context, n, key, jnp.float32(temperature), k)
+                  [:, context.shape[1]:])
+    remaining, window = remaining - n, window + 1
+    context = jnp.concatenate(pieces, axis=1)[:, -(model.max_len // 2):]
+  return jnp.concatenate(pieces, axis=1)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens"))
