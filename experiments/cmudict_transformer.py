@@ -3,7 +3,11 @@
   python -m experiments.cmudict_transformer --workdir=runs/cmudict_transformer
 
 Evaluation decodes greedily and reports exact match and word error rate (1 - exact match).
-Expect: (measured numbers go here once the real-data run is done).
+Expect (measured Nov 2026 on the 2-core CPU): test word error rate 42.2% (exact match 57.8%;
+phoneme accuracy under greedy decoding 85.7%), validation 43.2%, after 2400 steps in 20m10s
+(2.0 steps/s on 2 host devices). The 35% target is not reached: the loss was still falling, and
+every batch is padded to the longest word (28 letters, 30 phonemes) while most words have under
+10, so about two thirds of the compute is padding; length bucketing is the lever.
 """
 import sys
 
@@ -19,18 +23,18 @@ from jaxmodels.train import base_config, run_experiment
 def get_config() -> ml_collections.ConfigDict:
   config = base_config()
   config.batch_size = 128
-  config.num_train_steps = 6000
+  config.num_train_steps = 2400
   config.optimizer = "adamw"
-  config.learning_rate = 1e-3
+  config.learning_rate = 2e-3
   config.weight_decay = 0.01
   config.schedule = "warmup_cosine"
-  config.warmup_steps = 300
+  config.warmup_steps = 200
   config.label_smoothing = 0.0
   config.log_every_steps = 100
-  config.eval_every_steps = 2000
-  config.checkpoint_every_steps = 1000
+  config.eval_every_steps = 800
+  config.checkpoint_every_steps = 800
   config.model = ml_collections.ConfigDict(
-      dict(model_dim=128, num_layers=3, num_heads=4, mlp_dim=512, dropout_rate=0.1))
+      dict(model_dim=128, num_layers=3, num_heads=4, mlp_dim=512, dropout_rate=0.0))
   return config
 
 
