@@ -236,3 +236,23 @@ def test_compilation_cache_is_filled_and_can_be_turned_off(tmp_path):
                                                           compilation_cache_dir="none"),
                           str(tmp_path / "b"))
   assert set(cache.iterdir()) == entries
+
+
+def test_in_flight_waits_for_the_oldest_beyond_the_limit(monkeypatch):
+  waited = []
+  monkeypatch.setattr(loop.jax, "block_until_ready", waited.append)
+  in_flight = loop.InFlight(2)
+  for i in range(5):
+    assert in_flight.add(i) == i
+  assert waited == [0, 1, 2]
+
+
+def test_resuming_at_the_final_step_keeps_the_train_metrics(tmp_path):
+  """A run killed after its last checkpoint but before summary.json still reports them."""
+  first = loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(num_train_steps=20),
+                                  str(tmp_path))
+  os.remove(tmp_path / "summary.json")
+  again = loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(num_train_steps=20),
+                                  str(tmp_path))
+  for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
+    assert again[key] == first[key], key

@@ -190,6 +190,22 @@ def _write_json(path: str, obj: Any) -> None:
   os.replace(tmp, path)
 
 
+class InFlight:
+  """Bounds how many dispatched computations may be unfinished: adding one more than `limit`
+  waits for the oldest. Unbounded dispatch of data-parallel steps over host CPU devices can
+  deadlock XLA's cross-device all-reduce (DESIGN.md, traps)."""
+
+  def __init__(self, limit: int):
+    self.limit = limit
+    self.queue: collections.deque = collections.deque()
+
+  def add(self, outputs: Any) -> Any:
+    self.queue.append(outputs)
+    if len(self.queue) > self.limit:
+      jax.block_until_ready(self.queue.popleft())
+    return outputs
+
+
 class _Run:
   """State of one invocation of the loop: writers, compiled steps, timers."""
 
@@ -212,6 +228,7 @@ class _Run:
   def train(self, state, start, tx, schedule, meta, start_time) -> dict[str, Any]:
     config, strategy = self.config, self.strategy
     self.start_time, self.prior_wall_s = start_time, float(meta.get("wall_s", 0.0))
+    self.last_train = dict(meta.get("train_metrics", {}))
     train_fn = strategy.train_fn(self.task, tx, schedule, state)
     self.eval_fn = strategy.eval_fn(self.task, False, state)
     self.host_state = state
@@ -230,7 +247,7 @@ class _Run:
 
     self.progress = metrics_lib.Progress(start, config.num_train_steps, config.progress_bar,
                                          self.is_main)
-    in_flight: collections.deque = collections.deque()
+    in_flight = InFlight(config.max_steps_in_flight)
     train_time, timed_steps = 0.0, 0
     step = start
     batch = first
@@ -242,9 +259,7 @@ class _Run:
         step += 1
         profile.after_step(step, sums)
         self.pending.append(sums)
-        in_flight.append(sums)
-        if len(in_flight) > config.max_steps_in_flight:
-          jax.block_until_ready(in_flight.popleft())  # bounded dispatch: see DESIGN.md traps
+        in_flight.add(sums)
         self.progress.update(step)
         done = step == config.num_train_steps
         if step % config.log_every_steps == 0 or step % config.checkpoint_every_steps == 0 or done:
@@ -318,7 +333,8 @@ class _Run:
   def evaluate(self, dstate, step: int, splits) -> dict[str, float]:
     values = {}
     for split in splits:
-      sums = [self.eval_fn(dstate, self.strategy.put_batch(b))
+      in_flight = InFlight(self.config.max_steps_in_flight)
+      sums = [in_flight.add(self.eval_fn(dstate, self.strategy.put_batch(b)))
               for b in self.data.eval_batches(split, self.eval_batch_size, **self.shard)]
       values = self.task.finalize(metrics_lib.reduce_sums([self.strategy.fetch(s) for s in sums]))
       name = SPLIT_NAMES.get(split, split)
@@ -332,4 +348,5 @@ class _Run:
     state = self.strategy.get_state(dstate)
     self.host_state = state
     wall_s = self.prior_wall_s + time.time() - self.start_time
-    self.ckpts.save(state, {"step": step, "wall_s": wall_s})
+    # The last train metrics go along, so a run resumed at its final step still reports them.
+    self.ckpts.save(state, {"step": step, "wall_s": wall_s, "train_metrics": self.last_train})

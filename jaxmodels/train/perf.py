@@ -42,6 +42,9 @@ def compiled_flops(compiled) -> float | None:
     return None
 
 
+CACHE_MAX_BYTES = 4 * 2**30
+
+
 def enable_compilation_cache(cache_dir: str | None = None, min_compile_secs: float = 0.0) -> str:
   """Turns on JAX's persistent compilation cache in `cache_dir`; returns the directory used.
 
@@ -61,6 +64,9 @@ def enable_compilation_cache(cache_dir: str | None = None, min_compile_secs: flo
   jax.config.update("jax_compilation_cache_dir", cache_dir)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_secs))
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+  # A size limit turns on LRU eviction and, with it, a file lock around every read and write,
+  # so that processes sharing the directory (sweep workers, tests) never read a half-written entry.
+  jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
   return cache_dir
 
 
