@@ -18,7 +18,7 @@ from jaxmodels.train import base_config, run_experiment
 def get_config() -> ml_collections.ConfigDict:
   config = base_config()
   config.batch_size = 128
-  config.num_train_steps = 7000  # ~15 epochs
+  config.num_train_steps = 5000  # ~11 epochs
   config.optimizer = "nesterov"
   config.learning_rate = 0.1
   config.momentum = 0.9
@@ -31,7 +31,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 500
   config.augment = True
   config.validation_size = 0  # >0 holds out that many train examples as the eval split
-  config.model = ml_collections.ConfigDict(dict(num_filters=32, stem="cifar"))
+  # Width 16 (a quarter of the FLOPs of 32) trains ~3 steps/s on 2 CPU cores.
+  config.model = ml_collections.ConfigDict(dict(num_filters=16, stem="cifar"))
   return config
 
 
