@@ -83,15 +83,20 @@ def _tail(procs) -> str:
   return "\n".join(out)
 
 
-def _wait(procs) -> None:
-  """Waits for all, killing every process at the deadline; fails unless all exit 0."""
+def _wait_all(procs, failure: str) -> None:
+  """Waits for all; past the deadline kills every process and fails with `failure`."""
   deadline = time.time() + TIMEOUT_S
   try:
     for p in procs:
       p.wait(timeout=max(deadline - time.time(), 0.1))
   except subprocess.TimeoutExpired:
     _kill(procs)
-    pytest.fail(f"run did not finish in {TIMEOUT_S}s; killed.\n{_tail(procs)}")
+    pytest.fail(f"{failure}\n{_tail(procs)}")
+
+
+def _wait(procs) -> None:
+  """Waits for all, killing every process at the deadline; fails unless all exit 0."""
+  _wait_all(procs, f"run did not finish in {TIMEOUT_S}s; killed.")
   if any(p.returncode != 0 for p in procs):
     pytest.fail(f"a process failed.\n{_tail(procs)}")
 
@@ -195,13 +200,7 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
   workdir = str(tmp_path / "runs" / "preempted")
   procs = _run_until_checkpoint(workdir, "pmap", ["--config.num_train_steps=100000"])
   procs[1].send_signal(signal.SIGTERM)
-  deadline = time.time() + TIMEOUT_S
-  try:
-    for p in procs:
-      p.wait(timeout=max(deadline - time.time(), 0.1))
-  except subprocess.TimeoutExpired:
-    _kill(procs)
-    pytest.fail(f"the processes did not stop after SIGTERM.\n{_tail(procs)}")
+  _wait_all(procs, "the processes did not stop after SIGTERM.")
   assert [p.returncode for p in procs] == [128 + signal.SIGTERM] * 2, _tail(procs)
   stopped = []
   for p in procs:
