@@ -63,6 +63,11 @@ class Strategy:
     """eval_step(state, batch) jitted for this strategy."""
     raise NotImplementedError
 
+  def _train_step(self, task: Any, tx: Any, schedule: Any, **kwargs: Any) -> Callable:
+    """steps.train_step with everything but (state, batch) bound, for the strategy to compile."""
+    return functools.partial(steps.train_step, model=self.model, task=task, tx=tx,
+                             schedule=schedule, grad_accum_steps=self.grad_accum_steps, **kwargs)
+
   def fetch(self, tree: Any) -> Any:
     """Step outputs (metric sums) on the host, one copy."""
     return jax.device_get(tree)
@@ -90,9 +95,7 @@ class Single(Strategy):
     return jax.device_put(batch, jax.local_devices()[0])
 
   def train_fn(self, task, tx, schedule, state):
-    return jax.jit(functools.partial(steps.train_step, model=self.model, task=task, tx=tx,
-                                     schedule=schedule, grad_accum_steps=self.grad_accum_steps),
-                   donate_argnums=0)
+    return jax.jit(self._train_step(task, tx, schedule), donate_argnums=0)
 
   def eval_fn(self, task, decode, state):
     return jax.jit(functools.partial(steps.eval_step, model=self.model, task=task, decode=decode))
@@ -124,9 +127,7 @@ class Pmap(Strategy):
     return fn if jax.process_count() > 1 else compiled
 
   def train_fn(self, task, tx, schedule, state):
-    return jax.pmap(functools.partial(steps.train_step, model=self.model, task=task, tx=tx,
-                                      schedule=schedule, axis_name=AXIS,
-                                      grad_accum_steps=self.grad_accum_steps),
+    return jax.pmap(self._train_step(task, tx, schedule, axis_name=AXIS),
                     axis_name=AXIS, donate_argnums=0)
 
   def eval_fn(self, task, decode, state):
@@ -177,8 +178,7 @@ class MeshStrategy(Strategy):
 
   def train_fn(self, task, tx, schedule, state):
     sharding = self.state_sharding(state)
-    return jax.jit(functools.partial(steps.train_step, model=self.model, task=task, tx=tx,
-                                     schedule=schedule, grad_accum_steps=self.grad_accum_steps),
+    return jax.jit(self._train_step(task, tx, schedule),
                    in_shardings=(sharding, self.batch_sharding),
                    out_shardings=(sharding, self.replicated), donate_argnums=0)
 

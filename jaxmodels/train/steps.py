@@ -101,8 +101,8 @@ def _accumulate(grads_of, model_state, batch, rng, k):
   micro_batches = jax.tree_util.tree_map(split, batch)
   first = jax.tree_util.tree_map(lambda x: x[0], micro_batches)
   shapes = jax.eval_shape(grads_of, model_state, first, rng)
-  zeros = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), shapes[0])
-  zero_sums = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), shapes[1][0])
+  zeros, zero_sums = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype),
+                                            (shapes[0], shapes[1][0]))
 
   def body(carry, xs):
     grads, sums, ms = carry
