@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 WORKDIR ?= runs/fashion_mnist_cnn
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup train test test-slow data bench clean
+.PHONY: setup jemalloc train test test-slow data bench clean
 
 setup: $(STAMP)
 
@@ -15,7 +15,17 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	-$(MAKE) -s jemalloc
 	touch $(STAMP)
+
+# Optional and best effort: jaxmodels uses jemalloc when present (README: allocator).
+jemalloc:
+	@if [ -e /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 ] || [ -e /usr/lib/aarch64-linux-gnu/libjemalloc.so.2 ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get install -y -q libjemalloc2 >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libjemalloc2 >/dev/null 2>&1)) || \
+	  echo "jemalloc not installed (optional)"; \
+	else echo "jemalloc not found; optional (Debian: apt-get install libjemalloc2)"; fi
 
 # Every dataset that can be had offline (cifar10 needs the internet or --manual_dir).
 OFFLINE_DATASETS := fashion_mnist mnist digits shakespeare imdb cmudict

@@ -35,6 +35,8 @@ from typing import Any, Callable
 import jaxmodels  # noqa: F401  (host devices are configured before jax starts)
 import jax
 
+from jaxmodels import _env
+
 from benchmarks import jax_side, shapes as shapes_lib
 from jaxmodels.train import perf
 
@@ -392,6 +394,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+  if argv is None:
+    _env.restart_with_allocator()  # the torch side runs under the same allocator
   args = parse_args(argv)
   load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
   records = run(args)

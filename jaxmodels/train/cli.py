@@ -7,6 +7,7 @@ from types import ModuleType
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from jaxmodels import _env
 from jaxmodels.train import checkpoint, config as config_lib, loop
 
 # Errors a user can fix: printed as one paragraph, exit status 2 (1 for a diverged run).
@@ -30,6 +31,8 @@ def _fail(message: str, status: int = 2) -> None:
 
 def run_experiment(experiment: ModuleType, argv: list[str] | None = None) -> None:
   """The `__main__` of every experiment module."""
+  if argv is None:
+    _env.restart_with_allocator()
   argv = list(sys.argv if argv is None else argv)
   base = experiment.get_config()
   try:

@@ -1,0 +1,68 @@
+"""Process-level settings: XLA:CPU default flags and the jemalloc restart of entry points."""
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from jaxmodels import _env
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_cpu_flags_are_added_once_and_a_users_flag_wins(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+  monkeypatch.delenv("JAXMODELS_XLA_DEFAULTS", raising=False)
+  _env.configure_xla_cpu()
+  _env.configure_xla_cpu()
+  flags = os.environ["XLA_FLAGS"].split()
+  assert flags[0] == "--xla_force_host_platform_device_count=8"
+  assert flags[1:] == list(_env.CPU_FLAGS)
+  mine = "--xla_cpu_experimental_ynn_fusion_type=-individual_dot"
+  monkeypatch.setenv("XLA_FLAGS", mine)
+  _env.configure_xla_cpu()
+  assert os.environ["XLA_FLAGS"] == mine
+
+
+def test_cpu_flags_can_be_turned_off(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "")
+  monkeypatch.setenv("JAXMODELS_XLA_DEFAULTS", "0")
+  _env.configure_xla_cpu()
+  assert os.environ["XLA_FLAGS"] == ""
+
+
+def test_this_process_runs_with_the_default_flags():
+  # conftest set only the device count; importing jaxmodels added the rest before jax started.
+  for flag in _env.CPU_FLAGS:
+    assert flag in os.environ["XLA_FLAGS"]
+
+
+def test_allocator_env(monkeypatch):
+  monkeypatch.setattr(_env, "find_jemalloc", lambda: "/lib/libjemalloc.so.2")
+  env = _env.allocator_env({"PATH": "/bin", "LD_PRELOAD": "/lib/other.so"})
+  assert env["LD_PRELOAD"] == "/lib/libjemalloc.so.2 /lib/other.so"
+  assert env["MALLOC_CONF"] == "dirty_decay_ms:-1,muzzy_decay_ms:-1" and env["PATH"] == "/bin"
+  assert _env.allocator_env({"MALLOC_CONF": "narenas:2"})["MALLOC_CONF"] == "narenas:2"
+  assert _env.allocator_env(env) is None  # already restarted: no loop
+  assert _env.allocator_env({"JAXMODELS_ALLOCATOR": "system"}) is None
+  monkeypatch.setattr(_env, "find_jemalloc", lambda: None)
+  assert _env.allocator_env({}) is None
+  with pytest.raises(ValueError, match="JAXMODELS_ALLOCATOR='tcmalloc'.*'jemalloc' and 'system'"):
+    _env.allocator_env({"JAXMODELS_ALLOCATOR": "tcmalloc"})
+
+
+_REPORT = ("from jaxmodels import _env; _env.restart_with_allocator(); import os, sys; "
+           "maps = open('/proc/self/maps').read(); "
+           "print('jemalloc' if 'libjemalloc' in maps else 'system', sys.argv[1:])")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or _env.find_jemalloc() is None,
+                    reason="needs Linux with jemalloc installed (make jemalloc)")
+@pytest.mark.parametrize("choice", ["jemalloc", "system"])
+def test_entry_point_restarts_under_jemalloc_with_its_arguments(choice):
+  env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
+  env["JAXMODELS_ALLOCATOR"] = choice
+  out = subprocess.run([sys.executable, "-c", _REPORT, "--a=1", "b"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, check=True, timeout=120).stdout
+  assert out.strip() == f"{choice} ['--a=1', 'b']"
