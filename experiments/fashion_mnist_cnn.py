@@ -2,8 +2,9 @@
 
   python -m experiments.fashion_mnist_cnn --workdir=runs/fashion_mnist_cnn
 
-Expect (measured Nov 2026 on a 2-core CPU, pmap over 2 host devices): 92.1% test accuracy after
-3000 steps (6.4 epochs); 3m12s wall while other jobs shared the machine, 2m41s on an idle one.
+Expect (measured Nov 2026 on a 2-core CPU, pmap over 2 host devices): 92.0% test accuracy after
+3000 steps (6.4 epochs); `make train` took 2m24s on an idle machine with jemalloc and the XLA:CPU
+defaults of jaxmodels._env (2m41s and 92.1% before them; 3m12s while other jobs shared it).
 """
 import sys
 
