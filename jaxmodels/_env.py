@@ -24,9 +24,10 @@ _JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
 def configure_host_devices() -> None:
   """Split the host CPU into one XLA device per core, unless the user chose otherwise.
 
-  XLA runs a convolution on one core; data parallelism over host devices is how a conv net uses
-  every core. Set JAXMODELS_HOST_DEVICES=N to choose N (1 disables the split). Has no effect once
-  jax has created its backends, and none on GPU/TPU devices.
+  Data parallelism over host devices keeps every core busy where one device's kernels would not:
+  measured with CPU_FLAGS, pmap over 2 devices ran the ResNet-18 step 1.11x and the GPT step 1.14x
+  faster than one device. Set JAXMODELS_HOST_DEVICES=N to choose N (1 disables the split). Has no
+  effect once jax has created its backends, and none on GPU/TPU devices.
   """
   flags = os.environ.get("XLA_FLAGS", "")
   if _FLAG in flags or "jax" in sys.modules and _backends_ready():

@@ -68,3 +68,13 @@ def test_entry_point_restarts_under_jemalloc_with_its_arguments(choice):
   out = subprocess.run([sys.executable, "-c", _REPORT, "--a=1", "b"], cwd=ROOT, env=env,
                        capture_output=True, text=True, check=True, timeout=120).stdout
   assert out.strip() == f"{choice} ['--a=1', 'b']"
+
+
+def test_bad_allocator_choice_is_a_clear_error(tmp_path):
+  env = dict(os.environ, JAXMODELS_ALLOCATOR="tcmalloc")
+  workdir = tmp_path / "run"
+  proc = subprocess.run([sys.executable, "-m", "experiments.digits_mlp", f"--workdir={workdir}"],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2
+  assert "JAXMODELS_ALLOCATOR='tcmalloc': valid values are 'jemalloc' and 'system'" in proc.stderr
+  assert not workdir.exists()

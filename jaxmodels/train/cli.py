@@ -32,7 +32,10 @@ def _fail(message: str, status: int = 2) -> None:
 def run_experiment(experiment: ModuleType, argv: list[str] | None = None) -> None:
   """The `__main__` of every experiment module."""
   if argv is None:
-    _env.restart_with_allocator()
+    try:
+      _env.restart_with_allocator()
+    except ValueError as e:  # a bad JAXMODELS_ALLOCATOR
+      _fail(str(e))
   argv = list(sys.argv if argv is None else argv)
   base = experiment.get_config()
   try:
