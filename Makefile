@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 
 # Optional and best effort: jaxmodels uses jemalloc when present (README: allocator).
 jemalloc:
-	@if [ -e /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 ] || [ -e /usr/lib/aarch64-linux-gnu/libjemalloc.so.2 ]; then :; \
+	@if $(PY) -c "import sys; from jaxmodels import _env; sys.exit(_env.find_jemalloc() is None)"; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  (apt-get install -y -q libjemalloc2 >/dev/null 2>&1 || \
 	   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libjemalloc2 >/dev/null 2>&1)) || \

@@ -11,7 +11,6 @@ or without a persistent compilation cache (the cold/warm cache benchmark runs it
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import time
 from typing import Any
@@ -23,7 +22,7 @@ import optax
 from benchmarks import shapes as shapes_lib
 from jaxmodels import models, tasks
 from jaxmodels.models import mlp, resnet, rnn, transformer
-from jaxmodels.train import optim, parallel, perf, steps
+from jaxmodels.train import loop, optim, parallel, perf, steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,13 +108,11 @@ class JaxStep:
   def run(self, num_steps: int) -> float:
     """Seconds for `num_steps` steps, at most `max_in_flight` dispatched and unfinished."""
     start = time.perf_counter()
-    in_flight: collections.deque = collections.deque()
+    in_flight = loop.InFlight(self.max_in_flight)
     for _ in range(num_steps):
       self.state, sums = self.compiled(self.state, self.batch)
-      in_flight.append(sums)
-      if len(in_flight) > self.max_in_flight:
-        jax.block_until_ready(in_flight.popleft())
-    jax.block_until_ready((self.state, list(in_flight)))
+      in_flight.add(sums)
+    jax.block_until_ready((self.state, list(in_flight.queue)))
     return time.perf_counter() - start
 
 
@@ -132,14 +129,12 @@ class Feed:
   def run(self, num_steps: int) -> float:
     """Seconds for `num_steps` steps including fetching and placing each batch."""
     start = time.perf_counter()
-    in_flight: collections.deque = collections.deque()
+    in_flight = loop.InFlight(self.max_in_flight)
     for _ in range(num_steps):
       batch = self.fixed if self.batches is None else self.strategy.put_batch(next(self.batches))
       self.state, sums = self.compiled(self.state, batch)
-      in_flight.append(sums)
-      if len(in_flight) > self.max_in_flight:
-        jax.block_until_ready(in_flight.popleft())
-    jax.block_until_ready((self.state, list(in_flight)))
+      in_flight.add(sums)
+    jax.block_until_ready((self.state, list(in_flight.queue)))
     return time.perf_counter() - start
 
 
