@@ -215,11 +215,11 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
 
 
 def _xfail_if_sync_point_race(procs, failure: str) -> None:
-  """Seen once in a full-suite run under load (Nov 2026), never alone: the SIGTERMed process
-  reached jax's preemption sync point and saved while the other never did, ran on into the next
-  step's all-reduce, and both hung. That one signature is reported as a known failure (the race
-  sits between jax's sync-point agreement and the first step past it; open in issue 8's notes);
-  any other hang still fails."""
+  """Seen in 2 of 5 full-suite runs (Nov 2026), never when this file ran alone: one process
+  reached jax's preemption sync point and saved while the other never did and ran on into the
+  next step's all-reduce, so both hung. Both times the SIGTERM came at step 20, a checkpoint step,
+  where orbax's save polls the same sync point after the loop did. That one signature is reported
+  as a known failure (open in issue 8's notes); any other hang still fails."""
   reached = []
   for p in procs:
     with open(p.log_path, errors="replace") as f:
