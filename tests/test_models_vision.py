@@ -1,14 +1,17 @@
 """Vision models: shapes, exact parameter counts, BatchNorm semantics, pmap, gradients, FLOPs."""
 import math
 
+import chex
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import lax
 from jax.test_util import check_grads
 
+from jaxmodels.models import cnn, resnet
 from jaxmodels.models.cnn import CNN, cnn_flops
 from jaxmodels.models.mlp import MLP, mlp_flops
 from jaxmodels.models.resnet import (BasicBlock, BottleneckBlock, ResNet, ResNet18, ResNet34,
@@ -381,3 +384,62 @@ def test_forward_flops_dispatches_to_each_family():
                              num_heads=2, mlp_dim=32, max_len=16)
   assert models.forward_flops(ed, [src, ids]) == transformer.forward_flops(ed, (10, 16))
   assert models.forward_flops(models.SimpleRNNCell(features=4), [ids]) is None
+
+
+CONVS = [  # (input shape, kernel shape, keyword arguments of conv_general_dilated)
+    ((3, 9, 9, 16), (3, 3, 16, 24), dict(window_strides=(1, 1), padding="SAME")),
+    ((3, 9, 9, 5), (3, 3, 5, 6), dict(window_strides=(2, 2), padding="VALID")),  # 5: no 8-block
+    ((2, 11, 16), (5, 16, 8), dict(window_strides=(1,), padding=((1, 2),), rhs_dilation=(2,),
+                                   dimension_numbers=("NWC", "WIO", "NWC"))),
+    ((2, 16, 7, 7), (12, 4, 3, 3), dict(window_strides=(1, 1), padding=((1, 1), (0, 2)),
+                                        lhs_dilation=(2, 1), feature_group_count=4,
+                                        dimension_numbers=("NCHW", "OIHW", "NCHW"))),
+]
+
+
+def _nhwc(kw):
+  return {"dimension_numbers": ("NHWC", "HWIO", "NHWC"), **kw}
+
+
+@pytest.mark.parametrize("dtype,tol", [(jnp.float64, 0.0), (jnp.float32, 1e-6)])
+@pytest.mark.parametrize("x_shape,w_shape,kw", CONVS)
+def test_conv_values_and_gradients_equal_lax(x_shape, w_shape, kw, dtype, tol):
+  kw = _nhwc(kw)
+  with jax.enable_x64(dtype == jnp.float64):
+    x, w = images(x_shape).astype(dtype), images(w_shape, seed=1).astype(dtype)
+    r = images(jax.eval_shape(lambda: lax.conv_general_dilated(x, w, **kw)).shape, seed=2)
+
+    def loss(conv):
+      return jax.jit(jax.value_and_grad(lambda x, w: jnp.sum(conv(x, w, **kw) * r), (0, 1)))
+
+    (ours, ours_grads), (ref, ref_grads) = loss(cnn.conv_general_dilated)(x, w), \
+        loss(lax.conv_general_dilated)(x, w)
+    np.testing.assert_allclose(ours, ref, rtol=tol)
+    for a, b in zip(ours_grads, ref_grads):
+      assert a.dtype == dtype
+      np.testing.assert_allclose(a, b, rtol=tol, atol=tol * float(jnp.max(jnp.abs(b))))
+
+
+def test_conv_kernel_gradient_reads_its_input_through_a_matmul_on_cpu_only():
+  x, w = images((2, 5, 5, 8)), images((3, 3, 8, 4), seed=1)
+  conv = lambda x, w: jnp.sum(cnn.conv_general_dilated(x, w, (1, 1), "SAME", **_nhwc({})))
+  grad = jax.jit(jax.grad(conv, argnums=1))
+  assert "dot_general" in grad.lower(x, w).as_text()  # the platform here is cpu
+  assert "dot_general" not in grad.trace(x, w).lower(lowering_platforms=("cuda",)).as_text()
+  assert "dot_general" not in jax.jit(conv).lower(x, w).as_text()
+
+
+def test_resnet_train_gradients_equal_those_through_lax_conv(monkeypatch):
+  model, x = tiny_resnet(), images((4, 8, 8, 3))
+  variables = model.init(jax.random.key(0), x)
+
+  def grads():
+    def loss(params):
+      out, _ = model.apply({**variables, "params": params}, x, train=True,
+                           mutable=["batch_stats"])
+      return jnp.sum(out ** 2)
+    return jax.jit(jax.grad(loss))(variables["params"])
+
+  ours = grads()
+  monkeypatch.setattr(resnet, "conv_general_dilated", lax.conv_general_dilated)
+  chex.assert_trees_all_close(ours, grads(), rtol=1e-5, atol=1e-6)

@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmodels.models.cnn import conv_flops, conv_output_size
+from jaxmodels.models.cnn import conv_flops, conv_general_dilated, conv_output_size
 from jaxmodels.models.mlp import dense_flops, logits_dtype
 
 ModuleDef = Callable[..., nn.Module]
@@ -131,7 +131,7 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype,
-                             param_dtype=self.param_dtype)
+                             param_dtype=self.param_dtype, conv_general_dilated=conv_general_dilated)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                              momentum=self.bn_momentum, epsilon=self.bn_epsilon,
                              axis_name=self.axis_name, dtype=self.dtype,
