@@ -51,6 +51,21 @@ def test_pmap_mesh_and_one_device_agree(model):
                                  err_msg=f"{name}/{fsdp}")
 
 
+def test_pmap_reads_state_and_metrics_without_compiling_collectives(caplog):
+  """Reading replica 0 through `x[0]` compiled one all-reduce over all devices per leaf; a state's
+  worth of them back to back hung a two-process run. The host copies come from local shards."""
+  strategy = parallel.make("pmap", TINY_MLP)
+  state = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "step": np.int32(7)}
+  placed = strategy.put_state(state)
+  with jax.log_compiles(True), caplog.at_level("WARNING"):
+    host, fetched = strategy.get_state(placed), strategy.fetch(placed)
+  assert not [r for r in caplog.records if "ompil" in r.getMessage()], caplog.text
+  for out in (host, fetched):
+    assert isinstance(out["w"], np.ndarray) and out["step"].shape == ()
+    np.testing.assert_array_equal(out["w"], state["w"])
+    assert int(out["step"]) == 7
+
+
 @pytest.mark.parametrize("name", ["none", "pmap", "mesh"])
 def test_gradient_accumulation_equals_the_whole_batch(name):
   ref_losses, ref_state = _run_steps("none", TINY_MLP, batch_size=32)

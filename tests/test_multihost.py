@@ -208,8 +208,7 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
   try:
     _wait_all(procs, "the processes did not stop after SIGTERM.")
   except pytest.fail.Exception as e:
-    _xfail_if_sync_point_race(procs, str(e))
-    raise
+    pytest.fail(f"{e}\n{_sync_point_lines(procs)}")
   assert [p.returncode for p in procs] == [128 + signal.SIGTERM] * 2, _tail(procs)
   stopped = []
   for p in procs:
@@ -220,7 +219,11 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
 
 
 def _sync_point_lines(procs) -> str:
-  """Each process's last lines about jax's preemption sync protocol."""
+  """Each process's last lines about jax's preemption sync protocol.
+
+  With them a hang seen in loaded full-suite runs (Nov 2026) was traced: both processes had
+  agreed on the stop step and stopped, then hung reading the state for the checkpoint, whose
+  per-leaf `x[0]` compiled one all-reduce across processes each (fixed in parallel.py)."""
   out = []
   for p in procs:
     with open(p.log_path, errors="replace") as f:
@@ -228,23 +231,6 @@ def _sync_point_lines(procs) -> str:
                if re.search(r"preemption|Preemption|sync point|Stopped by", l)]
     out.append(f"--- {p.log_path}, sync protocol\n" + "\n".join(lines[-30:]))
   return "\n".join(out)
-
-
-def _xfail_if_sync_point_race(procs, failure: str) -> None:
-  """Seen in 2 of 5 full-suite runs (Nov 2026), never when this file ran alone: one process
-  reached jax's preemption sync point and saved while the other never did and ran on into the
-  next step's all-reduce, so both hung. Both times the SIGTERM came at step 20, a checkpoint step,
-  where orbax's save polls the same sync point after the loop did. That one signature is reported
-  as a known failure (open in issue 8's notes) with every process's sync-protocol log lines;
-  any other hang still fails. Not reproduced in 30 runs of this test alone, two at a time beside a
-  busy-looping process (session 4)."""
-  reached = []
-  for p in procs:
-    with open(p.log_path, errors="replace") as f:
-      reached.append("Reached preemption sync point" in f.read())
-  if sum(reached) == 1:
-    pytest.xfail("known race: only one process reached the preemption sync point\n" + failure
-                 + "\n" + _sync_point_lines(procs))
 
 
 def test_gs_workdir_files_go_through_epath(monkeypatch):

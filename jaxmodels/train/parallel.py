@@ -101,6 +101,16 @@ class Single(Strategy):
     return jax.jit(functools.partial(steps.eval_step, model=self.model, task=task, decode=decode))
 
 
+def _first_replica(tree: Any) -> Any:
+  """Each leaf of pmap's output (leading device axis) as this process's first replica, in numpy.
+
+  Copied from the local shard: `x[0]` would compile one all-reduce per leaf across all devices
+  (across processes, with several), and a state's worth of such collectives dispatched back to
+  back hung a two-process run (DESIGN.md, traps).
+  """
+  return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_shards[0].data)[0, ...], tree)
+
+
 class Pmap(Strategy):
   name = "pmap"
 
@@ -112,14 +122,14 @@ class Pmap(Strategy):
     return flax.jax_utils.replicate(state, self.devices)
 
   def get_state(self, state):
-    return jax.device_get(jax.tree_util.tree_map(lambda x: x[0], state))
+    return _first_replica(state)
 
   def put_batch(self, batch):
     n = len(self.devices)
     return {k: v.reshape((n, v.shape[0] // n) + v.shape[1:]) for k, v in batch.items()}
 
   def fetch(self, tree):
-    return jax.device_get(jax.tree_util.tree_map(lambda x: x[0], tree))
+    return _first_replica(tree)
 
   def step_callable(self, fn, compiled):
     # With several processes only the pmapped function itself turns each process's local
