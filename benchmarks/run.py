@@ -16,7 +16,8 @@ Benchmarks:
 Every contender is timed in rounds, one chunk of steps each in turn, after warm-up; per-step
 times are medians over rounds and ratios are medians of per-round ratios, so load from other
 processes hits both sides alike. The process splits the host CPU into one XLA device per core
-(jaxmodels does this on import) so that 'none' (one device) and 'pmap' can both be measured.
+(jaxmodels does this on import) so that 'none' (one device), 'pmap' and 'mesh' (sharded jit over
+the same 2 devices) can all be measured; each model reports its fastest engine strategy.
 """
 from __future__ import annotations
 
@@ -345,7 +346,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 5, quick 2)")
   parser.add_argument("--chunk_s", type=float, default=None,
                       help="seconds of steps per contender per round (default 1.0, quick 0.02)")
-  parser.add_argument("--strategies", default="none,pmap",
+  parser.add_argument("--strategies", default="none,pmap,mesh",
                       help="jax parallelism strategies to time (comma list of none, pmap, mesh)")
   parser.add_argument("--no_torch_compile", action="store_true", help="skip torch.compile")
   parser.add_argument("--cache_models", default=None,
