@@ -378,6 +378,26 @@ def test_fused_gradients_equal_flax_autodiff(cell):
                grads(fused), expected)
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_fused_gradient_of_the_initial_carry_equals_flax_autodiff(cell):
+  fused = Recurrent(cell, H, num_layers=2, impl="fused")
+  x = inputs((B, T, F))
+  variables = np_variables(fused, x)
+  _, _, carries = fused.apply(variables, x, return_carry=True)
+  start = jax.tree.map(lambda c: c + 0.5, carries)
+
+  def grads(model):
+    def loss(c):
+      out, final, _ = model.apply(variables, x, initial_carry=c, return_carry=True)
+      return jnp.sum(out ** 2) + jnp.sum(final)
+    return jax.jit(jax.grad(loss))(start)
+
+  expected = grads(fused.clone(impl="flax"))
+  assert all(bool(jnp.any(g != 0)) for g in jax.tree.leaves(expected))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+               grads(fused), expected)
+
+
 # ---------- FLOPs
 
 

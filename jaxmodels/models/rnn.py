@@ -3,16 +3,17 @@
 Two interchangeable implementations of a layer, with one parameter tree (flax's layout:
 `nn.OptimizedLSTMCell`/`nn.LSTMCell`, `nn.GRUCell`, `nn.SimpleCell` names and shapes under a
 child called 'cell'):
-- `impl='flax'` (default): `nn.RNN` over the flax cell, input and recurrent matmuls per step.
-- `impl='fused'`: the input projections of all time steps are one large matmul before the scan,
-  only `h @ W_h` stays in the loop, and the scan has a hand-written VJP whose weight gradient is
-  one large matmul after the backward loop.
-On this project's 2-core CPU (XLA, shared with other jobs, Nov 2026; F=128, T=128, min of 8)
-per-step flax was the faster or equal one: LSTM B=64 H=128 forward 25 vs 27 ms, training step
-117 vs 131 ms; LSTM B=32 H=256 training step 174 vs 176 ms (fused won 180 vs 190 in another
-run); GRU B=64 H=128 forward 20 vs 38 ms, training step 81 vs 103 ms. Per-step matmuls ran at
-the same FLOP rate as one large matmul there, so precomputing saved no time on CPU; 'fused' is
-the layout that should pay on GPU/TPU, where large matmuls are far more efficient (not measured).
+- `impl='fused'` (default): the input projections of all time steps are one large matmul before
+  the scan, only `h @ W_h` stays in the loop, and the layer has a hand-written VJP: the backward
+  loop multiplies by `W_h^T` stored once, and both weight gradients are one large matmul each
+  after the loop.
+- `impl='flax'`: `nn.RNN` over the flax cell, input and recurrent matmuls per step, autodiff.
+Training steps (gradients of a loss over a layer, F=128, T=128, min of 7 in one process, 2-core
+CPU, Nov 2026), flax vs fused: LSTM B=64 H=128 75.6 vs 61.5 ms, B=32 H=256 97.9 vs 76.8 ms; GRU
+B=64 H=128 65.4 vs 47.6 ms, B=32 H=512 205 vs 166 ms; RNN B=64 H=128 22.4 vs 15.5 ms. The
+benchmark's LSTM language model: 126 vs 152 seq/s. Forward passes alone are mixed: fused is
+faster for the LSTM at H=128 (21 vs 25 ms) and the RNN, flax for GRU (20 vs 31 ms at B=64 H=128)
+and the LSTM at H=256 (22 vs 28 ms); an evaluation-heavy GRU job may prefer `impl='flax'`.
 
 Carries follow flax: LSTM `(c, h)`, GRU and RNN `h`, each [B, H].
 """
@@ -404,9 +405,9 @@ class Recurrent(nn.Module):
   `initial_carry` / `return_carry=True` expose the full state, a tuple over layers of tuples over
   directions of cell carries; then the call returns `(outputs, final_state, carries)`.
 
-  `impl='flax'` (default; faster on CPU for most sizes measured, see the module docstring) runs
-  `nn.RNN` over the flax cell (`nn.OptimizedLSTMCell`, `nn.GRUCell`, `SimpleRNNCell`);
-  `impl='fused'` runs `RecurrentLayer`. Both have the same parameter tree,
+  `impl='fused'` (default; the faster training step, see the module docstring) runs
+  `RecurrentLayer`; `impl='flax'` runs `nn.RNN` over the flax cell (`nn.OptimizedLSTMCell`,
+  `nn.GRUCell`, `SimpleRNNCell`). Both have the same parameter tree,
   `{'layer{l}_{fwd|bwd}': {'cell': <flax cell params>}}`, and give the same results.
 
   `time_major=True` takes x [T, B, F] and returns outputs [T, B, D*H]: the layers run time-major,
@@ -417,7 +418,7 @@ class Recurrent(nn.Module):
   num_layers: int = 1
   bidirectional: bool = False
   dropout_rate: float = 0.0
-  impl: str = "flax"
+  impl: str = "fused"
   time_major: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -486,7 +487,7 @@ class RNNClassifier(nn.Module):
   num_layers: int = 1
   bidirectional: bool = False
   dropout_rate: float = 0.0
-  impl: str = "flax"
+  impl: str = "fused"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -520,7 +521,7 @@ class RNNLanguageModel(nn.Module):
   cell: str = "lstm"
   num_layers: int = 1
   dropout_rate: float = 0.0
-  impl: str = "flax"
+  impl: str = "fused"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
