@@ -142,11 +142,67 @@ def test_cmudict_max_lengths_drop_longer_pairs(prepared):
   assert batch["inputs"].shape == (8, 4) and batch["targets"].shape == (8, 6)
 
 
+def test_length_buckets_hold_a_half_a_quarter_and_the_rest():
+  lengths = np.arange(64) % 16 + 1  # 4 examples of each length 1..16
+  buckets = pipeline.length_buckets(lengths, 3)
+  np.testing.assert_array_equal(np.unique(buckets), [0, 1, 2])
+  for b, (low, high) in enumerate([(1, 8), (9, 12), (13, 16)]):
+    assert set(lengths[buckets == b]) == set(range(low, high + 1))
+  assert not pipeline.length_buckets(np.full(10, 7), 4).any()  # equal lengths share a bucket
+  with pytest.raises(ValueError, match="length_buckets must be >= 1"):
+    pipeline.length_buckets(lengths, 0)
+
+
+def test_bucketed_order_draws_each_batch_from_one_bucket_once_per_epoch():
+  buckets = np.repeat([0, 1, 2], [40, 21, 11])
+  order = pipeline.BucketedOrder(buckets, batch_size=5, seed=3)
+  assert order.batches_per_epoch == 8 + 4 + 2
+  epochs = []
+  for epoch in range(2):
+    seen = []
+    for step in range(epoch * 14, (epoch + 1) * 14):
+      rows, bucket = order(step)
+      assert len(rows) == 5 and set(buckets[rows]) == {bucket}
+      seen.extend(rows)
+    assert len(set(seen)) == len(seen) == 70  # no example twice; one of each bucket left over
+    epochs.append(seen)
+  assert epochs[0] != epochs[1]
+  again = pipeline.BucketedOrder(buckets, batch_size=5, seed=3)
+  np.testing.assert_array_equal(again(20)[0], order(20)[0])
+  with pytest.raises(ValueError, match="no length bucket holds a whole batch of 50"):
+    pipeline.BucketedOrder(buckets, batch_size=50, seed=0)
+
+
+def test_cmudict_length_buckets_cut_only_padding(prepared):
+  ds = load(prepared, "cmudict", length_buckets=3)
+  full = load(prepared, "cmudict")
+  shapes = ds.info["train_shapes"]
+  assert len(shapes) == 3 and full.info["train_shapes"] == [(full.src_len, full.tgt_len)]
+  assert max(s for s, _ in shapes) == full.src_len and max(t for _, t in shapes) == full.tgt_len
+  assert min(s for s, _ in shapes) < full.src_len
+  table = full.tables["train"]
+  inputs, targets = table.arrays["inputs"], table.arrays["targets"]
+  seen_shapes = set()
+  for batch in next_n(ds.train_batches(8, seed=1), 20):
+    src, tgt = batch["inputs"].shape[1], batch["targets"].shape[1]
+    assert (src, tgt) in shapes
+    seen_shapes.add((src, tgt))
+    for row_in, row_tgt in zip(batch["inputs"], batch["targets"]):
+      match = np.flatnonzero((inputs[:, :src] == row_in).all(1) & (targets[:, :tgt] == row_tgt).all(1))
+      assert len(match) >= 1
+      assert not inputs[match[0], src:].any() and not targets[match[0], tgt:].any()
+  assert len(seen_shapes) > 1
+  evaluated = next(ds.eval_batches("test", 8))
+  assert evaluated["inputs"].shape[1] == full.src_len  # evaluation keeps the full lengths
+  with pytest.raises(ValueError, match="length_buckets must be >= 0"):
+    load(prepared, "cmudict", length_buckets=-1)
+
+
 # --- the Dataset contract --------------------------------------------------------------------
 
 CASES = [("fashion_mnist", {}), ("fashion_mnist", {"augment": True}), ("cifar10", {"augment": True}),
          ("digits", {}), ("imdb", {"max_len": 16}), ("cmudict", {}),
-         ("shakespeare", {"block_size": 16})]
+         ("cmudict", {"length_buckets": 3}), ("shakespeare", {"block_size": 16})]
 
 
 @pytest.mark.parametrize("name,options", CASES)

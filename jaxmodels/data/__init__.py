@@ -16,7 +16,8 @@ raises DatasetNotPreparedError naming that command.
   imdb           80% / 10% / 10% by text hash     inputs, lengths, targets; max_len (256),
                                                   vocab_size (20000), in_memory
   cmudict        90% / 5% / 5% by word hash       inputs, targets (BOS 1 ... EOS 2, pad 0);
-                                                  max_src_len, max_tgt_len (default: longest)
+                                                  max_src_len, max_tgt_len (default: longest),
+                                                  length_buckets (0: off; k: batches by length)
 Every dataset also takes num_threads (2) and prefetch (4): grain's batch-making threads and
 the number of batches kept ready. `info` keys are listed in each class of datasets.py.
 """

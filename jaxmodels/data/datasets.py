@@ -216,27 +216,66 @@ class PronunciationDataset(_TableDataset):
   padding), targets int32 [B, tgt_len] (BOS=1, phoneme ids, EOS=2, then 0). src_len / tgt_len
   default to the longest word / phoneme sequence + 2; smaller max_src_len / max_tgt_len leave
   longer pairs out of every split (info['dropped'] counts them per split).
+  length_buckets=k > 0 draws each training batch from one of k buckets of similar total length
+  (pipeline.length_buckets: the shortest half, the next quarter, ...) and cuts it to the longest
+  word and phoneme sequence of that bucket, so a step computes far fewer padding positions; the
+  train step then compiles once per bucket. Evaluation batches keep the full lengths.
   info: src_vocab, tgt_vocab, src_vocab_size, tgt_vocab_size, src_len, tgt_len, pad_id, bos_id,
-  eos_id, dropped."""
-  OPTIONS = ("max_src_len", "max_tgt_len")
+  eos_id, dropped, train_shapes ((src, tgt) lengths of each bucket's batches; one entry without
+  buckets)."""
+  OPTIONS = ("max_src_len", "max_tgt_len", "length_buckets")
 
   def __init__(self, name: str, splits: dict[str, Any], metadata: dict[str, Any],
                label_names: list[str], *, max_src_len: int | None = None,
-               max_tgt_len: int | None = None, **common: Any):
+               max_tgt_len: int | None = None, length_buckets: int = 0, **common: Any):
     self.src_len = max_src_len or metadata["max_src_len"]
     self.tgt_len = max_tgt_len or metadata["max_tgt_len"]
     if self.src_len < 1 or self.tgt_len < 3:
       raise ValueError("max_src_len must be >= 1 and max_tgt_len >= 3 (BOS, a phoneme, EOS)")
+    if length_buckets < 0:
+      raise ValueError(f"length_buckets must be >= 0 (0: off), got {length_buckets}")
     tables, dropped = {}, {}
     for split, columns in splits.items():
       arrays, dropped[split] = self._arrays(columns)
       tables[split] = pipeline.ArrayTable(arrays)
+    self.buckets, self.bucket_shapes = self._buckets(tables.get("train"), length_buckets)
     info = {"src_vocab": list(metadata["src_vocab"]), "tgt_vocab": list(metadata["tgt_vocab"]),
             "src_vocab_size": len(metadata["src_vocab"]),
             "tgt_vocab_size": len(metadata["tgt_vocab"]),
             "src_len": self.src_len, "tgt_len": self.tgt_len, "pad_id": formats.PAD,
-            "bos_id": formats.BOS, "eos_id": formats.EOS, "dropped": dropped}
+            "bos_id": formats.BOS, "eos_id": formats.EOS, "dropped": dropped,
+            "train_shapes": self.bucket_shapes or [(self.src_len, self.tgt_len)]}
     super().__init__(name, tables, info, ("validation", "test"), **common)
+
+  @staticmethod
+  def _buckets(table, count: int) -> tuple[np.ndarray | None, list[tuple[int, int]]]:
+    """Bucket id of each training pair and each bucket's (src, tgt) batch lengths."""
+    if not count or table is None or not len(table):
+      return None, []
+    src = np.count_nonzero(table.arrays["inputs"], axis=1)
+    tgt = np.count_nonzero(table.arrays["targets"], axis=1)
+    buckets = pipeline.length_buckets(src + tgt, count)
+    shapes = [(int(src[buckets == b].max()), int(tgt[buckets == b].max()))
+              for b in range(int(buckets.max()) + 1)]
+    return buckets, shapes
+
+  def train_batches(self, batch_size: int, seed: int, start_step: int = 0, *,
+                    process_index: int = 0, process_count: int = 1) -> Iterator[Batch]:
+    if self.buckets is None:
+      return super().train_batches(batch_size, seed, start_step, process_index=process_index,
+                                   process_count=process_count)
+    local = pipeline.local_batch_size(batch_size, process_count)
+    order = pipeline.BucketedOrder(self.buckets, batch_size, seed)
+    table = self.tables["train"]
+
+    def make(step: int) -> Batch:
+      rows, bucket = order(step)
+      src, tgt = self.bucket_shapes[bucket]
+      batch = table.take(rows[process_index * local:(process_index + 1) * local])
+      return {"inputs": np.ascontiguousarray(batch["inputs"][:, :src]),
+              "targets": np.ascontiguousarray(batch["targets"][:, :tgt])}
+    return pipeline.prefetched(make, start_step, num_threads=self._threads,
+                               prefetch=self._prefetch)
 
   def _arrays(self, columns) -> tuple[dict[str, np.ndarray], int]:
     pairs = [(w, p) for w, p in zip(columns.get("word", []), columns.get("phonemes", []))]

@@ -91,6 +91,55 @@ class EpochPermutation:
     return out
 
 
+def length_buckets(lengths: np.ndarray, count: int) -> np.ndarray:
+  """Bucket ids 0..k-1 of examples by length, k <= count: the first bucket holds the shortest
+  half, the next a quarter, then an eighth, ..., the last the rest, so most batches are short and
+  only a small tail is padded to the longest example. Equal lengths share a bucket."""
+  if count < 1:
+    raise ValueError(f"length_buckets must be >= 1, got {count}")
+  lengths = np.asarray(lengths)
+  quantiles = [1 - 0.5 ** (i + 1) for i in range(count - 1)]
+  bounds = np.unique(np.quantile(lengths, quantiles, method="lower")) if quantiles else []
+  return np.searchsorted(np.asarray(bounds), lengths, side="left").astype(np.int64)
+
+
+class BucketedOrder:
+  """Training batches of examples from one bucket each (see length_buckets).
+
+  Epoch e shuffles each bucket with a generator seeded by (seed, e), cuts it into whole batches
+  (a bucket's last partial batch waits for another epoch) and shuffles the order of all the
+  epoch's batches. `order(step)` -> (example indices of global batch `step`, its bucket): a pure
+  function of (seed, step), like EpochPermutation, so resumes and processes agree.
+  """
+
+  def __init__(self, buckets: np.ndarray, batch_size: int, seed: int):
+    buckets = np.asarray(buckets)
+    self.members = [np.flatnonzero(buckets == b) for b in range(int(buckets.max(initial=-1)) + 1)]
+    self.batch_size = batch_size
+    self.batches_per_epoch = sum(len(m) // batch_size for m in self.members)
+    if self.batches_per_epoch == 0:
+      raise ValueError(f"no length bucket holds a whole batch of {batch_size} (bucket sizes "
+                       f"{[len(m) for m in self.members]}): use fewer length_buckets or a "
+                       "smaller batch_size")
+    self._seed = derive_seed(seed, 3)
+    self._epoch = functools.lru_cache(maxsize=2)(self._plan)
+
+  def _plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng([self._seed, epoch])
+    rows, bucket_ids = [], []
+    for b, members in enumerate(self.members):
+      whole = len(members) // self.batch_size * self.batch_size
+      rows.append(rng.permutation(members)[:whole].reshape(-1, self.batch_size))
+      bucket_ids.append(np.full(len(rows[-1]), b))
+    order = rng.permutation(self.batches_per_epoch)
+    return np.concatenate(rows)[order], np.concatenate(bucket_ids)[order]
+
+  def __call__(self, step: int) -> tuple[np.ndarray, int]:
+    epoch, index = divmod(step, self.batches_per_epoch)
+    rows, bucket_ids = self._epoch(epoch)
+    return rows[index], int(bucket_ids[index])
+
+
 def prefetched(make: Callable[[int], Batch], start: int, stop: int = sys.maxsize, *,
                num_threads: int = 2, prefetch: int = 4) -> Iterator[Batch]:
   """make(start), make(start + 1), ... made ahead on `num_threads` threads, in order."""

@@ -7,7 +7,7 @@ import os
 import signal
 import time
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -236,24 +236,29 @@ class _Run:
     batches = self.data.train_batches(config.batch_size, config.seed, start, **self.shard)
 
     t = time.time()
-    host_first = next(batches)
-    first = strategy.put_batch(host_first)
-    compiled = train_fn.lower(dstate, first).compile()
-    step_fn = strategy.step_callable(train_fn, compiled)
+    host_batch = next(batches)
+    batch = strategy.put_batch(host_batch)
+    # One compiled step per batch shape: datasets with length buckets (cmudict) vary the shape.
+    compiled_steps: dict[Any, tuple[Callable, float | None]] = {}
+    self._compiled_step(compiled_steps, train_fn, dstate, host_batch, batch)
     compile_s = time.time() - t
-    flops_per_step = self._flops_per_step(host_first, compiled)
     profile = perf.StepProfile(self.workdir, start + PROFILE_AFTER_STEPS, config.profile_steps,
                                enabled=self.is_main)
 
     self.progress = metrics_lib.Progress(start, config.num_train_steps, config.progress_bar,
                                          self.is_main)
     in_flight = InFlight(config.max_steps_in_flight)
-    train_time, timed_steps = 0.0, 0
+    train_time, timed_steps, timed_flops = 0.0, 0, 0.0
     step = start
-    batch = first
     with _Signals() as signals:
       while step < config.num_train_steps:
         t = time.time()
+        known = len(compiled_steps)
+        step_fn, flops = self._compiled_step(compiled_steps, train_fn, dstate, host_batch, batch)
+        compiled_now = len(compiled_steps) > known
+        if compiled_now:
+          compile_s += time.time() - t
+          t = time.time()
         profile.before_step(step)
         dstate, sums = step_fn(dstate, batch)
         step += 1
@@ -264,9 +269,10 @@ class _Run:
         done = step == config.num_train_steps
         if step % config.log_every_steps == 0 or step % config.checkpoint_every_steps == 0 or done:
           self._log_train(step)
-        if step > start + 1:
+        if step > start + 1 and not compiled_now:
           train_time += time.time() - t
           timed_steps += 1
+          timed_flops += flops or 0.0
         if step % config.eval_every_steps == 0 and not done:
           self.evaluate(dstate, step, self.data.eval_splits[:1])
         stop = signals.poll(step)
@@ -275,7 +281,8 @@ class _Run:
         if stop:
           raise Stopped(step, stop)
         if not done:
-          batch = strategy.put_batch(next(batches))
+          host_batch = next(batches)
+          batch = strategy.put_batch(host_batch)
       jax.block_until_ready(dstate)
       profile.stop()
 
@@ -293,15 +300,26 @@ class _Run:
                    total_wall_s=wall_s + self.prior_wall_s,
                    examples_per_s=examples_per_s, num_devices=strategy.num_devices,
                    parallelism=strategy.name)
-    if flops_per_step and examples_per_s:
-      achieved = flops_per_step * examples_per_s / config.batch_size / jax.process_count()
-      summary.update(flops_per_step=flops_per_step, mfu=achieved / perf.process_peak_flops())
+    if timed_flops and train_time:
+      achieved = timed_flops / train_time / jax.process_count()
+      summary.update(flops_per_step=timed_flops / timed_steps,
+                     mfu=achieved / perf.process_peak_flops())
     if self.is_main:
       _write_json(os.path.join(self.workdir, "summary.json"), summary)
       print(json.dumps({k: v for k, v in summary.items() if not k.startswith("train_")},
                        indent=None), flush=True)
     self.writer.flush()
     return summary
+
+  def _compiled_step(self, cache: dict, train_fn, dstate, host_batch,
+                     batch) -> tuple[Callable, float | None]:
+    """The step callable for this batch's shapes and its FLOPs, compiled on first sight."""
+    key = tuple((k, np.shape(v)) for k, v in sorted(host_batch.items()))
+    if key not in cache:
+      compiled = train_fn.lower(dstate, batch).compile()
+      cache[key] = (self.strategy.step_callable(train_fn, compiled),
+                    self._flops_per_step(host_batch, compiled))
+    return cache[key]
 
   def _flops_per_step(self, host_batch, compiled) -> float | None:
     """Analytic FLOPs of one step of the global batch; XLA's count where no analytic one exists."""
