@@ -274,20 +274,6 @@ def swap_time_batch(x: jax.Array) -> jax.Array:
   return lax.optimization_barrier(jnp.swapaxes(x, 0, 1))
 
 
-def run_fused(cell: str, params, x: jax.Array, carry: Carry,
-              mask: jax.Array | None) -> tuple[Carry, jax.Array]:
-  """Runs one direction over time-major x [T, B, F] from `carry`; returns (final carry, h [T,B,H]).
-
-  `params` comes from `CellParams`. The input projection of all steps is one matmul before the
-  loop. Where `mask[t, b]` is False the carry is left unchanged, so with padding at the end the
-  final carry is the one after each sequence's last real step (outputs there are still computed).
-  Its VJP is written by hand: the backward loop keeps only `dz @ w_h.T` and the elementwise
-  derivatives, and both weight gradients are one large matmul each after the loop (autodiff of
-  `lax.scan` accumulates `h_{t-1}^T dz_t` step by step). First-order reverse mode only.
-  """
-  return _run_fused(cell, x, params, carry, mask)
-
-
 def _transposed(x: jax.Array) -> jax.Array:
   """x [..., N] flattened to [M, N] and transposed, as a real copy.
 
@@ -298,7 +284,17 @@ def _transposed(x: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _run_fused(cell, x, params, carry, mask):
+def run_fused(cell: str, x: jax.Array, params, carry: Carry,
+              mask: jax.Array | None) -> tuple[Carry, jax.Array]:
+  """Runs one direction over time-major x [T, B, F] from `carry`; returns (final carry, h [T,B,H]).
+
+  `params` comes from `CellParams`. The input projection of all steps is one matmul before the
+  loop. Where `mask[t, b]` is False the carry is left unchanged, so with padding at the end the
+  final carry is the one after each sequence's last real step (outputs there are still computed).
+  Its VJP is written by hand: the backward loop keeps only `dz @ w_h.T` and the elementwise
+  derivatives, and both weight gradients are one large matmul each after the loop (autodiff of
+  `lax.scan` accumulates `h_{t-1}^T dz_t` step by step). First-order reverse mode only.
+  """
   return _scan_forward(cell, x, params, carry, mask, save=False)[0]
 
 
@@ -355,7 +351,7 @@ def _bwd_step(bwd, w_h_t, res, h_prev, d_carry, dy):
   return d_prev, (d_xp, d_hp)
 
 
-_run_fused.defvjp(_run_fused_fwd, _run_fused_bwd)
+run_fused.defvjp(_run_fused_fwd, _run_fused_bwd)
 
 
 class RecurrentLayer(nn.Module):
@@ -386,7 +382,7 @@ class RecurrentLayer(nn.Module):
     mask = None if lengths is None else jnp.arange(steps)[:, None] < lengths[None, :]
     if self.reverse:
       x = reverse_time(x, lengths)
-    carry, out = run_fused(self.cell, params, x, carry, mask)
+    carry, out = run_fused(self.cell, x, params, carry, mask)
     if self.reverse:
       out = reverse_time(out, lengths)
     return carry, out
