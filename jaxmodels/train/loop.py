@@ -252,13 +252,10 @@ class _Run:
     step = start
     with _Signals() as signals:
       while step < config.num_train_steps:
+        step_fn, flops, compiling_s = self._compiled_step(compiled_steps, train_fn, dstate,
+                                                          host_batch, batch)
+        compile_s += compiling_s
         t = time.time()
-        known = len(compiled_steps)
-        step_fn, flops = self._compiled_step(compiled_steps, train_fn, dstate, host_batch, batch)
-        compiled_now = len(compiled_steps) > known
-        if compiled_now:
-          compile_s += time.time() - t
-          t = time.time()
         profile.before_step(step)
         dstate, sums = step_fn(dstate, batch)
         step += 1
@@ -269,7 +266,7 @@ class _Run:
         done = step == config.num_train_steps
         if step % config.log_every_steps == 0 or step % config.checkpoint_every_steps == 0 or done:
           self._log_train(step)
-        if step > start + 1 and not compiled_now:
+        if step > start + 1 and not compiling_s:
           train_time += time.time() - t
           timed_steps += 1
           timed_flops += flops or 0.0
@@ -312,14 +309,17 @@ class _Run:
     return summary
 
   def _compiled_step(self, cache: dict, train_fn, dstate, host_batch,
-                     batch) -> tuple[Callable, float | None]:
-    """The step callable for this batch's shapes and its FLOPs, compiled on first sight."""
+                     batch) -> tuple[Callable, float | None, float]:
+    """(step callable, FLOPs, seconds spent compiling now) for this batch's shapes; compiles on
+    first sight of the shapes, else the seconds are 0."""
     key = tuple((k, np.shape(v)) for k, v in sorted(host_batch.items()))
-    if key not in cache:
-      compiled = train_fn.lower(dstate, batch).compile()
-      cache[key] = (self.strategy.step_callable(train_fn, compiled),
-                    self._flops_per_step(host_batch, compiled))
-    return cache[key]
+    if key in cache:
+      return cache[key] + (0.0,)
+    t = time.time()
+    compiled = train_fn.lower(dstate, batch).compile()
+    cache[key] = (self.strategy.step_callable(train_fn, compiled),
+                  self._flops_per_step(host_batch, compiled))
+    return cache[key] + (time.time() - t,)
 
   def _flops_per_step(self, host_batch, compiled) -> float | None:
     """Analytic FLOPs of one step of the global batch; XLA's count where no analytic one exists."""
