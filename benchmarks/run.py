@@ -397,6 +397,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
   if argv is None:
     _env.restart_with_allocator()  # the torch side runs under the same allocator
+  _env.configure_process()
   args = parse_args(argv)
   load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
   records = run(args)

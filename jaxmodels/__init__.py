@@ -1,7 +1,7 @@
-"""jaxmodels: flax.linen models, one training engine, sweeps and Cloud TPU tooling."""
-from jaxmodels import _env
+"""jaxmodels: flax.linen models, one training engine, sweeps and Cloud TPU tooling.
 
-_env.configure_host_devices()
-_env.configure_xla_cpu()
+Importing it (or any submodule) changes nothing in the process: the entry points set XLA_FLAGS
+and the allocator themselves (jaxmodels._env).
+"""
 
 __version__ = "0.1.0"

@@ -1,5 +1,9 @@
 """Process-level settings that must be made before jax initialises its backends (XLA flags) or
-before the process starts (the memory allocator)."""
+before the process starts (the memory allocator).
+
+Only the command-line entry points (experiments, benchmarks, predict) call these, first thing:
+importing any jaxmodels module leaves the process environment alone.
+"""
 import ctypes.util
 import os
 import sys
@@ -19,6 +23,12 @@ CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",
 # ~16% of a GPT step zeroing new pages; with jemalloc keeping them, under 1%.
 ALLOCATOR_ENV = "JAXMODELS_ALLOCATOR"
 _JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
+
+
+def configure_process() -> None:
+  """The XLA settings of an entry point: host devices split per core, then the CPU defaults."""
+  configure_host_devices()
+  configure_xla_cpu()
 
 
 def configure_host_devices() -> None:

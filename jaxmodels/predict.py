@@ -17,6 +17,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from jaxmodels import _env
 from jaxmodels.train import checkpoint, optim, steps
 
 
@@ -110,6 +111,7 @@ def main(argv: list[str]) -> None:
 
 def cli() -> None:
   from absl import app, flags
+  _env.configure_process()
   flags.DEFINE_string("workdir", None, "A training run's workdir.", required=True)
   flags.DEFINE_string("split", "test", "Split to take examples from (classifiers).")
   flags.DEFINE_integer("num_examples", 8, "Examples to predict (classifiers).")

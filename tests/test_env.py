@@ -35,9 +35,38 @@ def test_cpu_flags_can_be_turned_off(monkeypatch):
 
 
 def test_this_process_runs_with_the_default_flags():
-  # conftest set only the device count; importing jaxmodels added the rest before jax started.
+  # conftest set the device count and, as an entry point, the defaults before jax started.
   for flag in _env.CPU_FLAGS:
     assert flag in os.environ["XLA_FLAGS"]
+
+
+def test_importing_the_package_leaves_the_environment_alone():
+  code = ("import os, jaxmodels, jaxmodels.models, jaxmodels.train.loop, jaxmodels.data, "
+          "jaxmodels.tasks; print(repr(os.environ.get('XLA_FLAGS')))")
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAXMODELS_HOST_DEVICES")}
+  out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                       text=True, check=True).stdout
+  assert out.strip() == "None"
+
+
+def test_the_experiment_entry_point_configures_the_process_first(monkeypatch):
+  from experiments import digits_mlp
+  from jaxmodels.train import cli
+  calls = []
+  monkeypatch.setattr(_env, "configure_process", lambda: calls.append("configured"))
+  with pytest.raises(SystemExit):  # a bad key: it fails right after the configuration
+    cli.run_experiment(digits_mlp, ["digits_mlp", "--config.no_such_key=1"])
+  assert calls == ["configured"]
+
+
+def test_configure_process_splits_the_host_and_adds_the_defaults(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "")
+  monkeypatch.setenv("JAXMODELS_HOST_DEVICES", "3")
+  monkeypatch.delenv("JAXMODELS_XLA_DEFAULTS", raising=False)
+  monkeypatch.setattr(_env, "_backends_ready", lambda: False)
+  _env.configure_process()
+  flags = os.environ["XLA_FLAGS"].split()
+  assert flags == ["--xla_force_host_platform_device_count=3", *_env.CPU_FLAGS]
 
 
 def test_allocator_env(monkeypatch):

@@ -36,6 +36,7 @@ def run_experiment(experiment: ModuleType, argv: list[str] | None = None) -> Non
       _env.restart_with_allocator()
     except ValueError as e:  # a bad JAXMODELS_ALLOCATOR
       _fail(str(e))
+  _env.configure_process()
   argv = list(sys.argv if argv is None else argv)
   base = experiment.get_config()
   try:
