@@ -6,10 +6,10 @@ Evaluation decodes greedily and reports exact match and word error rate (1 - exa
 Expect (measured Nov 2026 on the 2-core CPU, idle): test word error rate 36.2% (exact match
 63.8%; phoneme accuracy under greedy decoding 88.3%), validation 37.8%, after 6000 steps in
 16m06s (6.4 steps/s on 2 host devices, MFU 44%). Training batches come from 4 length buckets
-(see `length_buckets` in jaxmodels/data/datasets.py): padded to the longest word, as before,
-2400 steps took 20m10s and reached 42.2%. The 35% target is not quite reached; dropout 0.1 made
-it worse (43.8% after the same 6000 steps), while the train loss (0.16 against 0.22 on
-validation) says the model has started to fit the training words more closely than new ones.
+(`length_buckets`: each batch holds words of similar length and is cut to the longest of them).
+The 35% target is not reached; dropout 0.1 made it worse (43.8% after the same 6000 steps),
+while the train loss (0.16 against 0.22 on validation) says the model has started to fit the
+training words more closely than new ones.
 """
 import sys
 

@@ -4,8 +4,7 @@
 
 Expect (measured Nov 2026 on a 2-core CPU, pmap over 2 host devices): 92.0% test accuracy after
 3000 steps (6.4 epochs); `make train` took 1m59s on an idle machine with data and packages in
-place (3706 examples/s; 2m24s in an earlier session, 2m41s and 92.1% before jemalloc and the
-XLA:CPU defaults of jaxmodels._env; 3m12s while other jobs shared the machine).
+place (3706 examples/s).
 """
 import sys
 

@@ -4,8 +4,7 @@
 
 Expect (measured Nov 2026 on the 2-core CPU, idle): 93.8% test accuracy after the 5000 steps
 (~11 epochs, random crop + flip) in 20m20s (4.2 steps/s, 547 images/s on 2 host devices, MFU
-47%); 87.5% at step 1000, 88.7% at 2000, 91.9% at 3000, 93.5% at 4000. An earlier run before the
-session-3 CPU settings: 93.7% in 28m15s.
+47%); 87.5% at step 1000, 88.7% at 2000, 91.9% at 3000, 93.5% at 4000.
 """
 import sys
 

@@ -4,9 +4,8 @@
 
 Expect (measured Nov 2026 on the 2-core CPU, idle): 87.8% accuracy on the held-out test split
 (10% of the 25k reviews by hash), 86.6% on validation, after 1500 steps in 6m15s (4.1 steps/s on
-2 host devices; 11m08s before the CPU settings and the fused LSTM, when one run reached 88.4% and
-87.1%). Validation accuracy stops rising after step 1000 (86.6% at 1000 and 1500) while train
-accuracy reaches 98.5%: more steps overfit.
+2 host devices). Validation accuracy stops rising after step 1000 (86.6% at 1000 and 1500) while
+train accuracy reaches 98.5%: more steps overfit.
 """
 import sys
 
