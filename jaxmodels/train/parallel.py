@@ -106,7 +106,7 @@ def _first_replica(tree: Any) -> Any:
 
   Copied from the local shard: `x[0]` would compile one all-reduce per leaf across all devices
   (across processes, with several), and a state's worth of such collectives dispatched back to
-  back hung a two-process run (both processes waited in an all-reduce the other never joined).
+  back hung a two-process run (the SIGTERM test of tests/test_multihost.py, under load).
   """
   return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_shards[0].data)[0, ...], tree)
 
