@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 WORKDIR ?= runs/fashion_mnist_cnn
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup jemalloc train test test-slow data bench clean
+.PHONY: setup jemalloc train test test-slow lint format data bench clean
 
 setup: $(STAMP)
 
@@ -14,7 +14,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,sweep]'
+	$(PY) -m pip install -q -e '.[test,sweep,lint]'
 	-$(MAKE) -s jemalloc
 	touch $(STAMP)
 
@@ -41,6 +41,15 @@ test: setup
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow --timeout=3600 tests
+
+# Formatting (pyink) and lint (ruff) of the Python sources; `make format` rewrites them.
+lint: setup
+	$(PY) -m pyink --check --quiet .
+	$(PY) -m ruff check --quiet .
+
+format: setup
+	$(PY) -m pyink --quiet .
+	$(PY) -m ruff check --quiet --fix .
 
 bench: setup
 	$(PY) -m pip install -q 'torch==2.13.0' || $(PY) -m pip install -q 'torch>=2.9,<2.15'
