@@ -145,9 +145,12 @@ def _open_study(experiment: str, workdir: Path, sweep: Sweep, sampler: str, opti
   if not study.user_attrs:
     for key, value in identity.items():
       study.set_user_attr(key, value)
+  started = dict(study.user_attrs)
+  if "metric" in started:  # stored as the spec spelled it; compare it as a Sweep reads it
+    started["metric"] = space.canonical_metric(started["metric"])
   for key, value in identity.items():
-    if study.user_attrs.get(key, value) != value:
-      raise SweepError(f'study {name!r} was started with {key}={study.user_attrs[key]!r}, now '
+    if started.get(key, value) != value:
+      raise SweepError(f'study {name!r} was started with {key}={started[key]!r}, now '
                        f'{value!r}; rerun with the same settings, or use another --workdir or '
                        '--study_name')
   return study
@@ -249,15 +252,13 @@ def trial_command(experiment: str, trial_dir: Path, overrides: dict[str, str],
 
 
 def read_objective(trial_dir: Path, metric: str) -> float:
-  """The objective from the trial's summary.json ('validation_*' and 'eval_*' are the same)."""
+  """The objective `metric` (a summary.json key) from the trial's summary.json."""
   path = trial_dir / 'summary.json'
   if not path.exists():
     raise SweepError(f'no {path}')
   summary = json.loads(path.read_text())
-  split, name = space.split_metric(metric)
-  for alias in space.split_aliases(split):
-    if f'{alias}_{name}' in summary:
-      return float(summary[f'{alias}_{name}'])
+  if metric in summary:
+    return float(summary[metric])
   raise SweepError(f'summary.json has no {metric!r}; keys: {", ".join(sorted(summary))}')
 
 

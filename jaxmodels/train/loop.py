@@ -18,8 +18,6 @@ from jaxmodels import models
 from jaxmodels.train import checkpoint, config as config_lib, metrics as metrics_lib, optim
 from jaxmodels.train import parallel, perf, steps
 
-# metrics.jsonl and summary.json name the held-out split evaluated during training "eval".
-SPLIT_NAMES = {"validation": "eval", "test": "test", "train": "train"}
 # config.profile_steps traces steps after this many, so compilation and warm-up stay out of it.
 PROFILE_AFTER_STEPS = 10
 
@@ -172,6 +170,12 @@ def train_and_evaluate(experiment: ModuleType, config: ml_collections.ConfigDict
   return summary
 
 
+def recorded_split(split: str) -> str:
+  """The name metrics.jsonl, summary.json and TensorBoard give a dataset split: the held-out
+  "validation" split is "eval"."""
+  return "eval" if split == "validation" else split
+
+
 def experiment_name(experiment: ModuleType) -> str:
   """The importable name, also when the module runs as __main__."""
   spec = getattr(experiment, "__spec__", None)
@@ -287,7 +291,7 @@ class _Run:
     if self.decode:
       self.eval_fn = strategy.eval_fn(self.task, True, self.host_state)
     for split in self.data.eval_splits:
-      final.update({f"{SPLIT_NAMES.get(split, split)}_{k}": v
+      final.update({f"{recorded_split(split)}_{k}": v
                     for k, v in self.evaluate(dstate, step, (split,)).items()})
     wall_s = time.time() - start_time
     examples_per_s = timed_steps * config.batch_size / train_time if train_time else None
@@ -355,7 +359,7 @@ class _Run:
       sums = [in_flight.add(self.eval_fn(dstate, self.strategy.put_batch(b)))
               for b in self.data.eval_batches(split, self.eval_batch_size, **self.shard)]
       values = self.task.finalize(metrics_lib.reduce_sums([self.strategy.fetch(s) for s in sums]))
-      name = SPLIT_NAMES.get(split, split)
+      name = recorded_split(split)
       self.writer.write(step, name, values)
       self.progress.log(step, name, values)
     return values
