@@ -24,7 +24,7 @@ if str(REPO) not in sys.path:
 
 from jaxmodels.sweep import Choice, IntRange, LogUniform, Sweep, SweepError, Uniform  # noqa: E402
 from jaxmodels.sweep import __main__ as cli  # noqa: E402
-from jaxmodels.sweep import report, runner, space  # noqa: E402
+from jaxmodels.sweep import report, resources, runner, space  # noqa: E402
 from tests import sweep_fixture_experiment as fx  # noqa: E402
 
 FIXTURE = 'tests.sweep_fixture_experiment'
@@ -147,18 +147,28 @@ def test_a_validation_metric_is_read_as_the_eval_metric():
 
 def test_trial_env_and_shares():
   cores = list(range(16))
-  shares = [runner.slot_resources(i, 4, cores, ['0', '1'])for i in range(4)]
+  shares = [resources.slot_resources(i, 4, cores, ['0', '1'])for i in range(4)]
   assert [s[0] for s in shares] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15]]
   assert [s[1] for s in shares] == ['0', '1', '0', '1']
-  assert runner.slot_resources(2, 3, [0, 1], [])[0] == [0]  # more workers than cores: one each
+  assert resources.slot_resources(2, 3, [0, 1], [])[0] == [0]  # more workers than cores: one each
   base = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8 --xla_dump_to=/x', 'HOME': '/h'}
-  env = runner.trial_env(base, 4, '1', True, '/repo')
+  env = resources.trial_env(base, 4, '1', True, '/repo')
   assert env['XLA_FLAGS'].split() == ['--xla_dump_to=/x',
                                       '--xla_force_host_platform_device_count=4']
   assert env['JAXMODELS_HOST_DEVICES'] == env['OMP_NUM_THREADS'] == '4'
   assert env['CUDA_VISIBLE_DEVICES'] == '1' and env['XLA_PYTHON_CLIENT_PREALLOCATE'] == 'false'
   assert env['PYTHONPATH'] == '/repo' and env['HOME'] == '/h'
-  assert 'CUDA_VISIBLE_DEVICES' not in runner.trial_env({}, 1, None, False, '/repo')
+  assert 'CUDA_VISIBLE_DEVICES' not in resources.trial_env({}, 1, None, False, '/repo')
+
+
+def test_worker_slots_pin_a_share_of_the_cores_for_several_workers(monkeypatch):
+  monkeypatch.setattr(resources, "available_cores", lambda: [0, 1, 2, 3])
+  monkeypatch.setattr(resources, "detect_gpus", lambda: [])
+  two = resources.worker_slots(2, "/repo")
+  assert [cores for cores, _ in two] == [[0, 1], [2, 3]]
+  assert [env["JAXMODELS_HOST_DEVICES"] for _, env in two] == ["2", "2"]
+  [(cores, env)] = resources.worker_slots(1, "/repo")
+  assert cores == [] and env["JAXMODELS_HOST_DEVICES"] == "4"
 
 
 def test_metrics_tail_waits_for_whole_lines(tmp_path):
