@@ -143,7 +143,9 @@ def train_and_evaluate(experiment: ModuleType, config: ml_collections.ConfigDict
   shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
 
   batches = data.train_batches(config.batch_size, config.seed, 0, **shard)
-  state = steps.init_state(model, task, tx, next(batches), config.seed)
+  init_batch = next(batches)
+  _close(batches)
+  state = steps.init_state(model, task, tx, init_batch, config.seed)
   ckpts = checkpoint.Checkpoints(workdir, config.keep_checkpoints)
   restored = ckpts.restore_latest(state)
   meta = {}
@@ -168,6 +170,13 @@ def train_and_evaluate(experiment: ModuleType, config: ml_collections.ConfigDict
     summary.update(experiment.on_finish(model, variables, data.info, config))
     _write_json(summary_path, summary)
   return summary
+
+
+def _close(batches: Any) -> None:
+  """Closes a batch iterator that can be closed: grain's prefetch iterators stop their threads."""
+  close = getattr(batches, "close", None)
+  if close is not None:
+    close()
 
 
 def recorded_split(split: str) -> str:
