@@ -58,7 +58,7 @@ def get_sweep() -> Sweep:
     python -m jaxmodels.sweep experiments.cifar10_resnet --workdir=runs/sweep_cifar10_resnet \
       --num_trials=20 --workers=2 --config.validation_size=5000
   """
-  return Sweep(metric="validation_accuracy", mode="max", num_trials=20, params={
+  return Sweep(metric="eval_accuracy", mode="max", num_trials=20, params={
       "learning_rate": LogUniform(0.02, 0.4),
       "weight_decay": LogUniform(1e-5, 1e-3),
   })

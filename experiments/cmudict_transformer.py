@@ -62,7 +62,7 @@ def get_task(config, info):
 
 def get_sweep() -> Sweep:
   """python -m jaxmodels.sweep experiments.cmudict_transformer --workdir=runs/sweep_cmudict_transformer --workers=2"""
-  return Sweep(metric="validation_loss", mode="min", num_trials=12, params={
+  return Sweep(metric="eval_loss", mode="min", num_trials=12, params={
       "learning_rate": LogUniform(3e-4, 3e-3),
       "model.num_layers": IntRange(2, 4),
       "model.dropout_rate": Uniform(0.0, 0.3),

@@ -56,7 +56,7 @@ def get_sweep() -> Sweep:
     python -m jaxmodels.sweep experiments.digits_mlp --workdir=runs/sweep_digits_mlp \
       --num_trials=20 --workers=2 --config.validation_size=5000
   """
-  return Sweep(metric="validation_accuracy", mode="max", num_trials=20, params={
+  return Sweep(metric="eval_accuracy", mode="max", num_trials=20, params={
       "learning_rate": LogUniform(1e-4, 1e-2),
       "batch_size": Choice([16, 32, 64]),
   })

@@ -58,7 +58,7 @@ def get_sweep() -> Sweep:
     python -m jaxmodels.sweep experiments.fashion_mnist_cnn --workdir=runs/sweep_fashion_mnist_cnn \
       --num_trials=20 --workers=2 --config.validation_size=5000
   """
-  return Sweep(metric="validation_accuracy", mode="max", num_trials=20, params={
+  return Sweep(metric="eval_accuracy", mode="max", num_trials=20, params={
       "learning_rate": LogUniform(3e-4, 1e-2),
       "batch_size": Choice([64, 128, 256]),
       "model.dropout_rate": Uniform(0.0, 0.5),

@@ -58,7 +58,7 @@ def get_task(config, info):
 
 def get_sweep() -> Sweep:
   """python -m jaxmodels.sweep experiments.imdb_lstm --workdir=runs/sweep_imdb_lstm --workers=2"""
-  return Sweep(metric="validation_accuracy", mode="max", num_trials=12, params={
+  return Sweep(metric="eval_accuracy", mode="max", num_trials=12, params={
       "learning_rate": LogUniform(3e-4, 1e-2),
       "model.hidden_size": Choice([64, 128, 256]),
       "model.dropout_rate": Uniform(0.0, 0.5),

@@ -60,7 +60,7 @@ def get_sweep() -> Sweep:
     python -m jaxmodels.sweep experiments.mnist_mlp --workdir=runs/sweep_mnist_mlp \
       --num_trials=20 --workers=2 --config.validation_size=5000
   """
-  return Sweep(metric="validation_accuracy", mode="max", num_trials=20, params={
+  return Sweep(metric="eval_accuracy", mode="max", num_trials=20, params={
       "learning_rate": LogUniform(1e-3, 3e-1),
       "optimizer": Choice(["sgd", "momentum", "adam"]),
       "batch_size": Choice([32, 64, 128]),

@@ -74,7 +74,7 @@ def on_finish(model, variables, info, config):
 
 def get_sweep() -> Sweep:
   """python -m jaxmodels.sweep experiments.shakespeare_gpt --workdir=runs/sweep_shakespeare_gpt --workers=2"""
-  return Sweep(metric="validation_loss", mode="min", num_trials=12, params={
+  return Sweep(metric="eval_loss", mode="min", num_trials=12, params={
       "learning_rate": LogUniform(3e-4, 3e-3),
       "model.num_layers": IntRange(2, 6),
       "model.dropout_rate": Uniform(0.0, 0.2),

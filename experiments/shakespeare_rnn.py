@@ -67,7 +67,7 @@ def on_finish(model, variables, info, config):
 
 def get_sweep() -> Sweep:
   """python -m jaxmodels.sweep experiments.shakespeare_rnn --workdir=runs/sweep_shakespeare_rnn --workers=2"""
-  return Sweep(metric="validation_loss", mode="min", num_trials=12, params={
+  return Sweep(metric="eval_loss", mode="min", num_trials=12, params={
       "learning_rate": LogUniform(1e-3, 1e-2),
       "model.hidden_size": Choice([256, 384, 512]),
   })

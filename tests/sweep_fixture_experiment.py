@@ -37,7 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 def get_sweep() -> Sweep:
-  return Sweep(metric='validation_accuracy', mode='max', sampler='grid',
+  return Sweep(metric='eval_accuracy', mode='max', sampler='grid',
                params={'learning_rate': Choice([0.05, 0.2]), 'batch_size': Choice([32, 64])})
 
 
@@ -133,7 +133,7 @@ def train(workdir: Path, config: ml_collections.ConfigDict) -> None:
       loss = float(0.5 * np.sum((w - target) ** 2))
       metrics.write(json.dumps({'step': step, 'split': 'train', 'loss': loss}) + '\n')
       if step % config.eval_every_steps == 0 or step == config.num_train_steps:
-        metrics.write(json.dumps({'step': step, 'split': 'validation', 'loss': loss,
+        metrics.write(json.dumps({'step': step, 'split': 'eval', 'loss': loss,
                                   'accuracy': accuracy(loss)}) + '\n')
         metrics.flush()
         _write_json(ckpt_path, {'step': step, 'w': w.tolist()})
@@ -141,7 +141,7 @@ def train(workdir: Path, config: ml_collections.ConfigDict) -> None:
   loss = float(0.5 * np.sum((w - target) ** 2))
   wall = time.time() - t0
   _write_json(summary_path, {
-      'train_loss': loss, 'validation_loss': loss, 'validation_accuracy': accuracy(loss),
+      'train_loss': loss, 'eval_loss': loss, 'eval_accuracy': accuracy(loss),
       'test_loss': loss, 'test_accuracy': accuracy(loss), 'steps': config.num_train_steps,
       'wall_s': wall, 'compile_s': 0.0, 'resumed_from': start,
       'examples_per_s': config.batch_size * (config.num_train_steps - start) / max(wall, 1e-9)})

@@ -1,6 +1,8 @@
 """The engine: parallel modes agree, resume is exact, the step compiles once, outputs are readable."""
 import json
 import os
+import threading
+import time
 import types
 
 import jax
@@ -12,6 +14,7 @@ import pytest
 
 from experiments import fashion_mnist_cnn
 from jaxmodels import tasks
+from jaxmodels.data import pipeline
 from jaxmodels.data.synthetic import SyntheticDataset
 from jaxmodels.models.mlp import MLP
 from jaxmodels.models.resnet import ResNet, BasicBlock
@@ -291,6 +294,49 @@ class _TwoLengths:
 
   def num_examples(self, split):
     return self.inner.num_examples(split)
+
+
+class _PrefetchedFirst:
+  """Synthetic data whose first training iterator is a grain prefetch pipeline, kept here so
+  that only closing it, not garbage collection, stops its threads."""
+
+  def __init__(self, inner):
+    self.inner, self.info, self.eval_splits = inner, inner.info, inner.eval_splits
+    self.first = None
+
+  def train_batches(self, batch_size, seed, start_step=0, **shard):
+    if self.first is not None:
+      return self.inner.train_batches(batch_size, seed, start_step, **shard)
+    def make(step):
+      return next(self.inner.train_batches(batch_size, seed, step, **shard))
+    self.first = pipeline.prefetched(make, start_step)
+    return self.first
+
+  def eval_batches(self, split, batch_size, **shard):
+    return self.inner.eval_batches(split, batch_size, **shard)
+
+  def num_examples(self, split):
+    return self.inner.num_examples(split)
+
+
+def _prefetch_threads():
+  return {t for t in threading.enumerate() if t.name.startswith("grain-prefetch")}
+
+
+def test_the_init_batch_iterator_is_closed(tmp_path):
+  data = _PrefetchedFirst(fashion_mnist_cnn.get_data(_tiny_config()))
+  experiment = types.ModuleType("prefetched_first")
+  experiment.get_model = fashion_mnist_cnn.get_model
+  experiment.get_task = fashion_mnist_cnn.get_task
+  experiment.get_data = lambda config: data
+  before = _prefetch_threads()
+  loop.train_and_evaluate(experiment, _tiny_config(num_train_steps=2), str(tmp_path))
+  with pytest.raises(ValueError, match="closed iterator"):
+    next(data.first)
+  deadline = time.time() + 10
+  while _prefetch_threads() - before and time.time() < deadline:
+    time.sleep(0.05)
+  assert not _prefetch_threads() - before
 
 
 def _two_length_experiment():

@@ -24,7 +24,7 @@ if str(REPO) not in sys.path:
 
 from jaxmodels.sweep import Choice, IntRange, LogUniform, Sweep, SweepError, Uniform  # noqa: E402
 from jaxmodels.sweep import __main__ as cli  # noqa: E402
-from jaxmodels.sweep import report, runner, space  # noqa: E402
+from jaxmodels.sweep import report, resources, runner, space  # noqa: E402
 from tests import sweep_fixture_experiment as fx  # noqa: E402
 
 FIXTURE = 'tests.sweep_fixture_experiment'
@@ -130,38 +130,57 @@ def test_grid_and_distributions():
   dists = space.distributions(Sweep(params={'lr': LogUniform(1e-4, 1e-1), 'n': IntRange(1, 4)}))
   assert dists['lr'].log and (dists['lr'].low, dists['lr'].high) == (1e-4, 1e-1)
   assert (dists['n'].low, dists['n'].high, dists['n'].step) == (1, 4, 1)
-  assert space.split_metric('validation_accuracy') == ('validation', 'accuracy')
+  assert space.split_metric('test_accuracy') == ('test', 'accuracy')
   assert space.split_metric('eval_loss') == ('eval', 'loss')
   assert [space.format_value(v) for v in (True, 1e-05, 3, 'adam')] == ['true', '1e-05', '3', 'adam']
   assert space.as_sweep({'params': {'seed': [1]}, 'mode': 'min'}).params['seed'] == Choice([1])
 
 
+def test_a_validation_metric_is_read_as_the_eval_metric():
+  assert Sweep(params={"seed": [0]}, metric="validation_accuracy").metric == "eval_accuracy"
+  spec = {"params": {"seed": [0]}, "metric": "validation_loss"}
+  assert space.as_sweep(spec).metric == "eval_loss"
+  assert Sweep(params={"seed": [0]}, metric="test_loss").metric == "test_loss"
+  with pytest.raises(SweepError, match=r"split one of \['train', 'eval', 'test'\]"):
+    space.split_metric("validation_accuracy")
+
+
 def test_trial_env_and_shares():
   cores = list(range(16))
-  shares = [runner.slot_resources(i, 4, cores, ['0', '1'])for i in range(4)]
+  shares = [resources.slot_resources(i, 4, cores, ['0', '1'])for i in range(4)]
   assert [s[0] for s in shares] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15]]
   assert [s[1] for s in shares] == ['0', '1', '0', '1']
-  assert runner.slot_resources(2, 3, [0, 1], [])[0] == [0]  # more workers than cores: one each
+  assert resources.slot_resources(2, 3, [0, 1], [])[0] == [0]  # more workers than cores: one each
   base = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8 --xla_dump_to=/x', 'HOME': '/h'}
-  env = runner.trial_env(base, 4, '1', True, '/repo')
+  env = resources.trial_env(base, 4, '1', True, '/repo')
   assert env['XLA_FLAGS'].split() == ['--xla_dump_to=/x',
                                       '--xla_force_host_platform_device_count=4']
   assert env['JAXMODELS_HOST_DEVICES'] == env['OMP_NUM_THREADS'] == '4'
   assert env['CUDA_VISIBLE_DEVICES'] == '1' and env['XLA_PYTHON_CLIENT_PREALLOCATE'] == 'false'
   assert env['PYTHONPATH'] == '/repo' and env['HOME'] == '/h'
-  assert 'CUDA_VISIBLE_DEVICES' not in runner.trial_env({}, 1, None, False, '/repo')
+  assert 'CUDA_VISIBLE_DEVICES' not in resources.trial_env({}, 1, None, False, '/repo')
+
+
+def test_worker_slots_pin_a_share_of_the_cores_for_several_workers(monkeypatch):
+  monkeypatch.setattr(resources, "available_cores", lambda: [0, 1, 2, 3])
+  monkeypatch.setattr(resources, "detect_gpus", lambda: [])
+  two = resources.worker_slots(2, "/repo")
+  assert [cores for cores, _ in two] == [[0, 1], [2, 3]]
+  assert [env["JAXMODELS_HOST_DEVICES"] for _, env in two] == ["2", "2"]
+  [(cores, env)] = resources.worker_slots(1, "/repo")
+  assert cores == [] and env["JAXMODELS_HOST_DEVICES"] == "4"
 
 
 def test_metrics_tail_waits_for_whole_lines(tmp_path):
   path = tmp_path / 'metrics.jsonl'
   tail = runner.MetricsTail(path)
   assert tail.read() == []
-  path.write_text('{"step": 2, "split": "validation", "accuracy": 0.5}\n{"step": 4, "spl')
-  assert report.metric_points(tail.read(), 'validation_accuracy') == [(2, 0.5)]
+  path.write_text('{"step": 2, "split": "eval", "accuracy": 0.5}\n{"step": 4, "spl')
+  assert report.metric_points(tail.read(), 'eval_accuracy') == [(2, 0.5)]
   with open(path, 'a') as f:
     f.write('it": "eval", "accuracy": 0.75}\n{"step": 4, "split": "train", "loss": 1.0}\n')
   records = tail.read()
-  assert report.metric_points(records, 'validation_accuracy') == [(4, 0.75)]  # eval = validation
+  assert report.metric_points(records, 'eval_accuracy') == [(4, 0.75)]
   assert report.metric_points(records, 'train_loss') == [(4, 1.0)]
 
 
@@ -212,9 +231,9 @@ def test_grid_sweep_with_two_workers(tmp_path):
   for r in rows:
     want = expected_accuracy(6, learning_rate=float(r['learning_rate']),
                              batch_size=int(r['batch_size']))
-    assert float(r['validation_accuracy']) == pytest.approx(want, rel=1e-9)
+    assert float(r['eval_accuracy']) == pytest.approx(want, rel=1e-9)
     assert r['steps'] == '6' and start_count(workdir / r['workdir']) == 1
-  objectives = [float(r['validation_accuracy']) for r in rows]
+  objectives = [float(r['eval_accuracy']) for r in rows]
   assert objectives == sorted(objectives, reverse=True)  # best first
   for name in ('learning_curves', 'objective_vs_learning_rate', 'objective_vs_batch_size'):
     assert is_png(workdir / 'plots' / f'{name}.png')
@@ -226,7 +245,7 @@ def test_grid_sweep_with_two_workers(tmp_path):
   assert command.startswith(f'python -m {FIXTURE} --workdir={workdir / "best"}')
   subprocess.run([sys.executable] + command.split()[1:], cwd=REPO, check=True, timeout=60)
   best = json.loads((workdir / 'best' / 'summary.json').read_text())
-  assert best['validation_accuracy'] == pytest.approx(objectives[0], rel=1e-12)
+  assert best['eval_accuracy'] == pytest.approx(objectives[0], rel=1e-12)
 
   # The same command again has nothing left to do.
   again = run_cli(FIXTURE, workdir, '--workers=2', '--config.num_train_steps=6')
@@ -249,7 +268,7 @@ def test_tpe_sweep_over_ranges(tmp_path, monkeypatch, capsys):
     lr, width = float(r['learning_rate']), int(r['model.width'])
     assert 0.01 <= lr <= 0.5 and 2 <= width <= 6 and r['optimizer'] in ('a', 'b')
     want = expected_accuracy(learning_rate=lr, model__width=width)
-    assert float(r['validation_accuracy']) == pytest.approx(want, rel=1e-9)
+    assert float(r['eval_accuracy']) == pytest.approx(want, rel=1e-9)
   assert is_png(workdir / 'plots' / 'objective_vs_model.width.png')
 
 
@@ -294,7 +313,7 @@ def test_killed_sweep_resumes_where_it_stopped(tmp_path):
   for r in rows:
     want = expected_accuracy(learning_rate=float(r['learning_rate']),
                              batch_size=int(r['batch_size']))
-    assert float(r['validation_accuracy']) == pytest.approx(want, rel=1e-9)
+    assert float(r['eval_accuracy']) == pytest.approx(want, rel=1e-9)
 
 
 def test_interrupted_sweep_releases_its_trial(tmp_path):
@@ -318,6 +337,7 @@ def test_interrupted_sweep_releases_its_trial(tmp_path):
 
 def test_failed_trials_are_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch, capsys):
   monkeypatch.syspath_prepend(str(tmp_path))
+  # The metric in its validation_ spelling: the table and the objective read as eval_loss.
   module = write_module(tmp_path, "Sweep(metric='validation_loss', mode='min', sampler='grid', "
                                   "params={'learning_rate': [0.1, 0.3], 'fail': [False, True]})")
   workdir = tmp_path / 'sweep'
@@ -330,10 +350,10 @@ def test_failed_trials_are_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch,
   for r in rows[:2]:
     config = fx.get_config()
     config.learning_rate = float(r['learning_rate'])
-    assert float(r['validation_loss']) == pytest.approx(fx.expected_loss(config, 10), rel=1e-9)
+    assert float(r['eval_loss']) == pytest.approx(fx.expected_loss(config, 10), rel=1e-9)
     assert r['fail'] == 'False'
   for r in rows[2:]:
-    assert r['fail'] == 'True' and r['validation_loss'] == ''
+    assert r['fail'] == 'True' and r['eval_loss'] == ''
     assert r['note'] == 'exit 3: fixture: failing as asked (config.fail=true)'
   assert not (workdir / 'study.db').exists() and (tmp_path / 'journal.log').stat().st_size > 0
 
@@ -436,3 +456,14 @@ def test_resuming_with_other_settings_is_refused(tmp_path, capsys):
   assert cli.main(args + ['--config.num_train_steps=2']) == 0
   assert cli.main(args + ['--config.num_train_steps=3']) == 2
   assert "was started with overrides=['num_train_steps=2']" in capsys.readouterr().err
+
+
+def test_a_study_that_stored_the_validation_metric_resumes(tmp_path, capsys):
+  import optuna
+  workdir = tmp_path / "w"
+  args = [FIXTURE, f"--workdir={workdir}", *FAST]
+  assert cli.main(args + ["--num_trials=1"]) == 0
+  study = optuna.load_study(study_name=FIXTURE, storage=f"sqlite:///{workdir / 'study.db'}")
+  study.set_user_attr("metric", "validation_accuracy")
+  assert cli.main(args + ["--num_trials=2"]) == 0, capsys.readouterr().err
+  assert len(read_csv(workdir / "results.csv")) == 2

@@ -25,10 +25,9 @@ _ORDER = {'COMPLETE': 0, 'RUNNING': 1, 'WAITING': 2, 'PRUNED': 3, 'FAIL': 4}
 def metric_points(records: Iterable[dict[str, Any]], metric: str) -> list[tuple[int, float]]:
   """(step, value) of `metric` ('<split>_<name>') in metrics.jsonl records; finite values only."""
   split, name = space.split_metric(metric)
-  splits = space.split_aliases(split)
   points = []
   for r in records:
-    if r.get('split') in splits and name in r and isinstance(r.get('step'), int):
+    if r.get('split') == split and name in r and isinstance(r.get('step'), int):
       try:
         value = float(r[name])
       except (TypeError, ValueError):

@@ -4,7 +4,7 @@ Design:
 - ask/tell, not study.optimize: the objective is a subprocess and the loop needs control over
   counting, heartbeats, pruning and resuming.
 - Each worker is a thread; the work happens in the trial subprocess, so threads are enough. A
-  trial gets its own share of cores (or one GPU) through its environment.
+  trial gets its own share of cores (or one GPU) through its environment (see resources.py).
 - Liveness: a worker writes a heartbeat (a user attribute) for its running trial every few
   seconds. A RUNNING trial whose heartbeat is older than `stale_after` belonged to a sweep that
   died; any worker (of any process) that moves it to FAIL first enqueues a retry with the same
@@ -21,7 +21,6 @@ import importlib
 import json
 import math
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -31,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from jaxmodels.sweep import report, space
+from jaxmodels.sweep import report, resources, space
 from jaxmodels.sweep.space import Sweep, SweepError
 from jaxmodels.sweep.storage import open_storage
 
@@ -39,10 +38,7 @@ WORKDIR = 'workdir'        # user attr: the trial's directory name under DIR/tri
 RESUMES = 'resumes'        # user attr of a retry: number of the stale trial it continues
 SURPLUS = 'surplus'        # user attr: asked past the budget, never run
 HEARTBEAT = 'heartbeat'    # user attr: time.time() of the worker's last sign of life
-THREAD_VARS = ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS',
-               'TF_NUM_INTRAOP_THREADS', 'NUMEXPR_MAX_THREADS')
 _LAUNCH = str(Path(__file__).with_name('_launch.py'))
-_DEVICE_FLAG = '--xla_force_host_platform_device_count'
 
 
 @dataclasses.dataclass
@@ -145,9 +141,12 @@ def _open_study(experiment: str, workdir: Path, sweep: Sweep, sampler: str, opti
   if not study.user_attrs:
     for key, value in identity.items():
       study.set_user_attr(key, value)
+  started = dict(study.user_attrs)
+  if "metric" in started:  # stored as the spec spelled it; compare it as a Sweep reads it
+    started["metric"] = space.canonical_metric(started["metric"])
   for key, value in identity.items():
-    if study.user_attrs.get(key, value) != value:
-      raise SweepError(f'study {name!r} was started with {key}={study.user_attrs[key]!r}, now '
+    if started.get(key, value) != value:
+      raise SweepError(f'study {name!r} was started with {key}={started[key]!r}, now '
                        f'{value!r}; rerun with the same settings, or use another --workdir or '
                        '--study_name')
   return study
@@ -193,53 +192,6 @@ def counted(trials: Iterable[Any]) -> list[Any]:
   return [t for t in trials if t.number not in resumed and not t.user_attrs.get(SURPLUS)]
 
 
-def available_cores() -> list[int]:
-  if hasattr(os, 'sched_getaffinity'):
-    return sorted(os.sched_getaffinity(0))
-  return list(range(os.cpu_count() or 1))
-
-
-def detect_gpus() -> list[str]:
-  """GPU ids a trial may be given: CUDA_VISIBLE_DEVICES if set, else what nvidia-smi lists."""
-  visible = os.environ.get('CUDA_VISIBLE_DEVICES')
-  if visible is not None:
-    return [g.strip() for g in visible.split(',') if g.strip() and g.strip() != '-1']
-  if not shutil.which('nvidia-smi'):
-    return []
-  try:
-    out = subprocess.run(['nvidia-smi', '--query-gpu=index', '--format=csv,noheader'],
-                         capture_output=True, text=True, timeout=20, check=True).stdout
-  except (OSError, subprocess.SubprocessError):
-    return []
-  return [line.strip() for line in out.splitlines() if line.strip()]
-
-
-def slot_resources(slot: int, workers: int, cores: list[int], gpus: list[str]
-                   ) -> tuple[list[int], str | None]:
-  """Cores and GPU of worker `slot`: an even share of the cores, one GPU round-robin."""
-  share = max(1, len(cores) // workers)
-  mine = [cores[(slot * share + j) % len(cores)] for j in range(share)]
-  return mine, (gpus[slot % len(gpus)] if gpus else None)
-
-
-def trial_env(base: dict[str, str], cores: int, gpu: str | None, shared_gpu: bool,
-              pythonpath: str) -> dict[str, str]:
-  """The environment of a trial subprocess: `cores` host devices and threads, its GPU."""
-  env = dict(base)
-  flags = [f for f in env.get('XLA_FLAGS', '').split() if not f.startswith(_DEVICE_FLAG)]
-  env['XLA_FLAGS'] = ' '.join(flags + [f'{_DEVICE_FLAG}={cores}'])
-  env['JAXMODELS_HOST_DEVICES'] = str(cores)
-  for var in THREAD_VARS:
-    env[var] = str(cores)
-  env['PYTHONUNBUFFERED'] = '1'
-  env['PYTHONPATH'] = os.pathsep.join(p for p in (pythonpath, base.get('PYTHONPATH')) if p)
-  if gpu is not None:
-    env['CUDA_VISIBLE_DEVICES'] = gpu
-    if shared_gpu:
-      env['XLA_PYTHON_CLIENT_PREALLOCATE'] = 'false'
-  return env
-
-
 def trial_command(experiment: str, trial_dir: Path, overrides: dict[str, str],
                   params: dict[str, Any]) -> list[str]:
   """The experiment command line of one trial: fixed overrides, then the sampled parameters."""
@@ -249,15 +201,13 @@ def trial_command(experiment: str, trial_dir: Path, overrides: dict[str, str],
 
 
 def read_objective(trial_dir: Path, metric: str) -> float:
-  """The objective from the trial's summary.json ('validation_*' and 'eval_*' are the same)."""
+  """The objective `metric` (a summary.json key) from the trial's summary.json."""
   path = trial_dir / 'summary.json'
   if not path.exists():
     raise SweepError(f'no {path}')
   summary = json.loads(path.read_text())
-  split, name = space.split_metric(metric)
-  for alias in space.split_aliases(split):
-    if f'{alias}_{name}' in summary:
-      return float(summary[f'{alias}_{name}'])
+  if metric in summary:
+    return float(summary[metric])
   raise SweepError(f'summary.json has no {metric!r}; keys: {", ".join(sorted(summary))}')
 
 
@@ -300,12 +250,7 @@ class _Sweeper:
     self.reported: tuple[list[Any], list[dict[str, Any]]] = ([None], [])
     self.running: set[int] = set()
     self.errors: list[BaseException] = []
-    cores, gpus = available_cores(), detect_gpus()
-    self.slots = []
-    for slot in range(options.workers):
-      mine, gpu = slot_resources(slot, options.workers, cores, gpus)
-      env = trial_env(dict(os.environ), len(mine), gpu, options.workers > len(gpus) > 0, root)
-      self.slots.append((mine if options.workers > 1 else [], env))
+    self.slots = resources.worker_slots(options.workers, root)
 
   def say(self, msg: str) -> None:
     if not self.options.quiet:

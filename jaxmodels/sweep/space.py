@@ -4,7 +4,7 @@ Plain dataclasses with no Optuna import, so experiment modules stay cheap to imp
 
   def get_sweep():
     return Sweep(
-        metric='validation_accuracy', mode='max', num_trials=20,
+        metric='eval_accuracy', mode='max', num_trials=20,
         params={'learning_rate': LogUniform(1e-4, 1e-1),
                 'batch_size': Choice([64, 128]),
                 'model.num_layers': IntRange(1, 4),
@@ -20,7 +20,7 @@ import math
 from typing import Any, Mapping, Sequence, Union
 
 SAMPLERS = ('grid', 'random', 'tpe')
-SPLITS = ('train', 'validation', 'eval', 'test')
+SPLITS = ('train', 'eval', 'test')
 
 
 class SweepError(ValueError):
@@ -71,29 +71,27 @@ Param = Union[Choice, Uniform, LogUniform, IntRange]
 class Sweep:
   """What to optimise and over which config keys.
 
-  metric: a summary.json key "<split>_<name>", e.g. 'validation_accuracy' or 'validation_loss'.
+  metric: a summary.json key "<split>_<name>", e.g. 'eval_accuracy' or 'eval_loss'; a metric
+    given as "validation_<name>" (the dataset's name for the split) is read as "eval_<name>".
   mode: 'max' or 'min'.
   num_trials: how many trials by default (grid mode: the grid size when None).
   sampler: the default sampler, 'tpe', 'random' or 'grid'.
   """
   params: dict[str, Any]
-  metric: str = 'validation_accuracy'
+  metric: str = "eval_accuracy"
   mode: str = 'max'
   num_trials: int | None = None
   sampler: str = 'tpe'
 
   def __post_init__(self) -> None:
     self.params = {k: as_param(k, v) for k, v in dict(self.params).items()}
+    self.metric = canonical_metric(self.metric)
 
-  @property
-  def split(self) -> str:
-    """The metrics.jsonl split of the metric, e.g. 'validation'."""
-    return split_metric(self.metric)[0]
 
-  @property
-  def metric_name(self) -> str:
-    """The metrics.jsonl key of the metric, e.g. 'accuracy'."""
-    return split_metric(self.metric)[1]
+def canonical_metric(metric: str) -> str:
+  """The metric under the split name the engine records: "validation_<name>" is "eval_<name>"."""
+  prefix = "validation_"
+  return "eval_" + metric[len(prefix):] if metric.startswith(prefix) else metric
 
 
 def as_param(key: str, value: Any) -> Param:
@@ -122,19 +120,12 @@ def as_sweep(obj: Any) -> Sweep:
 
 
 def split_metric(metric: str) -> tuple[str, str]:
-  """'validation_accuracy' -> ('validation', 'accuracy')."""
+  """'eval_accuracy' -> ('eval', 'accuracy')."""
   for split in SPLITS:
     if metric.startswith(split + '_') and len(metric) > len(split) + 1:
       return split, metric[len(split) + 1:]
   raise SweepError(f'metric {metric!r} must be "<split>_<name>" with split one of {list(SPLITS)}, '
-                   "e.g. 'validation_accuracy'")
-
-
-def split_aliases(split: str) -> tuple[str, ...]:
-  """Names a split may carry in metrics.jsonl: engines write 'validation' or 'eval'."""
-  if split in ('validation', 'eval'):
-    return ('validation', 'eval')
-  return (split,)
+                   "e.g. 'eval_accuracy'")
 
 
 def flatten_config(config: Any, prefix: str = '') -> dict[str, Any]:

@@ -18,8 +18,6 @@ from jaxmodels import models
 from jaxmodels.train import checkpoint, config as config_lib, metrics as metrics_lib, optim
 from jaxmodels.train import parallel, perf, steps
 
-# metrics.jsonl and summary.json name the held-out split evaluated during training "eval".
-SPLIT_NAMES = {"validation": "eval", "test": "test", "train": "train"}
 # config.profile_steps traces steps after this many, so compilation and warm-up stay out of it.
 PROFILE_AFTER_STEPS = 10
 
@@ -145,7 +143,9 @@ def train_and_evaluate(experiment: ModuleType, config: ml_collections.ConfigDict
   shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
 
   batches = data.train_batches(config.batch_size, config.seed, 0, **shard)
-  state = steps.init_state(model, task, tx, next(batches), config.seed)
+  init_batch = next(batches)
+  _close(batches)
+  state = steps.init_state(model, task, tx, init_batch, config.seed)
   ckpts = checkpoint.Checkpoints(workdir, config.keep_checkpoints)
   restored = ckpts.restore_latest(state)
   meta = {}
@@ -170,6 +170,19 @@ def train_and_evaluate(experiment: ModuleType, config: ml_collections.ConfigDict
     summary.update(experiment.on_finish(model, variables, data.info, config))
     _write_json(summary_path, summary)
   return summary
+
+
+def _close(batches: Any) -> None:
+  """Closes a batch iterator that can be closed: grain's prefetch iterators stop their threads."""
+  close = getattr(batches, "close", None)
+  if close is not None:
+    close()
+
+
+def recorded_split(split: str) -> str:
+  """The name metrics.jsonl, summary.json and TensorBoard give a dataset split: the held-out
+  "validation" split is "eval"."""
+  return "eval" if split == "validation" else split
 
 
 def experiment_name(experiment: ModuleType) -> str:
@@ -288,7 +301,7 @@ class _Run:
     if self.decode:
       self.eval_fn = strategy.eval_fn(self.task, True, self.host_state)
     for split in self.data.eval_splits:
-      final.update({f"{SPLIT_NAMES.get(split, split)}_{k}": v
+      final.update({f"{recorded_split(split)}_{k}": v
                     for k, v in self.evaluate(dstate, step, (split,)).items()})
     wall_s = time.time() - start_time
     examples_per_s = timed_steps * config.batch_size / train_time if train_time else None
@@ -356,7 +369,7 @@ class _Run:
       sums = [in_flight.add(self.eval_fn(dstate, self.strategy.put_batch(b)))
               for b in self.data.eval_batches(split, self.eval_batch_size, **self.shard)]
       values = self.task.finalize(metrics_lib.reduce_sums([self.strategy.fetch(s) for s in sums]))
-      name = SPLIT_NAMES.get(split, split)
+      name = recorded_split(split)
       self.writer.write(step, name, values)
       self.progress.log(step, name, values)
     return values
