@@ -54,7 +54,7 @@ def get_sweep() -> Sweep:
   """Sweep on a held-out part of train, not on test:
 
     python -m jaxmodels.sweep experiments.digits_mlp --workdir=runs/sweep_digits_mlp \
-      --num_trials=20 --workers=2 --config.validation_size=5000
+      --num_trials=20 --workers=2 --config.validation_size=300
   """
   return Sweep(metric="eval_accuracy", mode="max", num_trials=20, params={
       "learning_rate": LogUniform(1e-4, 1e-2),

@@ -467,3 +467,11 @@ def test_a_study_that_stored_the_validation_metric_resumes(tmp_path, capsys):
   study.set_user_attr("metric", "validation_accuracy")
   assert cli.main(args + ["--num_trials=2"]) == 0, capsys.readouterr().err
   assert len(read_csv(workdir / "results.csv")) == 2
+
+
+def test_without_the_sweep_extra_the_command_names_it(tmp_path, monkeypatch, capsys):
+  monkeypatch.setitem(sys.modules, 'optuna', None)  # `import optuna` raises ImportError
+  assert cli.main([FIXTURE, f'--workdir={tmp_path / "w"}']) == 2
+  err = capsys.readouterr().err
+  assert err.startswith('error: sweeps need the sweep extra (optuna is not installed)')
+  assert not (tmp_path / 'w').exists()

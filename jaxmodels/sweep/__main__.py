@@ -67,8 +67,14 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, str]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
   """Run the command line; return the exit status."""
-  import optuna  # pylint: disable=import-outside-toplevel
-  from jaxmodels.sweep import runner  # pylint: disable=import-outside-toplevel
+  try:
+    import matplotlib  # noqa: F401  (the plots of the report)
+    import optuna
+  except ImportError as e:
+    print(f"error: sweeps need the sweep extra ({e.name} is not installed): "
+          "pip install -e '.[sweep]' in the repository, or make setup", file=sys.stderr)
+    return 2
+  from jaxmodels.sweep import runner
   optuna.logging.set_verbosity(optuna.logging.WARNING)
   argv = sys.argv[1:] if argv is None else argv
   try:
