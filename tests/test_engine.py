@@ -226,11 +226,10 @@ def test_config_override_checks():
 
 
 def test_summary_mfu_uses_the_analytic_flop_count(tmp_path):
-  from jaxmodels.models.cnn import cnn_flops
   config = _tiny_config(num_train_steps=12)
   summary = loop.train_and_evaluate(fashion_mnist_cnn, config, str(tmp_path))
   model = fashion_mnist_cnn.get_model(config, fashion_mnist_cnn.get_data(config).info)
-  assert summary["flops_per_step"] == 3 * cnn_flops(model, (28, 28, 1)) * config.batch_size
+  assert summary["flops_per_step"] == 3 * model.flops_per_example((28, 28, 1)) * config.batch_size
   assert 0 < summary["mfu"] < 1
 
 

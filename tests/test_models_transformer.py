@@ -9,7 +9,7 @@ import pytest
 from jax.test_util import check_grads
 
 from jaxmodels.models import transformer
-from jaxmodels.models.transformer import (GPT, EncoderDecoder, TransformerEncoder, forward_flops,
+from jaxmodels.models.transformer import (GPT, EncoderDecoder, TransformerEncoder,
                                           generate, greedy_decode, mask_after_eos)
 
 VOCAB = 13
@@ -318,18 +318,18 @@ def test_forward_flops_by_hand():
   c, h, m, t, v = 16, 16, 32, 8, 13  # model dim, heads * head_dim, mlp dim, length, vocab
   attn = 2 * t * c * 3 * h + 2 * t * t * h * 2 + 2 * t * h * c  # qkv, scores + values, out
   mlp = 2 * t * c * m * 2
-  assert forward_flops(GPT(v, max_len=8, **TINY), t) == 2 * (attn + mlp) + 2 * t * c * v
+  assert GPT(v, max_len=8, **TINY).flops_per_example((t,)) == 2 * (attn + mlp) + 2 * t * c * v
   enc = TransformerEncoder(v, num_classes=3, max_len=8, **TINY)
-  assert forward_flops(enc, t) == 2 * (attn + mlp) + 2 * c * 3
+  assert enc.flops_per_example((t,)) == 2 * (attn + mlp) + 2 * c * 3
   s = 5
   cross = 2 * t * c * h + 2 * s * c * 2 * h + 2 * t * s * h * 2 + 2 * t * h * c
   enc_s = 2 * s * c * 3 * h + 2 * s * s * h * 2 + 2 * s * h * c + 2 * s * c * m * 2
   dec = attn + cross + mlp
   seq = EncoderDecoder(v, 7, max_len=8, **TINY)
-  assert forward_flops(seq, (s, t)) == 2 * (enc_s + dec) + 2 * t * c * 7
-  assert forward_flops(seq, t) == forward_flops(seq, (t, t))
+  assert seq.flops_per_example((s,), (t,)) == 2 * (enc_s + dec) + 2 * t * c * 7
+  assert seq.flops_per_example((t,)) == seq.flops_per_example((t,), (t,))
   wide = GPT(v, max_len=8, head_dim=4, **TINY)  # 2 heads x 4 = 8 inner features
-  assert forward_flops(wide, 1) == 2 * (2 * c * 8 * 4 + 4 * 8 + 4 * c * m) + 2 * c * v
+  assert wide.flops_per_example((1,)) == 2 * (2 * c * 8 * 4 + 4 * 8 + 4 * c * m) + 2 * c * v
 
 
 def test_scan_over_layers_equals_the_unrolled_gpt():

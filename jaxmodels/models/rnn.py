@@ -17,7 +17,7 @@ and the LSTM at H=256 (22 vs 28 ms); an evaluation-heavy GRU job may prefer `imp
 
 Carries follow flax: LSTM `(c, h)`, GRU and RNN `h`, each [B, H].
 """
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 import functools
 from typing import Any
 
@@ -502,6 +502,15 @@ class RNNClassifier(nn.Module):
                       name="head")(drop(final))
     return logits.astype(_out_dtype(self.dtype))
 
+  @nn.nowrap
+  def flops_per_example(self, input_shape: Sequence[int], *unused: Sequence[int]) -> float:
+    """Forward FLOPs of ONE sequence of shape (T,): the recurrent stack, and the head once on
+    the final state. Embedding lookups count zero."""
+    dirs = 2 if self.bidirectional else 1
+    head = 2.0 * dirs * self.hidden_size * self.num_classes
+    return recurrent_flops(self.cell, self.embed_dim, self.hidden_size, input_shape[0],
+                           self.num_layers, self.bidirectional) + head
+
 
 class RNNLanguageModel(nn.Module):
   """Next-token model: Embedding -> unidirectional Recurrent -> Dense over the vocabulary.
@@ -537,6 +546,15 @@ class RNNLanguageModel(nn.Module):
                       name="head")(drop(out))
     logits = logits.astype(_out_dtype(self.dtype))
     return (logits, carry) if return_carry else logits
+
+  @nn.nowrap
+  def flops_per_example(self, input_shape: Sequence[int], *unused: Sequence[int]) -> float:
+    """Forward FLOPs of ONE sequence of shape (T,): the recurrent stack, and the head at every
+    step. Embedding lookups count zero."""
+    seq_len = input_shape[0]
+    head = 2.0 * seq_len * self.hidden_size * self.vocab_size
+    return recurrent_flops(self.cell, self.embed_dim, self.hidden_size, seq_len,
+                           self.num_layers) + head
 
 
 def sample(model: RNNLanguageModel, variables: Any, prompt_ids: jax.Array, num_steps: int,
@@ -597,21 +615,3 @@ def recurrent_flops(cell: str, input_size: int, hidden_size: int, seq_len: int,
     fan_in = input_size if layer == 0 else dirs * hidden_size
     total += dirs * seq_len * 2.0 * (fan_in * gh + hidden_size * gh)
   return total
-
-
-def forward_flops(model: RNNClassifier | RNNLanguageModel, seq_len: int) -> float:
-  """Analytic forward FLOPs per example of length `seq_len` (for MFU): recurrent stack + head.
-
-  The classifier's head runs once on the final state; the language model's at every step.
-  Embedding lookups count zero.
-  """
-  if isinstance(model, RNNClassifier):
-    dirs = 2 if model.bidirectional else 1
-    head = 2.0 * dirs * model.hidden_size * model.num_classes
-    return recurrent_flops(model.cell, model.embed_dim, model.hidden_size, seq_len,
-                           model.num_layers, model.bidirectional) + head
-  if isinstance(model, RNNLanguageModel):
-    head = 2.0 * seq_len * model.hidden_size * model.vocab_size
-    return recurrent_flops(model.cell, model.embed_dim, model.hidden_size, seq_len,
-                           model.num_layers) + head
-  raise TypeError(f"forward_flops knows RNNClassifier and RNNLanguageModel, not {type(model)}")

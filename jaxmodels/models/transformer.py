@@ -6,6 +6,7 @@ residual path stays an identity, so training is stable without learning-rate war
 deep stacks keep well-scaled gradients (Xiong et al. 2020, GPT-2). Token 0 is padding for the
 encoder and the encoder-decoder; attention never looks at padding keys.
 """
+from collections.abc import Sequence
 import functools
 from typing import Any
 
@@ -180,6 +181,12 @@ class TransformerEncoder(nn.Module):
                       name="head")(pooled)
     return logits.astype(_logits_dtype(self.dtype))
 
+  @nn.nowrap
+  def flops_per_example(self, input_shape: Sequence[int], *unused: Sequence[int]) -> float:
+    """Forward FLOPs of ONE sequence of shape (T,); what counts is as for `GPT`."""
+    return (self.num_layers * _self_attention_layer_flops(self, input_shape[0])
+            + 2.0 * self.model_dim * self.num_classes)
+
 
 class EncoderDecoder(nn.Module):
   """Sequence-to-sequence transformer (token 0 = padding in source and target).
@@ -254,6 +261,19 @@ class EncoderDecoder(nn.Module):
     logits = self.head(self.decoder_ln(x))
     return logits.astype(_logits_dtype(self.dtype))
 
+  @nn.nowrap
+  def flops_per_example(self, src_shape: Sequence[int], tgt_shape: Sequence[int] | None = None,
+                        *unused: Sequence[int]) -> float:
+    """Forward FLOPs of ONE (source (S,), target (T,)) pair, T = S when tgt_shape is None; what
+    counts is as for `GPT`, plus the cross-attention."""
+    src = src_shape[0]
+    tgt = src if tgt_shape is None else tgt_shape[0]
+    dim, inner = self.model_dim, _inner_features(self)
+    encoder = _self_attention_layer_flops(self, src)
+    decoder = (_attention_flops(tgt, tgt, dim, inner) + _attention_flops(tgt, src, dim, inner)
+               + _mlp_flops(tgt, dim, self.mlp_dim))
+    return self.num_layers * (encoder + decoder) + 2.0 * tgt * dim * self.tgt_vocab_size
+
 
 class GPT(nn.Module):
   """Decoder-only language model: token + learned position embeddings, pre-LN causal blocks,
@@ -318,6 +338,18 @@ class GPT(nn.Module):
       logits = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype,
                         param_dtype=self.param_dtype, name="head")(x)
     return logits.astype(_logits_dtype(self.dtype))
+
+  @nn.nowrap
+  def flops_per_example(self, input_shape: Sequence[int], *unused: Sequence[int]) -> float:
+    """Forward FLOPs (2 * MACs) of ONE sequence of shape (T,).
+
+    Counts the matmuls: attention projections, the full T x T scores and weighted values (causal
+    masking is not subtracted), MLPs and the output head. Embedding look-ups, LayerNorm,
+    softmax, biases and pooling are not counted.
+    """
+    seq_len = input_shape[0]
+    return (self.num_layers * _self_attention_layer_flops(self, seq_len)
+            + 2.0 * seq_len * self.model_dim * self.vocab_size)
 
 
 # ---------- decoding
@@ -454,27 +486,12 @@ def _mlp_flops(length: int, dim: int, mlp_dim: int) -> float:
   return 2.0 * 2.0 * length * dim * mlp_dim
 
 
-def forward_flops(model: nn.Module, seq_len: int | tuple[int, int]) -> float:
-  """Analytic forward FLOPs (2 * multiply-accumulates) for ONE example.
+def _inner_features(model: nn.Module) -> int:
+  return model.num_heads * (model.head_dim or model.model_dim // model.num_heads)
 
-  Counts the matmuls: attention projections, the full T x T scores and weighted values (causal
-  masking is not subtracted), MLPs and the output head. Embedding look-ups, LayerNorm, softmax,
-  biases and pooling are not counted. For an EncoderDecoder, seq_len is an int (source and target
-  length) or (src_len, tgt_len).
-  """
+
+def _self_attention_layer_flops(model: nn.Module, length: int) -> float:
+  """One encoder or decoder-only block: self-attention and MLP."""
   dim = model.model_dim
-  inner = model.num_heads * (model.head_dim or model.model_dim // model.num_heads)
-  if isinstance(model, EncoderDecoder):
-    src, tgt = (seq_len, seq_len) if isinstance(seq_len, int) else seq_len
-    encoder = _attention_flops(src, src, dim, inner) + _mlp_flops(src, dim, model.mlp_dim)
-    decoder = (_attention_flops(tgt, tgt, dim, inner) + _attention_flops(tgt, src, dim, inner)
-               + _mlp_flops(tgt, dim, model.mlp_dim))
-    return model.num_layers * (encoder + decoder) + 2.0 * tgt * dim * model.tgt_vocab_size
-  if not isinstance(seq_len, int):
-    raise TypeError(f"seq_len must be an int for {type(model).__name__}")
-  layer = _attention_flops(seq_len, seq_len, dim, inner) + _mlp_flops(seq_len, dim, model.mlp_dim)
-  if isinstance(model, GPT):
-    return model.num_layers * layer + 2.0 * seq_len * dim * model.vocab_size
-  if isinstance(model, TransformerEncoder):
-    return model.num_layers * layer + 2.0 * dim * model.num_classes
-  raise TypeError(f"no FLOP count for {type(model).__name__}")
+  return (_attention_flops(length, length, dim, _inner_features(model))
+          + _mlp_flops(length, dim, model.mlp_dim))

@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from jaxmodels import models
+from jaxmodels.models.common import HasFlops
 from jaxmodels.train import checkpoint, config as config_lib, metrics as metrics_lib, optim
 from jaxmodels.train import parallel, perf, steps
 
@@ -323,8 +323,10 @@ class _Run:
 
   def _flops_per_step(self, host_batch, compiled) -> float | None:
     """Analytic FLOPs of one step of the global batch; XLA's count where no analytic one exists."""
-    inputs = self.task.model_args(host_batch)
-    per_example = models.forward_flops(self.strategy.model, inputs)
+    model, per_example = self.strategy.model, None
+    if isinstance(model, HasFlops):
+      shapes = [tuple(x.shape)[1:] for x in self.task.model_args(host_batch)]
+      per_example = model.flops_per_example(*shapes)
     if per_example is not None:
       return 3.0 * per_example * self.config.batch_size
     flops = perf.compiled_flops(compiled)
