@@ -30,7 +30,7 @@ class Spec:
   """A benchmarked model: the flax module, its task, a host batch and analytic FLOPs."""
   name: str
   model: Any
-  task: Any
+  task: tasks.Task
   batch: dict[str, Any]
   flops_per_example: float  # forward FLOPs of one example (2 * MACs)
 

@@ -331,3 +331,11 @@ def test_batches_of_two_shapes_compile_twice_and_resume_bit_identically(tmp_path
   for a, b in zip(jax.tree_util.tree_leaves(_restore_params(str(tmp_path / "a"))),
                   jax.tree_util.tree_leaves(_restore_params(str(tmp_path / "b")))):
     np.testing.assert_array_equal(a, b)
+
+
+def test_the_final_evaluation_decodes_only_for_a_task_set_up_to_decode():
+  assert isinstance(tasks.Seq2Seq(), tasks.DecodingTask)
+  assert not isinstance(tasks.LanguageModel(), tasks.DecodingTask)
+  assert not tasks.decodes(tasks.Classification(10))
+  assert not tasks.decodes(tasks.Seq2Seq())
+  assert tasks.decodes(tasks.Seq2Seq(decode_fn=lambda *args: None))

@@ -14,6 +14,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
+from jaxmodels import tasks
 from jaxmodels.models.common import HasFlops
 from jaxmodels.train import checkpoint, config as config_lib, metrics as metrics_lib, optim
 from jaxmodels.train import parallel, perf, steps
@@ -138,7 +139,7 @@ def train_and_evaluate(experiment: ModuleType, config: ml_collections.ConfigDict
 
   data = experiment.get_data(config)
   model = experiment.get_model(config, data.info)
-  task = experiment.get_task(config, data.info)
+  task: tasks.Task = experiment.get_task(config, data.info)
   tx = optim.make_optimizer(config)
   schedule = optim.learning_rate_schedule(config)
   strategy = parallel.make(config.parallelism, model, config.fsdp, config.grad_accum_steps)
@@ -216,7 +217,7 @@ class _Run:
     self.pending: list[Any] = []
     self.last_train: dict[str, float] = {}
     self.eval_batch_size = config.eval_batch_size or config.batch_size
-    self.decode = getattr(task, "decode_fn", None) is not None
+    self.decode = tasks.decodes(task)
     self.progress = None
 
   def close(self) -> None:
