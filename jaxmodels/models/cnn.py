@@ -11,8 +11,7 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-from jaxmodels.models.common import dense_flops
-from jaxmodels.models.mlp import logits_dtype
+from jaxmodels.models.common import dense_flops, logits_dtype
 
 
 class CNN(nn.Module):

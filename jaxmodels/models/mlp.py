@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmodels.models.common import dense_flops
+from jaxmodels.models.common import dense_flops, logits_dtype
 
 Activation = str | Callable[[jax.Array], jax.Array]
 
@@ -56,8 +56,3 @@ class MLP(nn.Module):
     Dense layer; activations, biases and dropout are not counted."""
     sizes = [math.prod(input_shape), *self.hidden_sizes, self.num_classes]
     return sum(dense_flops(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
-
-
-def logits_dtype(dtype: Any) -> Any:
-  """float32 for float32 and narrower compute dtypes, float64 when computing in float64."""
-  return jnp.promote_types(dtype, jnp.float32)

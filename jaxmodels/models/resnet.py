@@ -12,8 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmodels.models.cnn import conv_flops, conv_general_dilated, conv_output_size
-from jaxmodels.models.common import dense_flops
-from jaxmodels.models.mlp import logits_dtype
+from jaxmodels.models.common import dense_flops, logits_dtype
 
 ModuleDef = Callable[..., nn.Module]
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")

@@ -26,6 +26,8 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
+from jaxmodels.models.common import logits_dtype, sample_logits
+
 Carry = Any
 Initializer = Callable[..., jax.Array]
 
@@ -35,11 +37,6 @@ GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 _default_kernel_init = nn.initializers.lecun_normal()
 _default_recurrent_init = nn.initializers.orthogonal()
 _zeros = nn.initializers.zeros_init()
-
-
-def _out_dtype(dtype: Any) -> Any:
-  """float32 logits for float32 and narrower compute dtypes, float64 for float64 compute."""
-  return jnp.promote_types(dtype, jnp.float32)
 
 
 def _check_cell(cell: str) -> None:
@@ -500,7 +497,7 @@ class RNNClassifier(nn.Module):
                          param_dtype=self.param_dtype, name="rnn")(drop(x), lengths, train)
     logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
                       name="head")(drop(final))
-    return logits.astype(_out_dtype(self.dtype))
+    return logits.astype(logits_dtype(self.dtype))
 
   @nn.nowrap
   def flops_per_example(self, input_shape: Sequence[int], *unused: Sequence[int]) -> float:
@@ -544,7 +541,7 @@ class RNNLanguageModel(nn.Module):
     out = swap_time_batch(out)
     logits = nn.Dense(self.vocab_size, dtype=self.dtype, param_dtype=self.param_dtype,
                       name="head")(drop(out))
-    logits = logits.astype(_out_dtype(self.dtype))
+    logits = logits.astype(logits_dtype(self.dtype))
     return (logits, carry) if return_carry else logits
 
   @nn.nowrap
@@ -571,28 +568,17 @@ def sample(model: RNNLanguageModel, variables: Any, prompt_ids: jax.Array, num_s
   return _sample(model, variables, prompt_ids, num_steps, rng, jnp.float32(temperature), top_k)
 
 
-def _pick(logits: jax.Array, key: jax.Array, temperature: jax.Array,
-          top_k: int | None) -> jax.Array:
-  logits = logits.astype(jnp.float32)
-  if top_k is not None:
-    kth = lax.top_k(logits, top_k)[0][:, -1:]
-    logits = jnp.where(logits < kth, -jnp.inf, logits)
-  greedy = jnp.argmax(logits, axis=-1)
-  drawn = jax.random.categorical(key, logits / jnp.maximum(temperature, 1e-6), axis=-1)
-  return jnp.where(temperature > 0, drawn, greedy).astype(jnp.int32)
-
-
 @functools.partial(jax.jit, static_argnames=("model", "num_steps", "top_k"))
 def _sample(model, variables, prompt_ids, num_steps, rng, temperature, top_k):
   logits, carry = model.apply(variables, prompt_ids, return_carry=True)
   keys = jax.random.split(rng, num_steps)
-  first = _pick(logits[:, -1], keys[0], temperature, top_k)
+  first = sample_logits(logits[:, -1], keys[0], temperature, top_k)
 
   def step(state, key):
     carry, token = state
     logits, carry = model.apply(variables, token[:, None], initial_carry=carry,
                                 return_carry=True)
-    token = _pick(logits[:, -1], key, temperature, top_k)
+    token = sample_logits(logits[:, -1], key, temperature, top_k)
     return (carry, token), token
 
   _, rest = lax.scan(step, (carry, first), keys[1:])

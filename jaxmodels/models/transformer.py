@@ -16,13 +16,10 @@ import jax.numpy as jnp
 
 from jaxmodels.models.attention import (LearnedPositionalEmbedding, MultiHeadAttention,
                                         causal_mask, combine_masks, key_padding_mask)
+from jaxmodels.models.common import logits_dtype, sample_logits
 
 Array = jax.Array
 _EMBED_INIT = nn.initializers.normal(stddev=0.02)
-
-
-def _logits_dtype(dtype: Any) -> Any:
-  return jnp.promote_types(dtype, jnp.float32)
 
 
 class MLPBlock(nn.Module):
@@ -179,7 +176,7 @@ class TransformerEncoder(nn.Module):
       pooled = x[:, 0]
     logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
                       name="head")(pooled)
-    return logits.astype(_logits_dtype(self.dtype))
+    return logits.astype(logits_dtype(self.dtype))
 
   @nn.nowrap
   def flops_per_example(self, input_shape: Sequence[int], *unused: Sequence[int]) -> float:
@@ -259,7 +256,7 @@ class EncoderDecoder(nn.Module):
     for block in self.decoder:
       x = block(x, self_mask, encoded, cross_mask, train)
     logits = self.head(self.decoder_ln(x))
-    return logits.astype(_logits_dtype(self.dtype))
+    return logits.astype(logits_dtype(self.dtype))
 
   @nn.nowrap
   def flops_per_example(self, src_shape: Sequence[int], tgt_shape: Sequence[int] | None = None,
@@ -337,7 +334,7 @@ class GPT(nn.Module):
     else:
       logits = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype,
                         param_dtype=self.param_dtype, name="head")(x)
-    return logits.astype(_logits_dtype(self.dtype))
+    return logits.astype(logits_dtype(self.dtype))
 
   @nn.nowrap
   def flops_per_example(self, input_shape: Sequence[int], *unused: Sequence[int]) -> float:
@@ -365,21 +362,6 @@ def _empty_cache(model: nn.Module, *example_args: Array) -> Any:
 
 def _without_cache(variables: Any) -> dict[str, Any]:
   return {k: v for k, v in variables.items() if k != "cache"}
-
-
-def sample_logits(logits: Array, rng: Array, temperature: Array | float = 1.0,
-                  top_k: Array | int | None = None) -> Array:
-  """Samples ids [B] from logits [B,V] at a temperature, optionally among the top_k only (ties
-  with the k-th logit stay in); temperature 0 (or top_k=1) is argmax. top_k may be traced."""
-  logits = logits.astype(jnp.float32)
-  if top_k is not None:
-    vocab = logits.shape[-1]
-    k = jnp.clip(jnp.asarray(top_k, jnp.int32), 1, vocab)
-    kth = jax.lax.dynamic_index_in_dim(jnp.sort(logits, axis=-1), vocab - k, axis=-1)
-    logits = jnp.where(logits < kth, -jnp.inf, logits)
-  greedy = jnp.argmax(logits, axis=-1)
-  sampled = jax.random.categorical(rng, logits / jnp.maximum(temperature, 1e-6), axis=-1)
-  return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
 
 
 def generate(model: GPT, variables: Any, prompt_ids: Array, max_new_tokens: int, rng: Array,
