@@ -93,26 +93,6 @@ class Classification:
     return metrics
 
 
-@dataclasses.dataclass(frozen=True)
-class Regression:
-  """Mean squared error against float targets."""
-  inputs: tuple[str, ...] = ("inputs",)
-
-  def model_args(self, batch: Batch) -> tuple[Any, ...]:
-    return tuple(batch[k] for k in self.inputs)
-
-  def weights(self, batch: Batch) -> jax.Array:
-    return _example_weight(batch)
-
-  def losses(self, outputs: jax.Array, batch: Batch) -> tuple[jax.Array, Sums]:
-    err = (outputs.astype(jnp.float32) - batch["targets"]).reshape(outputs.shape[0], -1)
-    loss = jnp.mean(err**2, axis=-1) * self.weights(batch)
-    return loss, {"loss": (jnp.sum(loss), jnp.sum(self.weights(batch)))}
-
-  def finalize(self, metrics: dict[str, float]) -> dict[str, float]:
-    return metrics
-
-
 def _token_losses(logits: jax.Array, targets: jax.Array, weight: jax.Array) -> tuple[jax.Array, Sums]:
   logits = logits.astype(jnp.float32)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets) * weight
