@@ -351,8 +351,6 @@ class GPT(nn.Module):
 
 # ---------- decoding
 
-_TRACES = {"generate": 0, "greedy_decode": 0}  # how often each decoder was traced (tests)
-
 
 def _empty_cache(model: nn.Module, *example_args: Array) -> Any:
   """Zero 'cache' collection for a decode-mode model, sized by the example arguments."""
@@ -395,7 +393,6 @@ def generate(model: GPT, variables: Any, prompt_ids: Array, max_new_tokens: int,
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens"))
 def _generate(model: GPT, variables: Any, prompt_ids: Array, max_new_tokens: int, rng: Array,
               temperature: Array, top_k: Array | None) -> Array:
-  _TRACES["generate"] += 1
   model = model.clone(decode=True)
   batch, length = prompt_ids.shape
   cache = _empty_cache(model, jnp.zeros((batch, length + max_new_tokens), jnp.int32))
@@ -430,7 +427,6 @@ def greedy_decode(model: EncoderDecoder, variables: Any, src_ids: Array, max_len
 @functools.partial(jax.jit, static_argnames=("model", "max_len", "bos_id", "eos_id"))
 def _greedy_decode(model: EncoderDecoder, variables: Any, src_ids: Array, max_len: int,
                    bos_id: int, eos_id: int) -> Array:
-  _TRACES["greedy_decode"] += 1
   model = model.clone(use_cache=True)
   batch = src_ids.shape[0]
   encoded = model.apply(variables, src_ids, method="encode")
