@@ -20,7 +20,7 @@ import jax
 import optax
 
 from benchmarks import shapes as shapes_lib
-from jaxmodels import models, tasks
+from jaxmodels import tasks
 from jaxmodels.models import mlp, resnet, rnn, transformer
 from jaxmodels.train import loop, optim, parallel, perf, steps
 
@@ -30,7 +30,7 @@ class Spec:
   """A benchmarked model: the flax module, its task, a host batch and analytic FLOPs."""
   name: str
   model: Any
-  task: Any
+  task: tasks.Task
   batch: dict[str, Any]
   flops_per_example: float  # forward FLOPs of one example (2 * MACs)
 
@@ -66,7 +66,8 @@ def make_spec(name: str, shape: dict[str, Any], seed: int = 0) -> Spec:
     task = tasks.Classification(s["num_classes"])
   else:
     raise ValueError(f"unknown model {name!r}; valid: {', '.join(shapes_lib.MODELS)}")
-  return Spec(name, model, task, batch, models.forward_flops(model, task.model_args(batch)))
+  shapes = [tuple(x.shape)[1:] for x in task.model_args(batch)]
+  return Spec(name, model, task, batch, model.flops_per_example(*shapes))
 
 
 class JaxStep:

@@ -5,11 +5,12 @@ batch (examples or tokens; never dependent on parameters), and sums of loss and 
 by the global weight itself, so data-parallel losses equal one-device losses exactly.
 
 Metric sums are {name: (sum, weight)}; a metric's value is sum(sums) / sum(weights) over batches.
+`Task` is that contract; `DecodingTask` adds scoring decoded output in the final evaluation.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import flax.linen as nn
 import jax
@@ -18,6 +19,45 @@ import optax
 
 Batch = dict[str, jax.Array]
 Sums = dict[str, tuple[jax.Array, jax.Array]]
+
+
+class Task(Protocol):
+  """What the engine asks of a training objective."""
+
+  def model_args(self, batch: Batch) -> tuple[Any, ...]:
+    """The model's positional inputs, taken from the batch."""
+    ...
+
+  def weights(self, batch: Batch) -> jax.Array:
+    """The weight of each example or token of the batch; never dependent on parameters."""
+    ...
+
+  def losses(self, outputs: Any, batch: Batch) -> tuple[jax.Array, Sums]:
+    """Weighted losses (summed, then divided by the global weight, to train on) and metric sums."""
+    ...
+
+  def finalize(self, metrics: dict[str, float]) -> dict[str, float]:
+    """The reduced metrics with any derived from them (perplexity, error rates)."""
+    ...
+
+
+@runtime_checkable
+class DecodingTask(Task, Protocol):
+  """A task that can also decode in the final evaluation and score what it decoded."""
+
+  @property
+  def decodes(self) -> bool:
+    """Whether this instance decodes (a decoding-capable task may be set up not to)."""
+    ...
+
+  def decode_metrics(self, model: nn.Module, variables: Any, batch: Batch) -> Sums:
+    """Metric sums of the model's decoded output against the batch."""
+    ...
+
+
+def decodes(task: Task) -> bool:
+  """Whether the final evaluation adds `task.decode_metrics` to the metrics."""
+  return isinstance(task, DecodingTask) and task.decodes
 
 
 def _example_weight(batch: Batch) -> jax.Array:
@@ -48,26 +88,6 @@ class Classification:
     correct = (jnp.argmax(logits, -1) == batch["targets"]).astype(jnp.float32)
     return loss * w, {"loss": (jnp.sum(loss * w), jnp.sum(w)),
                       "accuracy": (jnp.sum(correct * w), jnp.sum(w))}
-
-  def finalize(self, metrics: dict[str, float]) -> dict[str, float]:
-    return metrics
-
-
-@dataclasses.dataclass(frozen=True)
-class Regression:
-  """Mean squared error against float targets."""
-  inputs: tuple[str, ...] = ("inputs",)
-
-  def model_args(self, batch: Batch) -> tuple[Any, ...]:
-    return tuple(batch[k] for k in self.inputs)
-
-  def weights(self, batch: Batch) -> jax.Array:
-    return _example_weight(batch)
-
-  def losses(self, outputs: jax.Array, batch: Batch) -> tuple[jax.Array, Sums]:
-    err = (outputs.astype(jnp.float32) - batch["targets"]).reshape(outputs.shape[0], -1)
-    loss = jnp.mean(err**2, axis=-1) * self.weights(batch)
-    return loss, {"loss": (jnp.sum(loss), jnp.sum(self.weights(batch)))}
 
   def finalize(self, metrics: dict[str, float]) -> dict[str, float]:
     return metrics
@@ -112,6 +132,10 @@ class Seq2Seq:
   exact-match (whole sequence right) and token accuracy of the decoded sequence.
   """
   decode_fn: Callable[..., jax.Array] | None = None
+
+  @property
+  def decodes(self) -> bool:
+    return self.decode_fn is not None
 
   def model_args(self, batch: Batch) -> tuple[Any, ...]:
     return batch["inputs"], batch["targets"][:, :-1]

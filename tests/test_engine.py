@@ -229,11 +229,10 @@ def test_config_override_checks():
 
 
 def test_summary_mfu_uses_the_analytic_flop_count(tmp_path):
-  from jaxmodels.models.cnn import cnn_flops
   config = _tiny_config(num_train_steps=12)
   summary = loop.train_and_evaluate(fashion_mnist_cnn, config, str(tmp_path))
   model = fashion_mnist_cnn.get_model(config, fashion_mnist_cnn.get_data(config).info)
-  assert summary["flops_per_step"] == 3 * cnn_flops(model, (28, 28, 1)) * config.batch_size
+  assert summary["flops_per_step"] == 3 * model.flops_per_example((28, 28, 1)) * config.batch_size
   assert 0 < summary["mfu"] < 1
 
 
@@ -378,3 +377,11 @@ def test_batches_of_two_shapes_compile_twice_and_resume_bit_identically(tmp_path
   for a, b in zip(jax.tree_util.tree_leaves(_restore_params(str(tmp_path / "a"))),
                   jax.tree_util.tree_leaves(_restore_params(str(tmp_path / "b")))):
     np.testing.assert_array_equal(a, b)
+
+
+def test_the_final_evaluation_decodes_only_for_a_task_set_up_to_decode():
+  assert isinstance(tasks.Seq2Seq(), tasks.DecodingTask)
+  assert not isinstance(tasks.LanguageModel(), tasks.DecodingTask)
+  assert not tasks.decodes(tasks.Classification(10))
+  assert not tasks.decodes(tasks.Seq2Seq())
+  assert tasks.decodes(tasks.Seq2Seq(decode_fn=lambda *args: None))

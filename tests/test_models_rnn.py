@@ -11,7 +11,7 @@ import pytest
 from jax.test_util import check_grads
 
 from jaxmodels.models.rnn import (CELLS, RNNClassifier, RNNLanguageModel, Recurrent,
-                                  SimpleRNNCell, forward_flops, recurrent_flops, reverse_time,
+                                  SimpleRNNCell, recurrent_flops, reverse_time,
                                   sample)
 
 B, T, F, H = 3, 5, 4, 6
@@ -430,7 +430,7 @@ def test_forward_flops_match_counted_matmuls(cell, layers, bidirectional, impl):
   for model, args in ((clf, (tokens, jnp.full((B,), T))), (lm, (tokens,))):
     variables = jax.eval_shape(lambda m=model, a=args: m.init(jax.random.key(0), *a))
     jaxpr = jax.make_jaxpr(lambda v, m=model, a=args: m.apply(v, *a))(variables).jaxpr
-    assert _matmul_flops(jaxpr) == pytest.approx(B * forward_flops(model, T))
+    assert _matmul_flops(jaxpr) == pytest.approx(B * model.flops_per_example((T,)))
 
 
 def test_recurrent_flops_by_hand():
@@ -439,4 +439,4 @@ def test_recurrent_flops_by_hand():
   two = recurrent_flops("gru", 10, 20, seq_len=7, num_layers=2, bidirectional=True)
   assert two == 2 * 7 * 2 * (10 * 60 + 20 * 60) + 2 * 7 * 2 * (40 * 60 + 20 * 60)
   clf = RNNClassifier(vocab_size=100, num_classes=2, embed_dim=10, hidden_size=20, cell="rnn")
-  assert forward_flops(clf, 7) == 7 * 2 * (10 * 20 + 20 * 20) + 2 * 20 * 2
+  assert clf.flops_per_example((7,)) == 7 * 2 * (10 * 20 + 20 * 20) + 2 * 20 * 2

@@ -1,5 +1,6 @@
 """Transformer models: causality, padding invariance, cached decoding against uncached argmax
 loops, single compilation of the decoders, finite-difference gradients and FLOP counts."""
+import contextlib
 import functools
 
 import jax
@@ -9,7 +10,7 @@ import pytest
 from jax.test_util import check_grads
 
 from jaxmodels.models import transformer
-from jaxmodels.models.transformer import (GPT, EncoderDecoder, TransformerEncoder, forward_flops,
+from jaxmodels.models.transformer import (GPT, EncoderDecoder, TransformerEncoder,
                                           generate, greedy_decode, mask_after_eos)
 
 VOCAB = 13
@@ -31,6 +32,23 @@ def random_params(model, *args, seed=0, scale=0.3):
 def setup_model(model, *args, **kwargs):
   variables = {"params": random_params(model, *args, **kwargs)}
   return variables, jax.jit(model.apply, static_argnames=("train", "method"))
+
+
+@contextlib.contextmanager
+def traces(fun_name):
+  """Collects one entry per time jax traces the jitted function `fun_name` inside the block."""
+  seen = []
+
+  def listen(event, duration_secs, **kwargs):
+    del duration_secs
+    if event == "/jax/core/compile/jaxpr_trace_duration" and kwargs.get("fun_name") == fun_name:
+      seen.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  try:
+    yield seen
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listen)
 
 
 @functools.lru_cache(maxsize=None)
@@ -141,13 +159,13 @@ def test_gpt_top_k_samples_stay_in_the_top_k_of_uncached_logits():
 def test_generate_compiles_once_per_shape():
   model, variables, _ = gpt()
   generate(model, variables, ids(6, (2, 4)), 8, jax.random.key(0), temperature=0.7, top_k=2)
-  before = transformer._TRACES["generate"]
-  for seed in range(3):
-    generate(model, variables, ids(7 + seed, (2, 4)), 8, jax.random.key(seed),
-             temperature=0.5 * seed, top_k=2 + seed)
-  assert transformer._TRACES["generate"] == before
-  generate(model, variables, ids(6, (2, 3)), 8, jax.random.key(0))
-  assert transformer._TRACES["generate"] == before + 1
+  with traces("_generate") as seen:
+    for seed in range(3):
+      generate(model, variables, ids(7 + seed, (2, 4)), 8, jax.random.key(seed),
+               temperature=0.5 * seed, top_k=2 + seed)
+    assert len(seen) == 0
+    generate(model, variables, ids(6, (2, 3)), 8, jax.random.key(0))
+    assert len(seen) == 1
   with pytest.raises(ValueError, match="max_len"):
     generate(model, variables, ids(6, (2, 12)), 1, jax.random.key(0))
 
@@ -275,9 +293,9 @@ def test_greedy_decode_equals_uncached_argmax_and_compiles_once():
   assert got.shape == (2, 9)
   np.testing.assert_array_equal(got, want)
   assert np.any(want[:, :-1] == 2)  # an EOS occurs early, so the zero-tail rule is exercised
-  before = transformer._TRACES["greedy_decode"]
-  again = greedy_decode(model, variables, ids(12, (2, 5)), 9)
-  assert transformer._TRACES["greedy_decode"] == before
+  with traces("_greedy_decode") as seen:
+    again = greedy_decode(model, variables, ids(12, (2, 5)), 9)
+  assert len(seen) == 0
   np.testing.assert_array_equal(again, seq2seq_argmax_loop(apply, variables, ids(12, (2, 5)), 9))
   with pytest.raises(ValueError, match="max_len"):
     greedy_decode(model, variables, src, 11)
@@ -318,18 +336,18 @@ def test_forward_flops_by_hand():
   c, h, m, t, v = 16, 16, 32, 8, 13  # model dim, heads * head_dim, mlp dim, length, vocab
   attn = 2 * t * c * 3 * h + 2 * t * t * h * 2 + 2 * t * h * c  # qkv, scores + values, out
   mlp = 2 * t * c * m * 2
-  assert forward_flops(GPT(v, max_len=8, **TINY), t) == 2 * (attn + mlp) + 2 * t * c * v
+  assert GPT(v, max_len=8, **TINY).flops_per_example((t,)) == 2 * (attn + mlp) + 2 * t * c * v
   enc = TransformerEncoder(v, num_classes=3, max_len=8, **TINY)
-  assert forward_flops(enc, t) == 2 * (attn + mlp) + 2 * c * 3
+  assert enc.flops_per_example((t,)) == 2 * (attn + mlp) + 2 * c * 3
   s = 5
   cross = 2 * t * c * h + 2 * s * c * 2 * h + 2 * t * s * h * 2 + 2 * t * h * c
   enc_s = 2 * s * c * 3 * h + 2 * s * s * h * 2 + 2 * s * h * c + 2 * s * c * m * 2
   dec = attn + cross + mlp
   seq = EncoderDecoder(v, 7, max_len=8, **TINY)
-  assert forward_flops(seq, (s, t)) == 2 * (enc_s + dec) + 2 * t * c * 7
-  assert forward_flops(seq, t) == forward_flops(seq, (t, t))
+  assert seq.flops_per_example((s,), (t,)) == 2 * (enc_s + dec) + 2 * t * c * 7
+  assert seq.flops_per_example((t,)) == seq.flops_per_example((t,), (t,))
   wide = GPT(v, max_len=8, head_dim=4, **TINY)  # 2 heads x 4 = 8 inner features
-  assert forward_flops(wide, 1) == 2 * (2 * c * 8 * 4 + 4 * 8 + 4 * c * m) + 2 * c * v
+  assert wide.flops_per_example((1,)) == 2 * (2 * c * 8 * 4 + 4 * 8 + 4 * c * m) + 2 * c * v
 
 
 def test_scan_over_layers_equals_the_unrolled_gpt():

@@ -12,10 +12,10 @@ from jax import lax
 from jax.test_util import check_grads
 
 from jaxmodels.models import cnn, resnet
-from jaxmodels.models.cnn import CNN, cnn_flops
-from jaxmodels.models.mlp import MLP, mlp_flops
+from jaxmodels.models.cnn import CNN
+from jaxmodels.models.mlp import MLP
 from jaxmodels.models.resnet import (BasicBlock, BottleneckBlock, ResNet, ResNet18, ResNet34,
-                                     ResNet50, resnet_flops)
+                                     ResNet50)
 
 
 def count(tree) -> int:
@@ -292,35 +292,35 @@ def test_resnet_gradients_finite_in_train_mode():
 
 
 def test_mlp_flops_by_hand():
-  assert mlp_flops(MLP(), (28, 28, 1)) == 2 * (784 * 128 + 128 * 64 + 64 * 10)
-  assert mlp_flops(MLP(hidden_sizes=(64,)), (64,)) == 2 * (64 * 64 + 64 * 10)
+  assert MLP().flops_per_example((28, 28, 1)) == 2 * (784 * 128 + 128 * 64 + 64 * 10)
+  assert MLP(hidden_sizes=(64,)).flops_per_example((64,)) == 2 * (64 * 64 + 64 * 10)
 
 
 def test_cnn_flops_by_hand():
   model = CNN(features=(2, 3), kernel_size=3, dense_features=5, num_classes=4)
   # conv 6x6x1->2 (SAME): 2*36*9*1*2 = 1296; pool -> 3x3; conv 3x3x2->3: 2*9*9*2*3 = 972;
   # pool -> 1x1x3; dense 3->5: 30; dense 5->4: 40.
-  assert cnn_flops(model, (6, 6, 1)) == 1296 + 972 + 30 + 40
+  assert model.flops_per_example((6, 6, 1)) == 1296 + 972 + 30 + 40
   model = CNN(features=(2,), kernel_size=3, convs_per_block=2, dense_features=0, num_classes=4)
   # 7x7: conv 1->2: 2*49*9*2 = 1764; conv 2->2: 2*49*9*4 = 3528; pool -> 3x3x2; dense 18->4: 144.
-  assert cnn_flops(model, (7, 7, 1)) == 1764 + 3528 + 144
+  assert model.flops_per_example((7, 7, 1)) == 1764 + 3528 + 144
 
 
 def test_resnet_flops_by_hand():
   # cifar stem 8x8x3->4: 2*64*9*3*4 = 13824; block 4->4 at 8x8: 2 * 2*64*9*16 = 36864;
   # block 4->8 stride 2 at 4x4: 2*16*9*32 + 2*16*9*64 + proj 2*16*32 = 28672; dense 8->10: 160.
-  assert resnet_flops(tiny_resnet(num_classes=10), (8, 8, 3)) == 13824 + 36864 + 28672 + 160
+  assert tiny_resnet(num_classes=10).flops_per_example((8, 8, 3)) == 13824 + 36864 + 28672 + 160
   model = ResNet(stage_sizes=(1, 1), block_cls=BottleneckBlock, num_filters=2, num_classes=3)
   # stem 7x7/2 pad 3 on 32 -> 16: 2*256*49*3*2 = 150528; max-pool 3/2 pad 1 -> 8x8.
   # bottleneck 2->(2)->8 at 8x8: 512 + 4608 + 2048 + proj 2048 = 9216.
   # bottleneck 8->(4)->16 stride 2: 1x1 at 8x8 4096, 3x3 at 4x4 4608, 1x1 2048, proj 4096.
-  assert resnet_flops(model, (32, 32, 3)) == 150528 + 9216 + 14848 + 96
+  assert model.flops_per_example((32, 32, 3)) == 150528 + 9216 + 14848 + 96
 
 
 @pytest.mark.parametrize("factory,gflops", [(ResNet18, 1.81), (ResNet34, 3.66), (ResNet50, 4.09)])
 def test_resnet_flops_match_published_macs(factory, gflops):
   # torchvision's model card lists these GFLOPS, which are multiply-accumulates.
-  macs = resnet_flops(factory(num_classes=1000), (224, 224, 3)) / 2
+  macs = factory(num_classes=1000).flops_per_example((224, 224, 3)) / 2
   assert macs == pytest.approx(gflops * 1e9, rel=5e-3)
 
 
@@ -352,8 +352,7 @@ def traced_flops(model, shape) -> float:
     (tiny_resnet(stem="imagenet", block_cls=BottleneckBlock, stage_sizes=(2, 2)), (29, 35, 1)),
 ])
 def test_flops_equal_shape_traced_count(model, shape):
-  fn = {MLP: mlp_flops, CNN: cnn_flops, ResNet: resnet_flops}[type(model)]
-  assert fn(model, shape) == traced_flops(model, shape)
+  assert model.flops_per_example(shape) == traced_flops(model, shape)
 
 
 def test_reshape_max_pool_equals_flax_max_pool():
@@ -363,27 +362,24 @@ def test_reshape_max_pool_equals_flax_max_pool():
                                 np.asarray(nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")))
 
 
-def test_forward_flops_dispatches_to_each_family():
-  import jax
+def test_every_family_counts_its_flops_from_the_shapes_of_all_its_inputs():
+  """The engine passes one shape per model input (batch axis dropped) to every HasFlops model."""
   from jaxmodels import models
-  from jaxmodels.models import cnn, mlp, resnet, rnn, transformer
-  img = jax.ShapeDtypeStruct((4, 32, 32, 3), jnp.float32)
-  ids = jax.ShapeDtypeStruct((4, 16), jnp.int32)
   m = models.MLP(hidden_sizes=(8,), num_classes=3)
-  assert models.forward_flops(m, [img]) == mlp.mlp_flops(m, (32, 32, 3)) == 2 * (32 * 32 * 3 * 8 + 8 * 3)
-  c = models.CNN(num_classes=10)
-  assert models.forward_flops(c, [img]) == cnn.cnn_flops(c, (32, 32, 3))
-  r = models.ResNet18(num_classes=10, stem="cifar")
-  assert models.forward_flops(r, [img]) == resnet.resnet_flops(r, (32, 32, 3))
-  lm = models.RNNLanguageModel(vocab_size=20, embed_dim=8, hidden_size=16)
-  assert models.forward_flops(lm, [ids]) == rnn.forward_flops(lm, 16)
+  assert m.flops_per_example((32, 32, 3)) == 2 * (32 * 32 * 3 * 8 + 8 * 3)
+  clf = models.RNNClassifier(vocab_size=20, num_classes=2)
   gpt = models.GPT(vocab_size=20, model_dim=16, num_layers=2, num_heads=2, mlp_dim=32, max_len=16)
-  assert models.forward_flops(gpt, [ids, ids]) == transformer.forward_flops(gpt, 16)
-  src = jax.ShapeDtypeStruct((4, 10), jnp.int32)
   ed = models.EncoderDecoder(src_vocab_size=20, tgt_vocab_size=20, model_dim=16, num_layers=1,
                              num_heads=2, mlp_dim=32, max_len=16)
-  assert models.forward_flops(ed, [src, ids]) == transformer.forward_flops(ed, (10, 16))
-  assert models.forward_flops(models.SimpleRNNCell(features=4), [ids]) is None
+  assert clf.flops_per_example((16,), ()) == clf.flops_per_example((16,))  # (ids, lengths)
+  assert gpt.flops_per_example((16,), (16,)) == gpt.flops_per_example((16,))  # (ids, mask)
+  assert ed.flops_per_example((10,), (16,)) != ed.flops_per_example((10,))
+  families = [m, models.CNN(num_classes=10), models.ResNet18(num_classes=10, stem="cifar"), clf,
+              models.RNNLanguageModel(vocab_size=20, embed_dim=8, hidden_size=16), gpt, ed,
+              models.TransformerEncoder(20, 2, model_dim=16, num_layers=1, num_heads=2,
+                                        mlp_dim=32, max_len=16)]
+  assert all(isinstance(f, models.HasFlops) for f in families)
+  assert not isinstance(models.SimpleRNNCell(features=4), models.HasFlops)
 
 
 CONVS = [  # (input shape, kernel shape, keyword arguments of conv_general_dilated)

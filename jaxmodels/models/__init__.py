@@ -9,7 +9,7 @@ from jaxmodels.models.attention import (LearnedPositionalEmbedding, MultiHeadAtt
                                         SinusoidalPositionalEncoding, causal_mask,
                                         dot_product_attention, padding_mask, sinusoidal_encoding)
 from jaxmodels.models.cnn import CNN
-from jaxmodels.models.flops import forward_flops
+from jaxmodels.models.common import HasFlops
 from jaxmodels.models.mlp import MLP
 from jaxmodels.models.resnet import BasicBlock, BottleneckBlock, ResNet, ResNet18, ResNet34, ResNet50
 from jaxmodels.models.rnn import (Recurrent, RNNClassifier, RNNLanguageModel, SimpleRNNCell,
@@ -22,10 +22,10 @@ LSTMCell = nn.OptimizedLSTMCell
 GRUCell = nn.GRUCell
 
 __all__ = [
-    "BasicBlock", "BottleneckBlock", "CNN", "EncoderDecoder", "GPT", "GRUCell",
+    "BasicBlock", "BottleneckBlock", "CNN", "EncoderDecoder", "GPT", "GRUCell", "HasFlops",
     "LSTMCell", "LearnedPositionalEmbedding", "MLP", "MultiHeadAttention", "RNNClassifier",
     "RNNLanguageModel", "Recurrent", "ResNet", "ResNet18", "ResNet34", "ResNet50",
     "SimpleRNNCell", "SinusoidalPositionalEncoding", "TransformerEncoder", "causal_mask",
-    "dot_product_attention", "forward_flops", "generate", "greedy_decode", "padding_mask", "sample",
+    "dot_product_attention", "generate", "greedy_decode", "padding_mask", "sample",
     "sinusoidal_encoding",
 ]

@@ -11,7 +11,7 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-from jaxmodels.models.mlp import dense_flops, logits_dtype
+from jaxmodels.models.common import dense_flops, logits_dtype
 
 
 class CNN(nn.Module):
@@ -58,6 +58,23 @@ class CNN(nn.Module):
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)(x)
     return x.astype(logits_dtype(self.dtype))
+
+  @nn.nowrap
+  def flops_per_example(self, input_shape: Sequence[int], *unused: Sequence[int]) -> float:
+    """Forward FLOPs of ONE example of shape (H, W, C) (no batch axis): 2 * MACs of every
+    convolution and Dense layer; BatchNorm, ReLU and pooling are not counted."""
+    h, w, c = input_shape
+    total = 0.0
+    for features in self.features:
+      for _ in range(self.convs_per_block):
+        total += conv_flops((h, w), self.kernel_size, c, features)
+        c = features
+      h, w = conv_output_size(h, 2, 2, "VALID"), conv_output_size(w, 2, 2, "VALID")
+    flat = h * w * c
+    if self.dense_features:
+      total += dense_flops(flat, self.dense_features)
+      flat = self.dense_features
+    return total + dense_flops(flat, self.num_classes)
 
 
 def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
@@ -136,23 +153,3 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: str | tuple[i
 def conv_flops(out_hw: tuple[int, int], kernel: int, in_features: int, out_features: int) -> float:
   """FLOPs of a square-kernel 2D convolution for one example: 2 * MACs (bias not counted)."""
   return 2.0 * out_hw[0] * out_hw[1] * kernel * kernel * in_features * out_features
-
-
-def cnn_flops(model: CNN, input_shape: Sequence[int]) -> float:
-  """Forward-pass FLOPs of `model` for ONE example of shape (H, W, C) (no batch axis).
-
-  Counts 2 * MACs of every convolution and Dense layer; BatchNorm, ReLU and pooling are not
-  counted.
-  """
-  h, w, c = input_shape
-  total = 0.0
-  for features in model.features:
-    for _ in range(model.convs_per_block):
-      total += conv_flops((h, w), model.kernel_size, c, features)
-      c = features
-    h, w = conv_output_size(h, 2, 2, "VALID"), conv_output_size(w, 2, 2, "VALID")
-  flat = h * w * c
-  if model.dense_features:
-    total += dense_flops(flat, model.dense_features)
-    flat = model.dense_features
-  return total + dense_flops(flat, model.num_classes)

@@ -7,6 +7,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxmodels.models.common import dense_flops, logits_dtype
+
 Activation = str | Callable[[jax.Array], jax.Array]
 
 
@@ -48,21 +50,9 @@ class MLP(nn.Module):
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)(x)
     return x.astype(logits_dtype(self.dtype))
 
-
-def logits_dtype(dtype: Any) -> Any:
-  """float32 for float32 and narrower compute dtypes, float64 when computing in float64."""
-  return jnp.promote_types(dtype, jnp.float32)
-
-
-def dense_flops(in_features: int, out_features: int) -> float:
-  """FLOPs of one Dense layer on one example: 2 * multiply-accumulates (bias not counted)."""
-  return 2.0 * in_features * out_features
-
-
-def mlp_flops(model: MLP, input_shape: Sequence[int]) -> float:
-  """Forward-pass FLOPs of `model` for ONE example of shape `input_shape` (no batch axis).
-
-  Counts 2 * MACs of every Dense layer; activations, biases and dropout are not counted.
-  """
-  sizes = [math.prod(input_shape), *model.hidden_sizes, model.num_classes]
-  return sum(dense_flops(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+  @nn.nowrap
+  def flops_per_example(self, input_shape: Sequence[int], *unused: Sequence[int]) -> float:
+    """Forward FLOPs of ONE example of shape `input_shape` (no batch axis): 2 * MACs of every
+    Dense layer; activations, biases and dropout are not counted."""
+    sizes = [math.prod(input_shape), *self.hidden_sizes, self.num_classes]
+    return sum(dense_flops(a, b) for a, b in zip(sizes[:-1], sizes[1:]))

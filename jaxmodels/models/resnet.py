@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmodels.models.cnn import conv_flops, conv_general_dilated, conv_output_size
-from jaxmodels.models.mlp import dense_flops, logits_dtype
+from jaxmodels.models.common import dense_flops, logits_dtype
 
 ModuleDef = Callable[..., nn.Module]
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -156,31 +156,32 @@ class ResNet(nn.Module):
       return nn.relu(norm(name="stem_bn")(x))
     raise ValueError(f"unknown stem {self.stem!r}: use 'imagenet' or 'cifar'")
 
+  @nn.nowrap
+  def flops_per_example(self, input_shape: Sequence[int], *unused: Sequence[int]) -> float:
+    """Forward FLOPs of ONE example of shape (H, W, C) (no batch axis).
+
+    Counts 2 * MACs of every convolution (projection shortcuts included) and the final Dense
+    layer, with output sizes from the real padding; BN, ReLU, pooling and additions are not
+    counted.
+    """
+    h, w, c = input_shape
+    if self.stem == "imagenet":
+      hw = _flops_hw((h, w), 7, 2)
+      total = conv_flops(hw, 7, c, self.num_filters)
+      hw = _flops_hw(hw, 3, 2)
+    else:
+      hw = _flops_hw((h, w), 3, 1)
+      total = conv_flops(hw, 3, c, self.num_filters)
+    c = self.num_filters
+    for i, size in enumerate(self.stage_sizes):
+      features = self.num_filters * 2**i
+      for j in range(size):
+        block_flops, hw = self.block_cls.flops(c, features, 2 if i > 0 and j == 0 else 1, hw)
+        total += block_flops
+        c = features * self.block_cls.expansion
+    return total + dense_flops(c, self.num_classes)
+
 
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock)
 ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BasicBlock)
 ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BottleneckBlock)
-
-
-def resnet_flops(model: ResNet, input_shape: Sequence[int]) -> float:
-  """Forward-pass FLOPs of `model` for ONE example of shape (H, W, C) (no batch axis).
-
-  Counts 2 * MACs of every convolution (projection shortcuts included) and the final Dense
-  layer, with output sizes from the real padding; BN, ReLU, pooling and additions are not counted.
-  """
-  h, w, c = input_shape
-  if model.stem == "imagenet":
-    hw = _flops_hw((h, w), 7, 2)
-    total = conv_flops(hw, 7, c, model.num_filters)
-    hw = _flops_hw(hw, 3, 2)
-  else:
-    hw = _flops_hw((h, w), 3, 1)
-    total = conv_flops(hw, 3, c, model.num_filters)
-  c = model.num_filters
-  for i, size in enumerate(model.stage_sizes):
-    features = model.num_filters * 2**i
-    for j in range(size):
-      block_flops, hw = model.block_cls.flops(c, features, 2 if i > 0 and j == 0 else 1, hw)
-      total += block_flops
-      c = features * model.block_cls.expansion
-  return total + dense_flops(c, model.num_classes)

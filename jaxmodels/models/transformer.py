@@ -6,6 +6,7 @@ residual path stays an identity, so training is stable without learning-rate war
 deep stacks keep well-scaled gradients (Xiong et al. 2020, GPT-2). Token 0 is padding for the
 encoder and the encoder-decoder; attention never looks at padding keys.
 """
+from collections.abc import Sequence
 import functools
 from typing import Any
 
@@ -15,13 +16,10 @@ import jax.numpy as jnp
 
 from jaxmodels.models.attention import (LearnedPositionalEmbedding, MultiHeadAttention,
                                         causal_mask, combine_masks, key_padding_mask)
+from jaxmodels.models.common import logits_dtype, sample_logits
 
 Array = jax.Array
 _EMBED_INIT = nn.initializers.normal(stddev=0.02)
-
-
-def _logits_dtype(dtype: Any) -> Any:
-  return jnp.promote_types(dtype, jnp.float32)
 
 
 class MLPBlock(nn.Module):
@@ -178,7 +176,13 @@ class TransformerEncoder(nn.Module):
       pooled = x[:, 0]
     logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
                       name="head")(pooled)
-    return logits.astype(_logits_dtype(self.dtype))
+    return logits.astype(logits_dtype(self.dtype))
+
+  @nn.nowrap
+  def flops_per_example(self, input_shape: Sequence[int], *unused: Sequence[int]) -> float:
+    """Forward FLOPs of ONE sequence of shape (T,); what counts is as for `GPT`."""
+    return (self.num_layers * _self_attention_layer_flops(self, input_shape[0])
+            + 2.0 * self.model_dim * self.num_classes)
 
 
 class EncoderDecoder(nn.Module):
@@ -252,7 +256,20 @@ class EncoderDecoder(nn.Module):
     for block in self.decoder:
       x = block(x, self_mask, encoded, cross_mask, train)
     logits = self.head(self.decoder_ln(x))
-    return logits.astype(_logits_dtype(self.dtype))
+    return logits.astype(logits_dtype(self.dtype))
+
+  @nn.nowrap
+  def flops_per_example(self, src_shape: Sequence[int], tgt_shape: Sequence[int] | None = None,
+                        *unused: Sequence[int]) -> float:
+    """Forward FLOPs of ONE (source (S,), target (T,)) pair, T = S when tgt_shape is None; what
+    counts is as for `GPT`, plus the cross-attention."""
+    src = src_shape[0]
+    tgt = src if tgt_shape is None else tgt_shape[0]
+    dim, inner = self.model_dim, _inner_features(self)
+    encoder = _self_attention_layer_flops(self, src)
+    decoder = (_attention_flops(tgt, tgt, dim, inner) + _attention_flops(tgt, src, dim, inner)
+               + _mlp_flops(tgt, dim, self.mlp_dim))
+    return self.num_layers * (encoder + decoder) + 2.0 * tgt * dim * self.tgt_vocab_size
 
 
 class GPT(nn.Module):
@@ -317,12 +334,22 @@ class GPT(nn.Module):
     else:
       logits = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype,
                         param_dtype=self.param_dtype, name="head")(x)
-    return logits.astype(_logits_dtype(self.dtype))
+    return logits.astype(logits_dtype(self.dtype))
+
+  @nn.nowrap
+  def flops_per_example(self, input_shape: Sequence[int], *unused: Sequence[int]) -> float:
+    """Forward FLOPs (2 * MACs) of ONE sequence of shape (T,).
+
+    Counts the matmuls: attention projections, the full T x T scores and weighted values (causal
+    masking is not subtracted), MLPs and the output head. Embedding look-ups, LayerNorm,
+    softmax, biases and pooling are not counted.
+    """
+    seq_len = input_shape[0]
+    return (self.num_layers * _self_attention_layer_flops(self, seq_len)
+            + 2.0 * seq_len * self.model_dim * self.vocab_size)
 
 
 # ---------- decoding
-
-_TRACES = {"generate": 0, "greedy_decode": 0}  # how often each decoder was traced (tests)
 
 
 def _empty_cache(model: nn.Module, *example_args: Array) -> Any:
@@ -333,21 +360,6 @@ def _empty_cache(model: nn.Module, *example_args: Array) -> Any:
 
 def _without_cache(variables: Any) -> dict[str, Any]:
   return {k: v for k, v in variables.items() if k != "cache"}
-
-
-def sample_logits(logits: Array, rng: Array, temperature: Array | float = 1.0,
-                  top_k: Array | int | None = None) -> Array:
-  """Samples ids [B] from logits [B,V] at a temperature, optionally among the top_k only (ties
-  with the k-th logit stay in); temperature 0 (or top_k=1) is argmax. top_k may be traced."""
-  logits = logits.astype(jnp.float32)
-  if top_k is not None:
-    vocab = logits.shape[-1]
-    k = jnp.clip(jnp.asarray(top_k, jnp.int32), 1, vocab)
-    kth = jax.lax.dynamic_index_in_dim(jnp.sort(logits, axis=-1), vocab - k, axis=-1)
-    logits = jnp.where(logits < kth, -jnp.inf, logits)
-  greedy = jnp.argmax(logits, axis=-1)
-  sampled = jax.random.categorical(rng, logits / jnp.maximum(temperature, 1e-6), axis=-1)
-  return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
 
 
 def generate(model: GPT, variables: Any, prompt_ids: Array, max_new_tokens: int, rng: Array,
@@ -381,7 +393,6 @@ def generate(model: GPT, variables: Any, prompt_ids: Array, max_new_tokens: int,
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens"))
 def _generate(model: GPT, variables: Any, prompt_ids: Array, max_new_tokens: int, rng: Array,
               temperature: Array, top_k: Array | None) -> Array:
-  _TRACES["generate"] += 1
   model = model.clone(decode=True)
   batch, length = prompt_ids.shape
   cache = _empty_cache(model, jnp.zeros((batch, length + max_new_tokens), jnp.int32))
@@ -416,7 +427,6 @@ def greedy_decode(model: EncoderDecoder, variables: Any, src_ids: Array, max_len
 @functools.partial(jax.jit, static_argnames=("model", "max_len", "bos_id", "eos_id"))
 def _greedy_decode(model: EncoderDecoder, variables: Any, src_ids: Array, max_len: int,
                    bos_id: int, eos_id: int) -> Array:
-  _TRACES["greedy_decode"] += 1
   model = model.clone(use_cache=True)
   batch = src_ids.shape[0]
   encoded = model.apply(variables, src_ids, method="encode")
@@ -454,27 +464,12 @@ def _mlp_flops(length: int, dim: int, mlp_dim: int) -> float:
   return 2.0 * 2.0 * length * dim * mlp_dim
 
 
-def forward_flops(model: nn.Module, seq_len: int | tuple[int, int]) -> float:
-  """Analytic forward FLOPs (2 * multiply-accumulates) for ONE example.
+def _inner_features(model: nn.Module) -> int:
+  return model.num_heads * (model.head_dim or model.model_dim // model.num_heads)
 
-  Counts the matmuls: attention projections, the full T x T scores and weighted values (causal
-  masking is not subtracted), MLPs and the output head. Embedding look-ups, LayerNorm, softmax,
-  biases and pooling are not counted. For an EncoderDecoder, seq_len is an int (source and target
-  length) or (src_len, tgt_len).
-  """
+
+def _self_attention_layer_flops(model: nn.Module, length: int) -> float:
+  """One encoder or decoder-only block: self-attention and MLP."""
   dim = model.model_dim
-  inner = model.num_heads * (model.head_dim or model.model_dim // model.num_heads)
-  if isinstance(model, EncoderDecoder):
-    src, tgt = (seq_len, seq_len) if isinstance(seq_len, int) else seq_len
-    encoder = _attention_flops(src, src, dim, inner) + _mlp_flops(src, dim, model.mlp_dim)
-    decoder = (_attention_flops(tgt, tgt, dim, inner) + _attention_flops(tgt, src, dim, inner)
-               + _mlp_flops(tgt, dim, model.mlp_dim))
-    return model.num_layers * (encoder + decoder) + 2.0 * tgt * dim * model.tgt_vocab_size
-  if not isinstance(seq_len, int):
-    raise TypeError(f"seq_len must be an int for {type(model).__name__}")
-  layer = _attention_flops(seq_len, seq_len, dim, inner) + _mlp_flops(seq_len, dim, model.mlp_dim)
-  if isinstance(model, GPT):
-    return model.num_layers * layer + 2.0 * seq_len * dim * model.vocab_size
-  if isinstance(model, TransformerEncoder):
-    return model.num_layers * layer + 2.0 * dim * model.num_classes
-  raise TypeError(f"no FLOP count for {type(model).__name__}")
+  return (_attention_flops(length, length, dim, _inner_features(model))
+          + _mlp_flops(length, dim, model.mlp_dim))

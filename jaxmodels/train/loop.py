@@ -14,7 +14,8 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from jaxmodels import models
+from jaxmodels import tasks
+from jaxmodels.models.common import HasFlops
 from jaxmodels.train import checkpoint, config as config_lib, metrics as metrics_lib, optim
 from jaxmodels.train import parallel, perf, steps
 
@@ -136,7 +137,7 @@ def train_and_evaluate(experiment: ModuleType, config: ml_collections.ConfigDict
 
   data = experiment.get_data(config)
   model = experiment.get_model(config, data.info)
-  task = experiment.get_task(config, data.info)
+  task: tasks.Task = experiment.get_task(config, data.info)
   tx = optim.make_optimizer(config)
   schedule = optim.learning_rate_schedule(config)
   strategy = parallel.make(config.parallelism, model, config.fsdp, config.grad_accum_steps)
@@ -230,7 +231,7 @@ class _Run:
     self.pending: list[Any] = []
     self.last_train: dict[str, float] = {}
     self.eval_batch_size = config.eval_batch_size or config.batch_size
-    self.decode = getattr(task, "decode_fn", None) is not None
+    self.decode = tasks.decodes(task)
     self.progress = None
 
   def close(self) -> None:
@@ -337,8 +338,10 @@ class _Run:
 
   def _flops_per_step(self, host_batch, compiled) -> float | None:
     """Analytic FLOPs of one step of the global batch; XLA's count where no analytic one exists."""
-    inputs = self.task.model_args(host_batch)
-    per_example = models.forward_flops(self.strategy.model, inputs)
+    model, per_example = self.strategy.model, None
+    if isinstance(model, HasFlops):
+      shapes = [tuple(x.shape)[1:] for x in self.task.model_args(host_batch)]
+      per_example = model.flops_per_example(*shapes)
     if per_example is not None:
       return 3.0 * per_example * self.config.batch_size
     flops = perf.compiled_flops(compiled)

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxmodels.tasks import Task
 from jaxmodels.train import steps
 
 AXIS = "batch"
@@ -55,15 +56,15 @@ class Strategy:
   def put_batch(self, batch: dict[str, np.ndarray]) -> Any:
     raise NotImplementedError
 
-  def train_fn(self, task: Any, tx: Any, schedule: Any, state: steps.TrainState) -> Callable:
+  def train_fn(self, task: Task, tx: Any, schedule: Any, state: steps.TrainState) -> Callable:
     """train_step(state, batch) jitted for this strategy; `state` (host) gives the structure."""
     raise NotImplementedError
 
-  def eval_fn(self, task: Any, decode: bool, state: steps.TrainState) -> Callable:
+  def eval_fn(self, task: Task, decode: bool, state: steps.TrainState) -> Callable:
     """eval_step(state, batch) jitted for this strategy."""
     raise NotImplementedError
 
-  def _train_step(self, task: Any, tx: Any, schedule: Any, **kwargs: Any) -> Callable:
+  def _train_step(self, task: Task, tx: Any, schedule: Any, **kwargs: Any) -> Callable:
     """steps.train_step with everything but (state, batch) bound, for the strategy to compile."""
     return functools.partial(steps.train_step, model=self.model, task=task, tx=tx,
                              schedule=schedule, grad_accum_steps=self.grad_accum_steps, **kwargs)

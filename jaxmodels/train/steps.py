@@ -7,13 +7,15 @@ one-device update on the global batch.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, cast
 
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+
+from jaxmodels.tasks import DecodingTask, Task
 
 
 @flax.struct.dataclass
@@ -25,7 +27,7 @@ class TrainState:
   rng: jax.Array
 
 
-def init_state(model: nn.Module, task: Any, tx: optax.GradientTransformation, batch: Any,
+def init_state(model: nn.Module, task: Task, tx: optax.GradientTransformation, batch: Any,
                seed: int) -> TrainState:
   """Initialises parameters from one batch's shapes; pure in (seed, shapes).
 
@@ -49,7 +51,7 @@ def _psum(tree: Any, axis_name: str | None) -> Any:
   return jax.lax.psum(tree, axis_name) if axis_name else tree
 
 
-def train_step(state: TrainState, batch: Any, *, model: nn.Module, task: Any,
+def train_step(state: TrainState, batch: Any, *, model: nn.Module, task: Task,
                tx: optax.GradientTransformation, schedule: optax.Schedule,
                axis_name: str | None = None, grad_accum_steps: int = 1
                ) -> tuple[TrainState, dict[str, Any]]:
@@ -119,12 +121,13 @@ def _add(a: Any, b: Any) -> Any:
   return jax.tree_util.tree_map(jnp.add, a, b)
 
 
-def eval_step(state: TrainState, batch: Any, *, model: nn.Module, task: Any,
+def eval_step(state: TrainState, batch: Any, *, model: nn.Module, task: Task,
               axis_name: str | None = None, decode: bool = False) -> dict[str, Any]:
-  """Metric sums for one evaluation batch (padding carries zero weight)."""
+  """Metric sums for one evaluation batch (padding carries zero weight); with `decode`, also the
+  task's decode metrics (the task is then a `DecodingTask`)."""
   variables = {"params": state.params, **state.model_state}
   outputs = model.apply(variables, *task.model_args(batch), train=False)
   _, sums = task.losses(outputs, batch)
   if decode:
-    sums.update(task.decode_metrics(model, variables, batch))
+    sums.update(cast(DecodingTask, task).decode_metrics(model, variables, batch))
   return _psum(sums, axis_name)
