@@ -295,21 +295,19 @@ class _TwoLengths:
     return self.inner.num_examples(split)
 
 
-class _PrefetchedFirst:
-  """Synthetic data whose first training iterator is a grain prefetch pipeline, kept here so
-  that only closing it, not garbage collection, stops its threads."""
+class _Prefetched:
+  """Synthetic data whose training iterators are grain prefetch pipelines, all kept here so that
+  only closing them, not garbage collection, stops their threads."""
 
   def __init__(self, inner):
     self.inner, self.info, self.eval_splits = inner, inner.info, inner.eval_splits
-    self.first = None
+    self.opened = []
 
   def train_batches(self, batch_size, seed, start_step=0, **shard):
-    if self.first is not None:
-      return self.inner.train_batches(batch_size, seed, start_step, **shard)
     def make(step):
       return next(self.inner.train_batches(batch_size, seed, step, **shard))
-    self.first = pipeline.prefetched(make, start_step)
-    return self.first
+    self.opened.append(pipeline.prefetched(make, start_step))
+    return self.opened[-1]
 
   def eval_batches(self, split, batch_size, **shard):
     return self.inner.eval_batches(split, batch_size, **shard)
@@ -322,16 +320,18 @@ def _prefetch_threads():
   return {t for t in threading.enumerate() if t.name.startswith("grain-prefetch")}
 
 
-def test_the_init_batch_iterator_is_closed(tmp_path):
-  data = _PrefetchedFirst(fashion_mnist_cnn.get_data(_tiny_config()))
-  experiment = types.ModuleType("prefetched_first")
+def test_the_init_and_training_batch_iterators_are_closed(tmp_path):
+  data = _Prefetched(fashion_mnist_cnn.get_data(_tiny_config()))
+  experiment = types.ModuleType("prefetched")
   experiment.get_model = fashion_mnist_cnn.get_model
   experiment.get_task = fashion_mnist_cnn.get_task
   experiment.get_data = lambda config: data
   before = _prefetch_threads()
   loop.train_and_evaluate(experiment, _tiny_config(num_train_steps=2), str(tmp_path))
-  with pytest.raises(ValueError, match="closed iterator"):
-    next(data.first)
+  assert len(data.opened) == 2  # the init batch's, then the training run's
+  for batches in data.opened:
+    with pytest.raises(ValueError, match="closed iterator"):
+      next(batches)
   deadline = time.time() + 10
   while _prefetch_threads() - before and time.time() < deadline:
     time.sleep(0.05)

@@ -249,7 +249,16 @@ class _Run:
     self.host_state = state
     dstate = strategy.put_state(state)
     batches = self.data.train_batches(config.batch_size, config.seed, start, **self.shard)
+    try:  # closing stops the input pipeline's prefetch threads, also on a stop or an error
+      dstate, step, timing = self._steps(dstate, start, train_fn, batches)
+    finally:
+      _close(batches)
+    return self._finish(dstate, step, start_time, timing)
 
+  def _steps(self, dstate, start: int, train_fn, batches) -> tuple[Any, int, dict[str, float]]:
+    """Runs the steps from `start` to num_train_steps; returns the state, the step reached and
+    the timing (compile_s, train_time and the timed steps' count and FLOPs)."""
+    config, strategy = self.config, self.strategy
     t = time.time()
     host_batch = next(batches)
     batch = strategy.put_batch(host_batch)
@@ -297,6 +306,15 @@ class _Run:
           batch = strategy.put_batch(host_batch)
       jax.block_until_ready(dstate)
       profile.stop()
+    return dstate, step, {"compile_s": compile_s, "train_time": train_time,
+                          "timed_steps": timed_steps, "timed_flops": timed_flops}
+
+  def _finish(self, dstate, step: int, start_time: float,
+              timing: dict[str, float]) -> dict[str, Any]:
+    """The final evaluation of every split and summary.json."""
+    config, strategy = self.config, self.strategy
+    compile_s, train_time = timing["compile_s"], timing["train_time"]
+    timed_steps, timed_flops = timing["timed_steps"], timing["timed_flops"]
 
     final = {}
     if self.decode:
