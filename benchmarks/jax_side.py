@@ -9,17 +9,18 @@ or without a persistent compilation cache (the cold/warm cache benchmark runs it
 
   python -m benchmarks.jax_side --first_step=gpt [--cache_dir=DIR] [--quick]
 """
+
 from __future__ import annotations
 
 import dataclasses
 import time
 from typing import Any
 
-import jaxmodels  # noqa: F401  (splits the host CPU into XLA devices before jax starts)
 import jax
 import optax
 
 from benchmarks import shapes as shapes_lib
+import jaxmodels  # noqa: F401  (splits the host CPU into XLA devices before jax starts)
 from jaxmodels import tasks
 from jaxmodels.models import mlp, resnet, rnn, transformer
 from jaxmodels.train import loop, optim, parallel, perf, steps
@@ -28,6 +29,7 @@ from jaxmodels.train import loop, optim, parallel, perf, steps
 @dataclasses.dataclass(frozen=True)
 class Spec:
   """A benchmarked model: the flax module, its task, a host batch and analytic FLOPs."""
+
   name: str
   model: Any
   task: tasks.Task
@@ -49,17 +51,27 @@ def make_spec(name: str, shape: dict[str, Any], seed: int = 0) -> Spec:
   batch = shapes_lib.make_batch(name, shape, seed)
   s = shape
   if name == "gpt":
-    model = transformer.GPT(vocab_size=s["vocab_size"], model_dim=s["model_dim"],
-                            num_layers=s["num_layers"], num_heads=s["num_heads"],
-                            mlp_dim=s["mlp_dim"], max_len=s["context"])
+    model = transformer.GPT(
+        vocab_size=s["vocab_size"],
+        model_dim=s["model_dim"],
+        num_layers=s["num_layers"],
+        num_heads=s["num_heads"],
+        mlp_dim=s["mlp_dim"],
+        max_len=s["context"],
+    )
     task = tasks.LanguageModel()
   elif name == "resnet18":
-    model = resnet.ResNet18(num_classes=s["num_classes"], num_filters=s["num_filters"],
-                            stem="cifar")
+    model = resnet.ResNet18(
+        num_classes=s["num_classes"], num_filters=s["num_filters"], stem="cifar"
+    )
     task = tasks.Classification(s["num_classes"])
   elif name == "lstm":
-    model = rnn.RNNLanguageModel(vocab_size=s["vocab_size"], embed_dim=s["embed_dim"],
-                                 hidden_size=s["hidden_size"], cell="lstm")
+    model = rnn.RNNLanguageModel(
+        vocab_size=s["vocab_size"],
+        embed_dim=s["embed_dim"],
+        hidden_size=s["hidden_size"],
+        cell="lstm",
+    )
     task = tasks.LanguageModel()
   elif name == "mlp":
     model = mlp.MLP(hidden_sizes=tuple(s["hidden_sizes"]), num_classes=s["num_classes"])
@@ -78,16 +90,25 @@ class JaxStep:
   first step).
   """
 
-  def __init__(self, spec: Spec, strategy: str = "none", lr: float = 1e-3, seed: int = 0,
-               max_in_flight: int = 2):
+  def __init__(
+      self,
+      spec: Spec,
+      strategy: str = "none",
+      lr: float = 1e-3,
+      seed: int = 0,
+      max_in_flight: int = 2,
+  ):
     self.spec, self.max_in_flight = spec, max_in_flight
     self.strategy = parallel.make(strategy, spec.model)
     if spec.batch_size % self.strategy.num_devices:
-      raise ValueError(f"batch {spec.batch_size} does not split over "
-                       f"{self.strategy.num_devices} devices")
+      raise ValueError(
+          f"batch {spec.batch_size} does not split over " f"{self.strategy.num_devices} devices"
+      )
     tx, schedule = optax.adam(lr), optax.constant_schedule(lr)
     clock = time.perf_counter()
-    host_state = jax.block_until_ready(steps.init_state(spec.model, spec.task, tx, spec.batch, seed))
+    host_state = jax.block_until_ready(
+        steps.init_state(spec.model, spec.task, tx, spec.batch, seed)
+    )
     self.timings = {"init_s": time.perf_counter() - clock}
     clock = time.perf_counter()
     train_fn = self.strategy.train_fn(spec.task, tx, schedule, host_state)
@@ -120,8 +141,15 @@ class JaxStep:
 class Feed:
   """The engine's step fed from a batch iterator (or one device-resident batch when None)."""
 
-  def __init__(self, strategy: Any, train_fn: Any, host_state: Any, batches: Any,
-               first: dict[str, Any], max_in_flight: int = 2):
+  def __init__(
+      self,
+      strategy: Any,
+      train_fn: Any,
+      host_state: Any,
+      batches: Any,
+      first: dict[str, Any],
+      max_in_flight: int = 2,
+  ):
     self.strategy, self.batches, self.max_in_flight = strategy, batches, max_in_flight
     self.state = strategy.put_state(host_state)
     self.fixed = strategy.put_batch(first)
@@ -177,6 +205,7 @@ def time_to_first_step(name: str, quick: bool, cache_dir: str | None) -> dict[st
 def _main(argv: list[str] | None = None) -> None:
   import argparse
   import json
+
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("--first_step", required=True, choices=shapes_lib.MODELS)
   parser.add_argument("--cache_dir", default=None)

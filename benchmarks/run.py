@@ -19,9 +19,11 @@ processes hits both sides alike. The process splits the host CPU into one XLA de
 (jaxmodels does this on import) so that 'none' (one device), 'pmap' and 'mesh' (sharded jit over
 the same 2 devices) can all be measured; each model reports its fastest engine strategy.
 """
+
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 import dataclasses
 import json
 import math
@@ -31,14 +33,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from typing import Any
 
-import jaxmodels  # noqa: F401  (host devices are configured before jax starts)
 import jax
 
-from jaxmodels import _env
-
 from benchmarks import jax_side, shapes as shapes_lib
+import jaxmodels  # noqa: F401  (host devices are configured before jax starts)
+from jaxmodels import _env
 from jaxmodels.train import perf
 
 MODEL_BENCHES = shapes_lib.MODELS
@@ -58,6 +59,7 @@ GOALS = {
 @dataclasses.dataclass
 class Contender:
   """Something timed per step: `run(n)` returns the seconds of n steps."""
+
   label: str
   run: Callable[[int], float]
   steps: int = 1
@@ -77,8 +79,9 @@ class Settings:
   torch_compile: bool
 
 
-def contest(contenders: list[Contender], settings: Settings,
-            extra: Callable[[], float] | None = None) -> list[float]:
+def contest(
+    contenders: list[Contender], settings: Settings, extra: Callable[[], float] | None = None
+) -> list[float]:
   """Times every contender in `settings.rounds` rounds, rotating the order each round.
 
   The first call of each (warm-up) also sizes its chunk to about `settings.chunk_s` seconds.
@@ -89,7 +92,7 @@ def contest(contenders: list[Contender], settings: Settings,
     c.steps = max(1, math.ceil(settings.chunk_s / max(c.run(1), 1e-6)))
   extras = []
   for r in range(settings.rounds):
-    order = contenders[r % len(contenders):] + contenders[:r % len(contenders)]
+    order = contenders[r % len(contenders) :] + contenders[: r % len(contenders)]
     for c in order:
       c.times.append(c.run(c.steps) / c.steps)
     if extra is not None:
@@ -110,16 +113,19 @@ def peak_fn(settings: Settings) -> Callable[[], float]:
 # ---------- model benchmarks
 
 
-def _torch_contenders(name: str, shape: dict[str, Any], spec: jax_side.Spec,
-                      settings: Settings, notes: list[str]) -> list[Contender]:
+def _torch_contenders(
+    name: str, shape: dict[str, Any], spec: jax_side.Spec, settings: Settings, notes: list[str]
+) -> list[Contender]:
   try:
     from benchmarks import torch_models
   except ImportError:
     notes.append("torch not installed (pip install torch==2.13.0)")
     return []
   torch_models.set_threads()
-  out = [Contender(f"torch:{v}", torch_models.TorchStep(name, shape, spec.batch, v).run)
-         for v in torch_models.variants(name)]
+  out = [
+      Contender(f"torch:{v}", torch_models.TorchStep(name, shape, spec.batch, v).run)
+      for v in torch_models.variants(name)
+  ]
   if settings.torch_compile:
     try:
       compiled = torch_models.TorchStep(name, shape, spec.batch, "compile")
@@ -132,8 +138,7 @@ def _torch_contenders(name: str, shape: dict[str, Any], spec: jax_side.Spec,
   return out
 
 
-def _jax_contenders(spec: jax_side.Spec, settings: Settings,
-                    notes: list[str]) -> list[Contender]:
+def _jax_contenders(spec: jax_side.Spec, settings: Settings, notes: list[str]) -> list[Contender]:
   out = []
   for strategy in settings.strategies:
     if strategy != "none" and jax.local_device_count() < 2:
@@ -147,8 +152,9 @@ def _jax_contenders(spec: jax_side.Spec, settings: Settings,
   return out
 
 
-def _best(contenders: list[Contender], prefix: str,
-          exclude: tuple[str, ...] = ()) -> Contender | None:
+def _best(
+    contenders: list[Contender], prefix: str, exclude: tuple[str, ...] = ()
+) -> Contender | None:
   pool = [c for c in contenders if c.label.startswith(prefix) and c.label not in exclude]
   return min(pool, key=lambda c: c.step_s) if pool else None
 
@@ -168,16 +174,23 @@ def model_bench(name: str, settings: Settings, jax_only: bool = False) -> dict[s
   per_s = lambda c: spec.batch_size / c.step_s if c else None
   mfus = [spec.train_flops_per_step / t / p for t, p in zip(jax_best.times, peaks)]
   record = {
-      "benchmark": name, "jax_per_s": per_s(jax_best), "torch_per_s": per_s(torch_best),
+      "benchmark": name,
+      "jax_per_s": per_s(jax_best),
+      "torch_per_s": per_s(torch_best),
       "ratio_vs_torch": paired_ratio(torch_best, jax_best) if torch_best else None,
-      "mfu": statistics.median(mfus), "unit": "examples",
-      "jax_variant": jax_best.label, "torch_variant": torch_best.label if torch_best else None,
+      "mfu": statistics.median(mfus),
+      "unit": "examples",
+      "jax_variant": jax_best.label,
+      "torch_variant": torch_best.label if torch_best else None,
       "torch_compile_per_s": per_s(compiled),
       "ratio_vs_compile": paired_ratio(compiled, jax_best) if compiled else None,
-      "torch_mfu": (spec.train_flops_per_step / torch_best.step_s / max(peaks)
-                    if torch_best else None),
-      "peak_gflops": max(peaks) / 1e9, "train_gflop_per_step": spec.train_flops_per_step / 1e9,
-      "per_s": {c.label: per_s(c) for c in contenders}, "note": "; ".join(notes),
+      "torch_mfu": (
+          spec.train_flops_per_step / torch_best.step_s / max(peaks) if torch_best else None
+      ),
+      "peak_gflops": max(peaks) / 1e9,
+      "train_gflop_per_step": spec.train_flops_per_step / 1e9,
+      "per_s": {c.label: per_s(c) for c in contenders},
+      "note": "; ".join(notes),
       "_contenders": contenders,
   }
   return record
@@ -190,20 +203,33 @@ def conv_devices_record(resnet: dict[str, Any]) -> dict[str, Any]:
   if not (one and two):
     return _skipped("conv_devices", "needs jax:none and jax:pmap on 2 host devices")
   batch = resnet["jax_per_s"] * (by[resnet["jax_variant"]].step_s)
-  return {"benchmark": "conv_devices", "jax_per_s": batch / two.step_s,
-          "one_device_per_s": batch / one.step_s, "ratio": paired_ratio(one, two),
-          "note": "resnet18 step: pmap over 2 host devices / parallelism 'none'"}
+  return {
+      "benchmark": "conv_devices",
+      "jax_per_s": batch / two.step_s,
+      "one_device_per_s": batch / one.step_s,
+      "ratio": paired_ratio(one, two),
+      "note": "resnet18 step: pmap over 2 host devices / parallelism 'none'",
+  }
 
 
 def conv_devices_subprocess(settings: Settings) -> dict[str, Any]:
   """Runs conv_devices in a child process with exactly 2 host devices."""
-  flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
-                   if not f.startswith("--xla_force_host_platform_device_count"))
+  flags = " ".join(
+      f
+      for f in os.environ.get("XLA_FLAGS", "").split()
+      if not f.startswith("--xla_force_host_platform_device_count")
+  )
   env = dict(os.environ, XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count=2".strip())
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, "conv.json")
-    argv = [sys.executable, "-m", "benchmarks.run", "--only=conv_devices", f"--json={out}",
-            f"--rounds={settings.rounds}"] + (["--quick"] if settings.quick else [])
+    argv = [
+        sys.executable,
+        "-m",
+        "benchmarks.run",
+        "--only=conv_devices",
+        f"--json={out}",
+        f"--rounds={settings.rounds}",
+    ] + (["--quick"] if settings.quick else [])
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0 or not os.path.exists(out):
       return _skipped("conv_devices", f"child process failed: {proc.stderr.strip()[-300:]}")
@@ -218,6 +244,7 @@ def input_pipeline_bench(settings: Settings) -> dict[str, Any]:
   """fashion_mnist_cnn's step fed by the real pipeline vs synthetic batches vs a fixed batch."""
   from experiments import fashion_mnist_cnn as exp
   from jaxmodels import data as data_lib
+
   config = exp.get_config()
   if settings.quick:
     config.batch_size = 8
@@ -226,8 +253,10 @@ def input_pipeline_bench(settings: Settings) -> dict[str, Any]:
     real = data_lib.load("fashion_mnist")
     load_s = time.perf_counter() - t
   except data_lib.DataError:
-    return _skipped("input_pipeline", "skipped: prepare fashion_mnist "
-                    "(python -m jaxmodels.data.prepare fashion_mnist)")
+    return _skipped(
+        "input_pipeline",
+        "skipped: prepare fashion_mnist " "(python -m jaxmodels.data.prepare fashion_mnist)",
+    )
   config.synthetic_data = True
   synthetic = exp.get_data(config)
   feeds = jax_side.engine_feeds(exp, config, {"real": real, "synthetic": synthetic})
@@ -235,23 +264,33 @@ def input_pipeline_bench(settings: Settings) -> dict[str, Any]:
   contest(contenders, settings)
   by = {c.label: c for c in contenders}
   n = config.batch_size
-  return {"benchmark": "input_pipeline", "jax_per_s": n / by["real"].step_s,
-          "synthetic_per_s": n / by["synthetic"].step_s, "fixed_per_s": n / by["fixed"].step_s,
-          "ratio": paired_ratio(by["synthetic"], by["real"]),
-          "real_step_ms": 1e3 * by["real"].step_s,
-          "synthetic_step_ms": 1e3 * by["synthetic"].step_s, "load_s": load_s,
-          "note": f"fashion_mnist_cnn batch {n}, parallelism {config.parallelism}; "
-                  "ratio = real/synthetic throughput"}
+  return {
+      "benchmark": "input_pipeline",
+      "jax_per_s": n / by["real"].step_s,
+      "synthetic_per_s": n / by["synthetic"].step_s,
+      "fixed_per_s": n / by["fixed"].step_s,
+      "ratio": paired_ratio(by["synthetic"], by["real"]),
+      "real_step_ms": 1e3 * by["real"].step_s,
+      "synthetic_step_ms": 1e3 * by["synthetic"].step_s,
+      "load_s": load_s,
+      "note": f"fashion_mnist_cnn batch {n}, parallelism {config.parallelism}; "
+      "ratio = real/synthetic throughput",
+  }
 
 
 # ---------- compilation cache
 
 
 def _first_step(name: str, quick: bool, cache_dir: str) -> dict[str, float]:
-  argv = [sys.executable, "-m", "benchmarks.jax_side", f"--first_step={name}",
-          f"--cache_dir={cache_dir}"] + (["--quick"] if quick else [])
+  argv = [
+      sys.executable,
+      "-m",
+      "benchmarks.jax_side",
+      f"--first_step={name}",
+      f"--cache_dir={cache_dir}",
+  ] + (["--quick"] if quick else [])
   proc = subprocess.run(argv, capture_output=True, text=True, check=False)
-  lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+  lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
   if proc.returncode != 0 or not lines:
     raise RuntimeError(f"first-step child failed: {proc.stderr.strip()[-300:]}")
   return json.loads(lines[-1])
@@ -275,14 +314,22 @@ def compile_cache_bench(settings: Settings, models: tuple[str, ...]) -> list[dic
     except RuntimeError as e:
       records.append(_skipped(f"compile_cache:{name}", str(e)))
       continue
-    records.append({
-        "benchmark": f"compile_cache:{name}", "cold_s": cold["first_step_s"],
-        "warm_s": warm["first_step_s"], "ratio": warm["first_step_s"] / cold["first_step_s"],
-        "startup_ratio": warm["startup_s"] / cold["startup_s"],
-        "cold": cold, "warm": warm,
-        "note": (f"first step cold {cold['first_step_s']:.1f}s warm {warm['first_step_s']:.1f}s "
-                 f"(startup ratio {warm['startup_s'] / cold['startup_s']:.2f}, the step itself "
-                 f"{warm['step_s']:.1f}s)")})
+    records.append(
+        {
+            "benchmark": f"compile_cache:{name}",
+            "cold_s": cold["first_step_s"],
+            "warm_s": warm["first_step_s"],
+            "ratio": warm["first_step_s"] / cold["first_step_s"],
+            "startup_ratio": warm["startup_s"] / cold["startup_s"],
+            "cold": cold,
+            "warm": warm,
+            "note": (
+                f"first step cold {cold['first_step_s']:.1f}s warm {warm['first_step_s']:.1f}s "
+                f"(startup ratio {warm['startup_s'] / cold['startup_s']:.2f}, the step itself "
+                f"{warm['step_s']:.1f}s)"
+            ),
+        }
+    )
   return records
 
 
@@ -325,12 +372,21 @@ def table(records: list[dict[str, Any]]) -> str:
       ratio = r.get("ratio")
     variant = " vs ".join(v for v in (r.get("jax_variant"), r.get("torch_variant")) if v)
     met = {True: "yes", False: "NO", None: "-"}[r.get("goal_met")]
-    rows.append((r["benchmark"], _fmt(r.get("jax_per_s")), _fmt(r.get("torch_per_s")),
-                 _fmt(ratio, ".2f"), _fmt(r.get("mfu"), ".0%"), variant or "-",
-                 r.get("goal") or "-", met, r.get("note") or ""))
+    rows.append(
+        (
+            r["benchmark"],
+            _fmt(r.get("jax_per_s")),
+            _fmt(r.get("torch_per_s")),
+            _fmt(ratio, ".2f"),
+            _fmt(r.get("mfu"), ".0%"),
+            variant or "-",
+            r.get("goal") or "-",
+            met,
+            r.get("note") or "",
+        )
+    )
   widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-  lines = ["  ".join(c.ljust(w) for c, w in zip(row[:-1], widths)) + "  " + row[-1]
-           for row in rows]
+  lines = ["  ".join(c.ljust(w) for c, w in zip(row[:-1], widths)) + "  " + row[-1] for row in rows]
   return "\n".join(lines)
 
 
@@ -338,19 +394,30 @@ def table(records: list[dict[str, Any]]) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("--quick", action="store_true", help="tiny shapes, few rounds (smoke test)")
   parser.add_argument("--json", default=None, help="write the records to this file")
   parser.add_argument("--only", default=",".join(ALL), help=f"comma list of: {', '.join(ALL)}")
   parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 5, quick 2)")
-  parser.add_argument("--chunk_s", type=float, default=None,
-                      help="seconds of steps per contender per round (default 1.0, quick 0.02)")
-  parser.add_argument("--strategies", default="none,pmap,mesh",
-                      help="jax parallelism strategies to time (comma list of none, pmap, mesh)")
+  parser.add_argument(
+      "--chunk_s",
+      type=float,
+      default=None,
+      help="seconds of steps per contender per round (default 1.0, quick 0.02)",
+  )
+  parser.add_argument(
+      "--strategies",
+      default="none,pmap,mesh",
+      help="jax parallelism strategies to time (comma list of none, pmap, mesh)",
+  )
   parser.add_argument("--no_torch_compile", action="store_true", help="skip torch.compile")
-  parser.add_argument("--cache_models", default=None,
-                      help="models for compile_cache (default gpt,resnet18; quick mlp)")
+  parser.add_argument(
+      "--cache_models",
+      default=None,
+      help="models for compile_cache (default gpt,resnet18; quick mlp)",
+  )
   args = parser.parse_args(argv)
   args.only = tuple(s for s in args.only.split(",") if s)
   unknown = [s for s in args.only if s not in ALL]
@@ -361,10 +428,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def settings_from(args: argparse.Namespace) -> Settings:
   return Settings(
-      quick=args.quick, rounds=args.rounds or (2 if args.quick else 5),
+      quick=args.quick,
+      rounds=args.rounds or (2 if args.quick else 5),
       chunk_s=args.chunk_s if args.chunk_s is not None else (0.02 if args.quick else 1.0),
       strategies=tuple(s for s in args.strategies.split(",") if s),
-      torch_compile=not args.no_torch_compile and not args.quick)
+      torch_compile=not args.no_torch_compile and not args.quick,
+  )
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -381,9 +450,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         continue
       resnet = measured.get("resnet18")
       if resnet is None or len(resnet["_contenders"]) < 2:
-        resnet = model_bench("resnet18", dataclasses.replace(settings,
-                                                             strategies=("none", "pmap")),
-                             jax_only=True)
+        resnet = model_bench(
+            "resnet18", dataclasses.replace(settings, strategies=("none", "pmap")), jax_only=True
+        )
       records.append(conv_devices_record(resnet))
     elif name == "input_pipeline":
       records.append(input_pipeline_bench(settings))
@@ -404,9 +473,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
   if args.json:
     with open(args.json, "w", encoding="utf-8") as f:
       json.dump(records, f, indent=2)
-  print(f"jax {jax.__version__}, {jax.local_device_count()} host devices, {os.cpu_count()} cores, "
-        f"load average at start {load:.1f} (other processes make absolute numbers noisy; "
-        "ratios are paired per round)")
+  print(
+      f"jax {jax.__version__}, {jax.local_device_count()} host devices, {os.cpu_count()} cores, "
+      f"load average at start {load:.1f} (other processes make absolute numbers noisy; "
+      "ratios are paired per round)"
+  )
   print(table(records))
   return records
 

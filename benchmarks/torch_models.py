@@ -13,6 +13,7 @@ ops far slower with two threads than with one, so for the small models the faste
 the fair baseline) and 'compile' (torch.compile of the model; it needs a C++ compiler and may be
 unavailable).
 """
+
 from __future__ import annotations
 
 import math
@@ -62,18 +63,28 @@ class GPT(nn.Module):
   `sdpa=False` computes attention with explicit matmuls instead of the fused kernel.
   """
 
-  def __init__(self, vocab_size: int, model_dim: int, num_layers: int, num_heads: int,
-               mlp_dim: int, context: int, sdpa: bool = True, **_):
+  def __init__(
+      self,
+      vocab_size: int,
+      model_dim: int,
+      num_layers: int,
+      num_heads: int,
+      mlp_dim: int,
+      context: int,
+      sdpa: bool = True,
+      **_,
+  ):
     super().__init__()
     self.embed = nn.Embedding(vocab_size, model_dim)
     self.pos = nn.Parameter(torch.randn(context, model_dim) * 0.02)
-    self.blocks = nn.ModuleList(GPTBlock(model_dim, num_heads, mlp_dim, sdpa)
-                                for _ in range(num_layers))
+    self.blocks = nn.ModuleList(
+        GPTBlock(model_dim, num_heads, mlp_dim, sdpa) for _ in range(num_layers)
+    )
     self.ln = nn.LayerNorm(model_dim)
     self.head = nn.Linear(model_dim, vocab_size, bias=False)
 
   def forward(self, ids: torch.Tensor) -> torch.Tensor:
-    x = self.embed(ids) + self.pos[:ids.shape[1]]
+    x = self.embed(ids) + self.pos[: ids.shape[1]]
     for block in self.blocks:
       x = block(x)
     return self.head(self.ln(x))
@@ -104,8 +115,11 @@ class ResNet18(nn.Module):
   def __init__(self, image_shape: tuple[int, int, int], num_classes: int, num_filters: int, **_):
     super().__init__()
     cin, width = image_shape[-1], num_filters
-    layers: list[nn.Module] = [nn.Conv2d(cin, width, 3, 1, 1, bias=False),
-                               nn.BatchNorm2d(width), nn.ReLU()]
+    layers: list[nn.Module] = [
+        nn.Conv2d(cin, width, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+    ]
     for stage in range(4):
       cout = num_filters * 2**stage
       for j in range(2):
@@ -135,8 +149,9 @@ class LSTMLanguageModel(nn.Module):
 class MLP(nn.Module):
   """Flatten -> (Linear -> ReLU) per hidden size -> Linear to logits."""
 
-  def __init__(self, image_shape: tuple[int, ...], hidden_sizes: tuple[int, ...],
-               num_classes: int, **_):
+  def __init__(
+      self, image_shape: tuple[int, ...], hidden_sizes: tuple[int, ...], num_classes: int, **_
+  ):
     super().__init__()
     sizes = [math.prod(image_shape), *hidden_sizes]
     layers: list[nn.Module] = [nn.Flatten()]
@@ -183,8 +198,15 @@ def _adam(params, lr: float) -> torch.optim.Optimizer:
 class TorchStep:
   """One Adam step of model `name` on a fixed batch (from benchmarks.shapes.make_batch)."""
 
-  def __init__(self, name: str, shape: dict[str, Any], batch: dict[str, np.ndarray],
-               variant: str = "eager", lr: float = 1e-3, seed: int = 0):
+  def __init__(
+      self,
+      name: str,
+      shape: dict[str, Any],
+      batch: dict[str, np.ndarray],
+      variant: str = "eager",
+      lr: float = 1e-3,
+      seed: int = 0,
+  ):
     if variant not in ("eager", "channels_last", "eager_1thread", "compile"):
       raise ValueError(f"unknown torch variant {variant!r}")
     torch.manual_seed(seed)

@@ -6,6 +6,7 @@
 CIFAR-10 cannot be fetched on the project's offline machines, so no result was measured here; on a
 2-core CPU a ResNet-50 step at batch 128 takes seconds: this experiment is meant for a GPU or TPU.
 """
+
 import sys
 
 import ml_collections
@@ -40,8 +41,13 @@ def get_data(config):
   if config.synthetic_data:
     return SyntheticDataset("image_classification", image_shape=(32, 32, 3), num_classes=10)
   from jaxmodels import data
-  return data.load("cifar10", data_dir=config.data_dir or None,
-                   validation_size=config.validation_size, augment=config.augment)
+
+  return data.load(
+      "cifar10",
+      data_dir=config.data_dir or None,
+      validation_size=config.validation_size,
+      augment=config.augment,
+  )
 
 
 def get_model(config, info):
@@ -58,10 +64,15 @@ def get_sweep() -> Sweep:
     python -m jaxmodels.sweep experiments.cifar10_resnet --workdir=runs/sweep_cifar10_resnet \
       --num_trials=20 --workers=2 --config.validation_size=5000
   """
-  return Sweep(metric="eval_accuracy", mode="max", num_trials=20, params={
-      "learning_rate": LogUniform(0.02, 0.4),
-      "weight_decay": LogUniform(1e-5, 1e-3),
-  })
+  return Sweep(
+      metric="eval_accuracy",
+      mode="max",
+      num_trials=20,
+      params={
+          "learning_rate": LogUniform(0.02, 0.4),
+          "weight_decay": LogUniform(1e-5, 1e-3),
+      },
+  )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""scikit-learn's 8x8 digits with a Dense 64-64-10 network, Adam and sparse categorical cross-entropy.
+"""scikit-learn's 8x8 digits: a Dense 64-64-10 network, Adam and sparse categorical cross-entropy.
 
   python -m experiments.digits_mlp --workdir=runs/digits_mlp
 
@@ -9,6 +9,7 @@ Then predict with the trained workdir (softmax probabilities and classes):
 Expect (measured Nov 2026 on a 2-core CPU, idle): 97.8% test accuracy (360 held-out digits) in
 9 s.
 """
+
 import sys
 
 import ml_collections
@@ -38,8 +39,10 @@ def get_data(config):
   if config.synthetic_data:
     return SyntheticDataset("image_classification", image_shape=(8, 8, 1), num_classes=10)
   from jaxmodels import data
-  return data.load("digits", data_dir=config.data_dir or None,
-                   validation_size=config.validation_size)
+
+  return data.load(
+      "digits", data_dir=config.data_dir or None, validation_size=config.validation_size
+  )
 
 
 def get_model(config, info):
@@ -56,10 +59,15 @@ def get_sweep() -> Sweep:
     python -m jaxmodels.sweep experiments.digits_mlp --workdir=runs/sweep_digits_mlp \
       --num_trials=20 --workers=2 --config.validation_size=300
   """
-  return Sweep(metric="eval_accuracy", mode="max", num_trials=20, params={
-      "learning_rate": LogUniform(1e-4, 1e-2),
-      "batch_size": Choice([16, 32, 64]),
-  })
+  return Sweep(
+      metric="eval_accuracy",
+      mode="max",
+      num_trials=20,
+      params={
+          "learning_rate": LogUniform(1e-4, 1e-2),
+          "batch_size": Choice([16, 32, 64]),
+      },
+  )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ A tuned configuration (Adam, wider layers with dropout, cosine decay):
 Expect (measured Nov 2026 on a 2-core CPU, idle): the seed configuration reaches 95.3% test
 accuracy in 21 s (5 epochs); the tuned one 98.6% in 52 s.
 """
+
 import sys
 
 import ml_collections
@@ -42,8 +43,10 @@ def get_data(config):
   if config.synthetic_data:
     return SyntheticDataset("image_classification", image_shape=(28, 28, 1), num_classes=10)
   from jaxmodels import data
-  return data.load("mnist", data_dir=config.data_dir or None,
-                   validation_size=config.validation_size)
+
+  return data.load(
+      "mnist", data_dir=config.data_dir or None, validation_size=config.validation_size
+  )
 
 
 def get_model(config, info):
@@ -60,11 +63,16 @@ def get_sweep() -> Sweep:
     python -m jaxmodels.sweep experiments.mnist_mlp --workdir=runs/sweep_mnist_mlp \
       --num_trials=20 --workers=2 --config.validation_size=5000
   """
-  return Sweep(metric="eval_accuracy", mode="max", num_trials=20, params={
-      "learning_rate": LogUniform(1e-3, 3e-1),
-      "optimizer": Choice(["sgd", "momentum", "adam"]),
-      "batch_size": Choice([32, 64, 128]),
-  })
+  return Sweep(
+      metric="eval_accuracy",
+      mode="max",
+      num_trials=20,
+      params={
+          "learning_rate": LogUniform(1e-3, 3e-1),
+          "optimizer": Choice(["sgd", "momentum", "adam"]),
+          "batch_size": Choice([32, 64, 128]),
+      },
+  )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ before the process starts (the memory allocator).
 Only the command-line entry points (experiments, benchmarks, predict) call these, first thing:
 importing any jaxmodels module leaves the process environment alone.
 """
+
 import ctypes.util
 import os
 import sys
@@ -15,8 +16,10 @@ _FLAG = "--xla_force_host_platform_device_count"
 # faster (one device and pmap); YNNPACK stays on for dots (LSTM steps are 2x slower without).
 # The scheduler that orders independent ops to run side by side made them fight over the two
 # cores; without it GPT steps ran 10-15% faster, ResNet-18 5%, the LSTM -2% to +9%.
-CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",
-             "--xla_cpu_enable_concurrency_optimized_scheduler=false")
+CPU_FLAGS = (
+    "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",
+    "--xla_cpu_enable_concurrency_optimized_scheduler=false",
+)
 
 # jemalloc with page purging off: XLA:CPU allocates each step's temporaries (1.5 GB for the GPT
 # benchmark) afresh, and glibc maps and unmaps blocks that large every step, so the kernel spent
@@ -62,8 +65,11 @@ def configure_xla_cpu() -> None:
 
 def find_jemalloc() -> str | None:
   """The path or soname of jemalloc when the system has it (Debian: libjemalloc2), else None."""
-  for path in ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
-               "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2", "/usr/lib64/libjemalloc.so.2"):
+  for path in (
+      "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+      "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
+      "/usr/lib64/libjemalloc.so.2",
+  ):
     if os.path.exists(path):
       return path
   return ctypes.util.find_library("jemalloc")
@@ -81,8 +87,12 @@ def allocator_env(environ: dict[str, str]) -> dict[str, str] | None:
   if lib is None:
     return None
   preload = " ".join(p for p in (lib, environ.get("LD_PRELOAD", "")) if p)
-  return dict(environ, LD_PRELOAD=preload, MALLOC_CONF=environ.get("MALLOC_CONF", _JEMALLOC_CONF),
-              **{ALLOCATOR_ENV: "jemalloc"})
+  return dict(
+      environ,
+      LD_PRELOAD=preload,
+      MALLOC_CONF=environ.get("MALLOC_CONF", _JEMALLOC_CONF),
+      **{ALLOCATOR_ENV: "jemalloc"},
+  )
 
 
 def restart_with_allocator() -> None:
@@ -103,6 +113,7 @@ def restart_with_allocator() -> None:
 def _backends_ready() -> bool:
   try:
     from jax._src import xla_bridge
+
     return bool(xla_bridge._backends)  # pylint: disable=protected-access
   except Exception:  # pragma: no cover - private API moved: assume initialised
     return True

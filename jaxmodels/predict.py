@@ -1,8 +1,9 @@
 """Use a trained workdir: predict classes for examples, or sample text from a prompt.
 
-  python -m jaxmodels.predict --workdir=runs/digits_mlp --split=test --num_examples=8
-  python -m jaxmodels.predict --workdir=runs/shakespeare_gpt --prompt="ROMEO:" --num_tokens=300
+python -m jaxmodels.predict --workdir=runs/digits_mlp --split=test --num_examples=8
+python -m jaxmodels.predict --workdir=runs/shakespeare_gpt --prompt="ROMEO:" --num_tokens=300
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,8 +36,10 @@ def load(workdir: str) -> Trained:
   """The experiment, config, model and latest-checkpoint variables of a workdir."""
   run_path = os.path.join(workdir, "run.json")
   if not os.path.exists(run_path):
-    raise FileNotFoundError(f"{run_path} does not exist: --workdir must be the directory of a "
-                            "training run (python -m experiments.<name> --workdir=DIR).")
+    raise FileNotFoundError(
+        f"{run_path} does not exist: --workdir must be the directory of a "
+        "training run (python -m experiments.<name> --workdir=DIR)."
+    )
   with open(run_path, encoding="utf-8") as f:
     experiment = importlib.import_module(json.load(f)["experiment"])
   with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
@@ -69,19 +72,27 @@ def encode_prompt(prompt: str, vocab: list[str]) -> np.ndarray:
   index = {ch: i for i, ch in enumerate(vocab)}
   unknown = sorted({ch for ch in prompt if ch not in index})
   if unknown:
-    raise ValueError(f"--prompt has characters outside the model's vocabulary: {unknown!r}. "
-                     f"Valid characters: {''.join(sorted(vocab))!r}")
+    raise ValueError(
+        f"--prompt has characters outside the model's vocabulary: {unknown!r}. "
+        f"Valid characters: {''.join(sorted(vocab))!r}"
+    )
   if not prompt:
     raise ValueError("--prompt is empty: give at least one character to start from.")
   return np.array([[index[ch] for ch in prompt]], np.int32)
 
 
-def print_sample(generate, model: Any, variables: Any, vocab: list[str],
-                 config: ml_collections.ConfigDict) -> str:
+def print_sample(
+    generate, model: Any, variables: Any, vocab: list[str], config: ml_collections.ConfigDict
+) -> str:
   """Continues config.sample_prompt by config.sample_tokens characters, prints and returns it."""
   prompt = "".join(ch for ch in config.sample_prompt if ch in vocab) or vocab[0]
-  ids = generate(model, variables, encode_prompt(prompt, vocab), config.sample_tokens,
-                 jax.random.PRNGKey(config.seed))
+  ids = generate(
+      model,
+      variables,
+      encode_prompt(prompt, vocab),
+      config.sample_tokens,
+      jax.random.PRNGKey(config.seed),
+  )
   text = "".join(vocab[i] for i in np.asarray(ids)[0])
   print(f"--- sample ---\n{text}\n--------------", flush=True)
   return text
@@ -89,28 +100,41 @@ def print_sample(generate, model: Any, variables: Any, vocab: list[str],
 
 def main(argv: list[str]) -> None:
   from absl import flags
+
   del argv
   fv = flags.FLAGS
   trained = load(fv.workdir)
   if fv.prompt is not None:
     if not hasattr(trained.experiment, "generate"):
-      raise ValueError(f"{trained.experiment.__name__} is not a language model: --prompt needs "
-                       "one (shakespeare_gpt, shakespeare_rnn).")
+      raise ValueError(
+          f"{trained.experiment.__name__} is not a language model: --prompt needs "
+          "one (shakespeare_gpt, shakespeare_rnn)."
+      )
     vocab = trained.data.info["vocab"]
     ids = encode_prompt(fv.prompt, vocab)
-    out = trained.experiment.generate(trained.model, trained.variables, ids, fv.num_tokens,
-                                      jax.random.PRNGKey(fv.seed), fv.temperature, fv.top_k or None)
+    out = trained.experiment.generate(
+        trained.model,
+        trained.variables,
+        ids,
+        fv.num_tokens,
+        jax.random.PRNGKey(fv.seed),
+        fv.temperature,
+        fv.top_k or None,
+    )
     print("".join(vocab[i] for i in np.asarray(out)[0]))
     return
   batch = next(trained.data.eval_batches(fv.split, fv.num_examples))
   probs, classes = predict_classes(trained, batch["inputs"])
   for i in range(int(batch["mask"].sum())):
-    print(f"example {i}: predicted {classes[i]} (p={probs[i, classes[i]]:.3f}), "
-          f"label {batch['targets'][i]}")
+    print(
+        f"example {i}: predicted {classes[i]} (p={probs[i, classes[i]]:.3f}), "
+        f"label {batch['targets'][i]}"
+    )
 
 
 def cli() -> None:
   from absl import app, flags
+
   _env.configure_process()
   flags.DEFINE_string("workdir", None, "A training run's workdir.", required=True)
   flags.DEFINE_string("split", "test", "Split to take examples from (classifiers).")
@@ -123,12 +147,14 @@ def cli() -> None:
 
   def guarded(argv):
     from absl import logging
+
     logging.set_verbosity(logging.WARNING)
     try:
       main(argv)
     except (ValueError, FileNotFoundError, checkpoint.CheckpointError) as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
+
   app.run(guarded)
 
 

@@ -7,10 +7,12 @@ by the global weight itself, so data-parallel losses equal one-device losses exa
 Metric sums are {name: (sum, weight)}; a metric's value is sum(sums) / sum(weights) over batches.
 `Task` is that contract; `DecodingTask` adds scoring decoded output in the final evaluation.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 import dataclasses
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import flax.linen as nn
 import jax
@@ -68,6 +70,7 @@ def _example_weight(batch: Batch) -> jax.Array:
 @dataclasses.dataclass(frozen=True)
 class Classification:
   """Cross-entropy on class labels (optionally smoothed), accuracy."""
+
   num_classes: int
   label_smoothing: float = 0.0
   inputs: tuple[str, ...] = ("inputs",)  # batch keys passed to the model, in order
@@ -81,19 +84,24 @@ class Classification:
   def losses(self, logits: jax.Array, batch: Batch) -> tuple[jax.Array, Sums]:
     """Per-example loss [B] and metric sums."""
     logits = logits.astype(jnp.float32)
-    labels = optax.smooth_labels(jax.nn.one_hot(batch["targets"], self.num_classes),
-                                 self.label_smoothing)
+    labels = optax.smooth_labels(
+        jax.nn.one_hot(batch["targets"], self.num_classes), self.label_smoothing
+    )
     loss = optax.softmax_cross_entropy(logits, labels)
     w = self.weights(batch)
     correct = (jnp.argmax(logits, -1) == batch["targets"]).astype(jnp.float32)
-    return loss * w, {"loss": (jnp.sum(loss * w), jnp.sum(w)),
-                      "accuracy": (jnp.sum(correct * w), jnp.sum(w))}
+    return loss * w, {
+        "loss": (jnp.sum(loss * w), jnp.sum(w)),
+        "accuracy": (jnp.sum(correct * w), jnp.sum(w)),
+    }
 
   def finalize(self, metrics: dict[str, float]) -> dict[str, float]:
     return metrics
 
 
-def _token_losses(logits: jax.Array, targets: jax.Array, weight: jax.Array) -> tuple[jax.Array, Sums]:
+def _token_losses(
+    logits: jax.Array, targets: jax.Array, weight: jax.Array
+) -> tuple[jax.Array, Sums]:
   logits = logits.astype(jnp.float32)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets) * weight
   correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32) * weight
@@ -104,6 +112,7 @@ def _token_losses(logits: jax.Array, targets: jax.Array, weight: jax.Array) -> t
 @dataclasses.dataclass(frozen=True)
 class LanguageModel:
   """Next-token cross-entropy; targets are the inputs shifted by one. Reports perplexity."""
+
   pad_id: int | None = None  # targets equal to it carry no weight
 
   def model_args(self, batch: Batch) -> tuple[Any, ...]:
@@ -131,6 +140,7 @@ class Seq2Seq:
   Evaluation can also decode greedily (`decode_fn(variables, inputs, max_len) -> ids`) and report
   exact-match (whole sequence right) and token accuracy of the decoded sequence.
   """
+
   decode_fn: Callable[..., jax.Array] | None = None
 
   @property
@@ -156,8 +166,10 @@ class Seq2Seq:
     ex = _example_weight(batch)
     exact = jnp.all((got == want) | (want == 0), axis=-1).astype(jnp.float32) * ex
     tokens = real * ex[:, None]
-    return {"exact_match": (jnp.sum(exact), jnp.sum(ex)),
-            "decoded_token_accuracy": (jnp.sum(same * tokens), jnp.sum(tokens))}
+    return {
+        "exact_match": (jnp.sum(exact), jnp.sum(ex)),
+        "decoded_token_accuracy": (jnp.sum(same * tokens), jnp.sum(tokens)),
+    }
 
   def finalize(self, metrics: dict[str, float]) -> dict[str, float]:
     out = dict(metrics, perplexity=float(jnp.exp(metrics["loss"])))

@@ -1,5 +1,6 @@
 """Benchmark machinery with tiny shapes: model equivalence, FLOP counts, timing bookkeeping,
 records and the --quick command. No assertion on speed."""
+
 import json
 import math
 import os
@@ -17,7 +18,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def flax_param_count(spec: jax_side.Spec) -> int:
   variables = jax.eval_shape(
-      lambda: spec.model.init(jax.random.key(0), *spec.task.model_args(spec.batch)))
+      lambda: spec.model.init(jax.random.key(0), *spec.task.model_args(spec.batch))
+  )
   return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(variables["params"]))
 
 
@@ -60,6 +62,7 @@ def test_torch_model_mirrors_flax_parameters(name):
 def test_torch_counted_flops_equal_analytic(name):
   torch_models = pytest.importorskip("benchmarks.torch_models")
   from torch.utils.flop_counter import FlopCounterMode
+
   shape = shapes.shapes(name, quick=True)
   spec = jax_side.make_spec(name, shape)
   step = torch_models.TorchStep(name, shape, spec.batch)
@@ -75,6 +78,7 @@ def test_torch_lstm_flops_and_semantics_against_explicit_loop():
   torch_models = pytest.importorskip("benchmarks.torch_models")
   import torch
   from torch.utils.flop_counter import FlopCounterMode
+
   shape = shapes.shapes("lstm", quick=True)
   spec = jax_side.make_spec("lstm", shape)
   model = torch_models.TorchStep("lstm", shape, spec.batch).model
@@ -87,8 +91,9 @@ def test_torch_lstm_flops_and_semantics_against_explicit_loop():
     h = c = torch.zeros(ids.shape[0], hidden)
     outs = []
     for t in range(ids.shape[1]):
-      gates = (torch.nn.functional.linear(x[:, t], lstm.weight_ih_l0, lstm.bias_ih_l0)
-               + torch.nn.functional.linear(h, lstm.weight_hh_l0, lstm.bias_hh_l0))
+      gates = torch.nn.functional.linear(
+          x[:, t], lstm.weight_ih_l0, lstm.bias_ih_l0
+      ) + torch.nn.functional.linear(h, lstm.weight_hh_l0, lstm.bias_hh_l0)
       i, f, g, o = gates.chunk(4, dim=-1)
       c = f.sigmoid() * c + i.sigmoid() * g.tanh()
       h = o.sigmoid() * c.tanh()
@@ -106,6 +111,7 @@ def test_torch_lstm_flops_and_semantics_against_explicit_loop():
 def test_torch_sdpa_equals_explicit_attention():
   torch_models = pytest.importorskip("benchmarks.torch_models")
   import torch
+
   shape = shapes.shapes("gpt", quick=True)
   torch.manual_seed(0)
   fused = torch_models.GPT(**shape)
@@ -160,8 +166,9 @@ def test_contest_sizes_chunks_rotates_and_pairs_rounds():
   slow = FakeClock("slow", 0.5, log)
   fast = FakeClock("fast", 0.25, log)
   a, b = run.Contender("slow", slow), run.Contender("fast", fast)
-  settings = run.Settings(quick=True, rounds=3, chunk_s=1.0, strategies=("none",),
-                          torch_compile=False)
+  settings = run.Settings(
+      quick=True, rounds=3, chunk_s=1.0, strategies=("none",), torch_compile=False
+  )
   extras = run.contest([a, b], settings, extra=lambda: 7.0)
   assert (a.steps, b.steps) == (2, 4)
   timed = [label for label, n in log[4:]]  # after two warm-up calls each
@@ -187,15 +194,18 @@ def test_conv_devices_record_from_resnet_contenders():
   assert record["one_device_per_s"] == pytest.approx(128 / 2.0)
 
 
-@pytest.mark.parametrize("record, met", [
-    ({"benchmark": "gpt", "ratio_vs_torch": 1.1, "mfu": 0.8}, True),
-    ({"benchmark": "gpt", "ratio_vs_torch": 1.1, "mfu": 0.5}, False),
-    ({"benchmark": "mlp", "ratio_vs_torch": 1.19}, False),
-    ({"benchmark": "compile_cache:gpt", "ratio": 0.2}, True),
-    ({"benchmark": "compile_cache:gpt", "ratio": 0.31}, False),
-    ({"benchmark": "input_pipeline", "ratio": 0.9}, None),
-    ({"benchmark": "lstm", "note": "skipped"}, None),
-])
+@pytest.mark.parametrize(
+    "record, met",
+    [
+        ({"benchmark": "gpt", "ratio_vs_torch": 1.1, "mfu": 0.8}, True),
+        ({"benchmark": "gpt", "ratio_vs_torch": 1.1, "mfu": 0.5}, False),
+        ({"benchmark": "mlp", "ratio_vs_torch": 1.19}, False),
+        ({"benchmark": "compile_cache:gpt", "ratio": 0.2}, True),
+        ({"benchmark": "compile_cache:gpt", "ratio": 0.31}, False),
+        ({"benchmark": "input_pipeline", "ratio": 0.9}, None),
+        ({"benchmark": "lstm", "note": "skipped"}, None),
+    ],
+)
 def test_finish_checks_goals(record, met):
   out = run.finish(record)
   assert out["goal_met"] is met
@@ -203,8 +213,10 @@ def test_finish_checks_goals(record, met):
 
 
 def test_table_lists_every_record():
-  records = [run.finish({"benchmark": "gpt", "jax_per_s": 3.0, "ratio_vs_torch": 0.5}),
-             run.finish({"benchmark": "input_pipeline", "note": "skipped: prepare fashion_mnist"})]
+  records = [
+      run.finish({"benchmark": "gpt", "jax_per_s": 3.0, "ratio_vs_torch": 0.5}),
+      run.finish({"benchmark": "input_pipeline", "note": "skipped: prepare fashion_mnist"}),
+  ]
   text = run.table(records)
   assert "gpt" in text and "0.50" in text and "NO" in text
   assert "skipped: prepare fashion_mnist" in text
@@ -243,12 +255,25 @@ def test_input_pipeline_without_data_is_skipped(tmp_path, monkeypatch):
 
 def test_first_step_child_fills_the_compilation_cache(tmp_path):
   cache = tmp_path / "cache"
-  proc = subprocess.run([sys.executable, "-m", "benchmarks.jax_side", "--first_step=mlp",
-                         "--quick", f"--cache_dir={cache}"], cwd=ROOT, capture_output=True,
-                        text=True, check=True, timeout=120,
-                        env=dict(os.environ, JAXMODELS_HOST_DEVICES="1"))
-  result = json.loads([l for l in proc.stdout.splitlines() if l.startswith("{")][-1])
+  proc = subprocess.run(
+      [
+          sys.executable,
+          "-m",
+          "benchmarks.jax_side",
+          "--first_step=mlp",
+          "--quick",
+          f"--cache_dir={cache}",
+      ],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      check=True,
+      timeout=120,
+      env=dict(os.environ, JAXMODELS_HOST_DEVICES="1"),
+  )
+  result = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
   assert 0 < result["startup_s"] < result["first_step_s"]
   assert result["first_step_s"] == pytest.approx(
-      result["init_s"] + result["compile_s"] + result["step_s"])
+      result["init_s"] + result["compile_s"] + result["step_s"]
+  )
   assert any(cache.iterdir())

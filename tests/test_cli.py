@@ -1,5 +1,6 @@
 """Bad input on the command line: non-zero exit, a message naming the culprit and the fix, and
 nothing already saved is lost."""
+
 import hashlib
 import os
 import shutil
@@ -9,17 +10,30 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--config.synthetic_data=True", "--config.model.features=(4,)",
-        "--config.model.dense_features=8", "--config.batch_size=8", "--config.num_train_steps=4",
-        "--config.log_every_steps=2", "--config.checkpoint_every_steps=2",
-        "--config.eval_every_steps=4", "--config.schedule=constant"]
+TINY = [
+    "--config.synthetic_data=True",
+    "--config.model.features=(4,)",
+    "--config.model.dense_features=8",
+    "--config.batch_size=8",
+    "--config.num_train_steps=4",
+    "--config.log_every_steps=2",
+    "--config.checkpoint_every_steps=2",
+    "--config.eval_every_steps=4",
+    "--config.schedule=constant",
+]
 
 
 def run(args, module="experiments.fashion_mnist_cnn", env=None):
   full_env = dict(os.environ, JAXMODELS_HOST_DEVICES="2", **(env or {}))
   full_env.pop("XLA_FLAGS", None)
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=full_env,
-                        capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+      [sys.executable, "-m", module, *args],
+      cwd=ROOT,
+      env=full_env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
 
 
 def snapshot(workdir):
@@ -114,8 +128,9 @@ def test_resume_with_changed_config_lists_the_keys(trained, tmp_path):
   workdir = str(tmp_path / "w")
   shutil.copytree(trained, workdir)
   before = snapshot(workdir)
-  result = run([f"--workdir={workdir}", *TINY, "--config.learning_rate=0.5",
-                "--config.num_train_steps=6"])
+  result = run(
+      [f"--workdir={workdir}", *TINY, "--config.learning_rate=0.5", "--config.num_train_steps=6"]
+  )
   assert result.returncode != 0
   assert "learning_rate" in result.stderr and "--allow_config_change" in result.stderr
   assert snapshot(workdir) == before
@@ -145,6 +160,7 @@ def test_predict_on_a_directory_that_is_not_a_run(tmp_path):
 
 def test_prompt_outside_the_vocabulary_names_the_characters():
   from jaxmodels.predict import encode_prompt
+
   assert encode_prompt("ab", ["a", "b", "c"]).tolist() == [[0, 1]]
   with pytest.raises(ValueError, match=r"outside the model's vocabulary: \['Z', 'é'\]"):
     encode_prompt("abZé", ["a", "b", "c"])

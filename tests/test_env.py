@@ -1,4 +1,5 @@
 """Process-level settings: XLA:CPU default flags and the jemalloc restart of entry points."""
+
 import os
 import pathlib
 import subprocess
@@ -41,17 +42,21 @@ def test_this_process_runs_with_the_default_flags():
 
 
 def test_importing_the_package_leaves_the_environment_alone():
-  code = ("import os, jaxmodels, jaxmodels.models, jaxmodels.train.loop, jaxmodels.data, "
-          "jaxmodels.tasks; print(repr(os.environ.get('XLA_FLAGS')))")
+  code = (
+      "import os, jaxmodels, jaxmodels.models, jaxmodels.train.loop, jaxmodels.data, "
+      "jaxmodels.tasks; print(repr(os.environ.get('XLA_FLAGS')))"
+  )
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAXMODELS_HOST_DEVICES")}
-  out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                       text=True, check=True).stdout
+  out = subprocess.run(
+      [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+  ).stdout
   assert out.strip() == "None"
 
 
 def test_the_experiment_entry_point_configures_the_process_first(monkeypatch):
   from experiments import digits_mlp
   from jaxmodels.train import cli
+
   calls = []
   monkeypatch.setattr(_env, "configure_process", lambda: calls.append("configured"))
   with pytest.raises(SystemExit):  # a bad key: it fails right after the configuration
@@ -83,27 +88,44 @@ def test_allocator_env(monkeypatch):
     _env.allocator_env({"JAXMODELS_ALLOCATOR": "tcmalloc"})
 
 
-_REPORT = ("from jaxmodels import _env; _env.restart_with_allocator(); import os, sys; "
-           "maps = open('/proc/self/maps').read(); "
-           "print('jemalloc' if 'libjemalloc' in maps else 'system', sys.argv[1:])")
+_REPORT = (
+    "from jaxmodels import _env; _env.restart_with_allocator(); import os, sys; "
+    "maps = open('/proc/self/maps').read(); "
+    "print('jemalloc' if 'libjemalloc' in maps else 'system', sys.argv[1:])"
+)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or _env.find_jemalloc() is None,
-                    reason="needs Linux with jemalloc installed (make jemalloc)")
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or _env.find_jemalloc() is None,
+    reason="needs Linux with jemalloc installed (make jemalloc)",
+)
 @pytest.mark.parametrize("choice", ["jemalloc", "system"])
 def test_entry_point_restarts_under_jemalloc_with_its_arguments(choice):
   env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
   env["JAXMODELS_ALLOCATOR"] = choice
-  out = subprocess.run([sys.executable, "-c", _REPORT, "--a=1", "b"], cwd=ROOT, env=env,
-                       capture_output=True, text=True, check=True, timeout=120).stdout
+  out = subprocess.run(
+      [sys.executable, "-c", _REPORT, "--a=1", "b"],
+      cwd=ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      check=True,
+      timeout=120,
+  ).stdout
   assert out.strip() == f"{choice} ['--a=1', 'b']"
 
 
 def test_bad_allocator_choice_is_a_clear_error(tmp_path):
   env = dict(os.environ, JAXMODELS_ALLOCATOR="tcmalloc")
   workdir = tmp_path / "run"
-  proc = subprocess.run([sys.executable, "-m", "experiments.digits_mlp", f"--workdir={workdir}"],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.digits_mlp", f"--workdir={workdir}"],
+      cwd=ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
   assert proc.returncode == 2
   assert "JAXMODELS_ALLOCATOR='tcmalloc': valid values are 'jemalloc' and 'system'" in proc.stderr
   assert not workdir.exists()

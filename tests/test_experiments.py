@@ -1,4 +1,5 @@
 """Every experiment trains on synthetic data with a tiny config, through the one engine."""
+
 import importlib
 import json
 import math
@@ -14,19 +15,42 @@ TINY = {
     "fashion_mnist_resnet": {"model.num_filters": 4},
     "cifar10_resnet": {"model.num_filters": 2},
     "imdb_lstm": {"max_len": 12, "vocab_size": 50, "model.embed_dim": 8, "model.hidden_size": 8},
-    "shakespeare_rnn": {"block_size": 12, "model.embed_dim": 8, "model.hidden_size": 16,
-                        "sample_tokens": 5},
-    "shakespeare_gpt": {"block_size": 12, "model.model_dim": 16, "model.num_layers": 1,
-                        "model.num_heads": 2, "model.mlp_dim": 32, "sample_tokens": 5},
-    "cmudict_transformer": {"model.model_dim": 16, "model.num_layers": 1, "model.num_heads": 2,
-                            "model.mlp_dim": 32},
+    "shakespeare_rnn": {
+        "block_size": 12,
+        "model.embed_dim": 8,
+        "model.hidden_size": 16,
+        "sample_tokens": 5,
+    },
+    "shakespeare_gpt": {
+        "block_size": 12,
+        "model.model_dim": 16,
+        "model.num_layers": 1,
+        "model.num_heads": 2,
+        "model.mlp_dim": 32,
+        "sample_tokens": 5,
+    },
+    "cmudict_transformer": {
+        "model.model_dim": 16,
+        "model.num_layers": 1,
+        "model.num_heads": 2,
+        "model.mlp_dim": 32,
+    },
 }
 
 
 def tiny_config(module, overrides):
   config = module.get_config()
-  config.update(dict(synthetic_data=True, batch_size=8, num_train_steps=3, log_every_steps=1,
-                     eval_every_steps=2, checkpoint_every_steps=2, progress_bar=False))
+  config.update(
+      dict(
+          synthetic_data=True,
+          batch_size=8,
+          num_train_steps=3,
+          log_every_steps=1,
+          eval_every_steps=2,
+          checkpoint_every_steps=2,
+          progress_bar=False,
+      )
+  )
   for key, value in overrides.items():
     node = config
     *parents, leaf = key.split(".")

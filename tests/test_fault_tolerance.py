@@ -1,5 +1,6 @@
 """kill -9, SIGTERM and corrupt checkpoints: a resumed run ends bit-identical to an uninterrupted
 one, and nothing half-written is ever used."""
+
 import json
 import os
 import random
@@ -13,10 +14,17 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 60
-TINY = ["--config.synthetic_data=True", "--config.model.features=(4,)",
-        "--config.model.dense_features=8", "--config.batch_size=8", "--config.log_every_steps=5",
-        "--config.checkpoint_every_steps=5", "--config.eval_every_steps=30",
-        "--config.schedule=cosine", "--config.progress_bar=False"]
+TINY = [
+    "--config.synthetic_data=True",
+    "--config.model.features=(4,)",
+    "--config.model.dense_features=8",
+    "--config.batch_size=8",
+    "--config.log_every_steps=5",
+    "--config.checkpoint_every_steps=5",
+    "--config.eval_every_steps=30",
+    "--config.schedule=cosine",
+    "--config.progress_bar=False",
+]
 
 
 def _env():
@@ -26,22 +34,31 @@ def _env():
 
 
 def command(workdir, steps=STEPS):
-  return [sys.executable, "-m", "experiments.fashion_mnist_cnn", f"--workdir={workdir}", *TINY,
-          f"--config.num_train_steps={steps}"]
+  return [
+      sys.executable,
+      "-m",
+      "experiments.fashion_mnist_cnn",
+      f"--workdir={workdir}",
+      *TINY,
+      f"--config.num_train_steps={steps}",
+  ]
 
 
 def run(workdir, steps=STEPS):
-  return subprocess.run(command(workdir, steps), cwd=ROOT, env=_env(), capture_output=True,
-                        text=True, timeout=300)
+  return subprocess.run(
+      command(workdir, steps), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300
+  )
 
 
 def final_params(workdir):
   import orbax.checkpoint as ocp
+
   mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
   step = mngr.latest_step()
   out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
   mngr.close()
   import jax
+
   return step, jax.tree_util.tree_leaves(out["state"]["params"])
 
 
@@ -70,8 +87,9 @@ def test_kill_9_at_random_moments_then_resume_is_bit_identical(reference, tmp_pa
   workdir = str(tmp_path / "killed")
   rng = random.Random(0)
   for _ in range(kills):
-    proc = subprocess.Popen(command(workdir), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        command(workdir), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     time.sleep(rng.uniform(2.0, 8.0))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -82,8 +100,14 @@ def test_kill_9_at_random_moments_then_resume_is_bit_identical(reference, tmp_pa
 
 def test_sigterm_saves_a_checkpoint_and_resumes_identically(reference, tmp_path):
   workdir = str(tmp_path / "term")
-  proc = subprocess.Popen(command(workdir), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+  proc = subprocess.Popen(
+      command(workdir),
+      cwd=ROOT,
+      env=_env(),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+  )
   metrics = os.path.join(workdir, "metrics.jsonl")
   deadline = time.time() + 120
   while time.time() < deadline and not (os.path.exists(metrics) and os.path.getsize(metrics)):
@@ -91,7 +115,7 @@ def test_sigterm_saves_a_checkpoint_and_resumes_identically(reference, tmp_path)
   proc.send_signal(signal.SIGTERM)
   out, _ = proc.communicate(timeout=120)
   assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
-  line = [l for l in out.splitlines() if l.startswith("Stopped by signal")]
+  line = [x for x in out.splitlines() if x.startswith("Stopped by signal")]
   assert line, out[-3000:]
   stopped_at = int(line[0].split(" at step ")[1].split(";")[0])
   step, _ = final_params(workdir)

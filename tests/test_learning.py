@@ -1,4 +1,5 @@
 """Learnable: each model family overfits a small fixed batch through the engine's train step."""
+
 import jax
 import numpy as np
 import pytest
@@ -16,10 +17,16 @@ TEXT = SyntheticDataset("language_model", block_size=16, vocab_size=20)
 CASES = {
     "mlp": (MLP(hidden_sizes=(64,)), IMAGES, tasks.Classification(10)),
     "cnn": (CNN(features=(8,), dense_features=32), IMAGES, tasks.Classification(10)),
-    "lstm": (RNNLanguageModel(vocab_size=20, embed_dim=16, hidden_size=64), TEXT,
-             tasks.LanguageModel()),
-    "gpt": (GPT(vocab_size=20, model_dim=32, num_layers=2, num_heads=2, mlp_dim=64, max_len=16),
-            TEXT, tasks.LanguageModel()),
+    "lstm": (
+        RNNLanguageModel(vocab_size=20, embed_dim=16, hidden_size=64),
+        TEXT,
+        tasks.LanguageModel(),
+    ),
+    "gpt": (
+        GPT(vocab_size=20, model_dim=32, num_layers=2, num_heads=2, mlp_dim=64, max_len=16),
+        TEXT,
+        tasks.LanguageModel(),
+    ),
 }
 
 

@@ -1,4 +1,5 @@
 """Attention, masks and positional encodings against float64 NumPy evaluations of the formulas."""
+
 import functools
 import math
 
@@ -7,10 +8,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmodels.models.attention import (LearnedPositionalEmbedding, MultiHeadAttention,
-                                        SinusoidalPositionalEncoding, attention_weights,
-                                        causal_mask, combine_masks, dot_product_attention,
-                                        key_padding_mask, padding_mask, sinusoidal_encoding)
+from jaxmodels.models.attention import (
+    LearnedPositionalEmbedding,
+    MultiHeadAttention,
+    SinusoidalPositionalEncoding,
+    attention_weights,
+    causal_mask,
+    combine_masks,
+    dot_product_attention,
+    key_padding_mask,
+    padding_mask,
+    sinusoidal_encoding,
+)
 
 B, TQ, TK, H, D = 2, 5, 7, 3, 4
 
@@ -66,8 +75,14 @@ def random_masks(rng):
   causal = np.tril(np.ones((TQ, TK), bool), k=TK - TQ)[None, None]
   per_head = rng.random((B, H, TQ, TK)) < 0.6
   per_head[0, 1, 2] = False
-  return {"none": None, "padding": pad, "causal": causal, "padding+causal": pad & causal,
-          "random": per_head, "2d": per_head[1, 0]}
+  return {
+      "none": None,
+      "padding": pad,
+      "causal": causal,
+      "padding+causal": pad & causal,
+      "random": per_head,
+      "2d": per_head[1, 0],
+  }
 
 
 @pytest.mark.parametrize("name", ["none", "padding", "causal", "padding+causal", "random", "2d"])
@@ -75,8 +90,7 @@ def random_masks(rng):
 def test_attention_matches_numpy(name, implementation):
   q, k, v = qkv()
   mask = random_masks(np.random.default_rng(0))[name]
-  got = attend(q, k, v, None if mask is None else jnp.asarray(mask),
-                              implementation=implementation)
+  got = attend(q, k, v, None if mask is None else jnp.asarray(mask), implementation=implementation)
   want = np_attention(q, k, v, mask)
   assert got.shape == (B, TQ, H, D) and got.dtype == jnp.float32
   assert rel_error(got, want) < 1e-5
@@ -126,16 +140,14 @@ def test_attention_dropout_zeroes_and_rescales_weights():
   v = jnp.broadcast_to(jnp.eye(D)[None, :, None, :], (B, D, H, D))
   rate = 0.5
   full = np.asarray(attend(q, k, v))
-  dropped = np.asarray(attend(q, k, v, dropout_rng=jax.random.key(7),
-                                             dropout_rate=rate))
+  dropped = np.asarray(attend(q, k, v, dropout_rng=jax.random.key(7), dropout_rate=rate))
   zero = dropped == 0
   np.testing.assert_allclose(dropped[~zero], full[~zero] / (1 - rate), rtol=1e-6)
   assert 0.3 < zero.mean() < 0.7
   again = attend(q, k, v, dropout_rng=jax.random.key(7), dropout_rate=rate)
   np.testing.assert_array_equal(again, dropped)
   with pytest.raises(ValueError, match="dropout"):
-    attend(q, k, v, dropout_rng=jax.random.key(7), dropout_rate=rate,
-                          implementation="xla")
+    attend(q, k, v, dropout_rng=jax.random.key(7), dropout_rate=rate, implementation="xla")
   with pytest.raises(ValueError, match="implementation"):
     attend(q, k, v, implementation="flash")
 
@@ -189,8 +201,9 @@ def np_mha(params, xq, xkv, num_heads, mask=None, fused=False):
 @pytest.mark.parametrize("fused", [False, True])
 def test_multi_head_self_attention_matches_numpy(fused):
   x = normal(0, B, 6, 10)
-  mask = combine_masks(padding_mask(jnp.ones((B, 6)), jnp.array([[1] * 6, [1] * 4 + [0] * 2])),
-                       causal_mask(6))
+  mask = combine_masks(
+      padding_mask(jnp.ones((B, 6)), jnp.array([[1] * 6, [1] * 4 + [0] * 2])), causal_mask(6)
+  )
   model = MultiHeadAttention(num_heads=2, model_dim=8, head_dim=5, fused_qkv=fused)
   params = jit_init(model, x, mask=mask)["params"]
   assert set(params) == ({"qkv", "out"} if fused else {"query", "key", "value", "out"})
@@ -228,7 +241,7 @@ def test_decode_cache_equals_full_causal_attention(chunks):
   assert cache["cached_key"].shape == (B, 6, 2, 4) and int(cache["cache_index"]) == 0
   outs, start = [], 0
   for n in chunks:
-    out, state = step_fn({"params": params, "cache": cache}, x[:, start:start + n])
+    out, state = step_fn({"params": params, "cache": cache}, x[:, start : start + n])
     cache, start = state["cache"], start + n
     outs.append(out)
     assert int(cache["cache_index"]) == start
@@ -249,8 +262,7 @@ def test_multi_head_dropout_uses_the_dropout_rng_in_training_only():
 
 def test_multi_head_dtypes():
   x = normal(0, B, 4, 8)
-  model = MultiHeadAttention(num_heads=2, model_dim=8, dtype=jnp.bfloat16,
-                             param_dtype=jnp.float32)
+  model = MultiHeadAttention(num_heads=2, model_dim=8, dtype=jnp.bfloat16, param_dtype=jnp.float32)
   variables = jit_init(model, x)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
   assert jit_apply(model)(variables, x).dtype == jnp.bfloat16

@@ -1,18 +1,26 @@
 """Recurrent models against plain NumPy loops over the textbook equations, padding invariance,
 shapes, sampling against step-by-step decoding, gradients against finite differences, FLOPs."""
+
 import functools
 import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.test_util import check_grads
 import numpy as np
 import pytest
-from jax.test_util import check_grads
 
-from jaxmodels.models.rnn import (CELLS, RNNClassifier, RNNLanguageModel, Recurrent,
-                                  SimpleRNNCell, recurrent_flops, reverse_time,
-                                  sample)
+from jaxmodels.models.rnn import (
+    CELLS,
+    Recurrent,
+    RNNClassifier,
+    RNNLanguageModel,
+    SimpleRNNCell,
+    recurrent_flops,
+    reverse_time,
+    sample,
+)
 
 B, T, F, H = 3, 5, 4, 6
 
@@ -30,7 +38,7 @@ def np_variables(model, *args, seed=0, dtype=None, **kw):
   return jax.tree.map(draw, abstract)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jitted(model):
   return jax.jit(model.apply, static_argnames=("train", "return_carry"))
 
@@ -93,7 +101,7 @@ def np_recurrent(cell, params, x, lengths, num_layers=1, bidirectional=False):
   dirs = ("fwd", "bwd") if bidirectional else ("fwd",)
   outputs, finals = np.zeros(x.shape[:2] + (len(dirs) * H,)), []
   for b in range(x.shape[0]):
-    seq = x[b, :lengths[b]]
+    seq = x[b, : lengths[b]]
     for layer in range(num_layers):
       outs, last = [], []
       for d in dirs:
@@ -102,7 +110,7 @@ def np_recurrent(cell, params, x, lengths, num_layers=1, bidirectional=False):
         outs.append(o if d == "fwd" else o[::-1])
         last.append(f)
       seq = np.concatenate(outs, axis=-1)
-    outputs[b, :lengths[b]] = seq
+    outputs[b, : lengths[b]] = seq
     finals.append(np.concatenate(last))
   return outputs, np.array(finals)
 
@@ -185,9 +193,10 @@ def test_reverse_time_keeps_padding_at_the_end():
 # ---------- padding never leaks into real positions or the final state
 
 
-@pytest.mark.parametrize("cell,bidirectional,impl",
-                         [(c, True, "flax") for c in CELLS]
-                         + [("lstm", False, "flax"), ("gru", True, "fused")])
+@pytest.mark.parametrize(
+    "cell,bidirectional,impl",
+    [(c, True, "flax") for c in CELLS] + [("lstm", False, "flax"), ("gru", True, "fused")],
+)
 def test_padding_does_not_change_outputs_or_final_state(cell, bidirectional, impl):
   model = Recurrent(cell, H, num_layers=2, bidirectional=bidirectional, impl=impl)
   x = inputs((4, T, F))
@@ -207,8 +216,9 @@ def test_padding_does_not_change_outputs_or_final_state(cell, bidirectional, imp
 
 @pytest.mark.parametrize("cell", ["lstm", "rnn"])
 def test_classifier_ignores_tokens_after_length(cell):
-  model = RNNClassifier(vocab_size=13, num_classes=3, embed_dim=5, hidden_size=H, cell=cell,
-                        bidirectional=True)
+  model = RNNClassifier(
+      vocab_size=13, num_classes=3, embed_dim=5, hidden_size=H, cell=cell, bidirectional=True
+  )
   rng = np.random.default_rng(0)
   tokens = jnp.asarray(rng.integers(1, 13, size=(4, T)), jnp.int32)
   lengths = jnp.array([T, 3, 1, 2], jnp.int32)
@@ -227,8 +237,9 @@ def test_classifier_ignores_tokens_after_length(cell):
 
 
 def test_classifier_uses_final_state_of_both_directions():
-  model = RNNClassifier(vocab_size=11, num_classes=4, embed_dim=5, hidden_size=H,
-                        cell="gru", bidirectional=True)
+  model = RNNClassifier(
+      vocab_size=11, num_classes=4, embed_dim=5, hidden_size=H, cell="gru", bidirectional=True
+  )
   tokens = jnp.asarray(np.random.default_rng(1).integers(1, 11, size=(B, T)), jnp.int32)
   lengths = jnp.array([T, 2, 4], jnp.int32)
   variables = np_variables(model, tokens, lengths)
@@ -236,13 +247,15 @@ def test_classifier_uses_final_state_of_both_directions():
   x = np.asarray(p["embed"]["embedding"])[np.asarray(tokens)]
   _, final = np_recurrent("gru", p["rnn"], x, np.asarray(lengths), 1, True)
   expected = final @ np.asarray(p["head"]["kernel"]) + np.asarray(p["head"]["bias"])
-  np.testing.assert_allclose(apply(model, variables, tokens, lengths), expected, rtol=1e-5,
-                             atol=1e-5)
+  np.testing.assert_allclose(
+      apply(model, variables, tokens, lengths), expected, rtol=1e-5, atol=1e-5
+  )
 
 
 def test_language_model_shapes_and_dtypes():
-  model = RNNLanguageModel(vocab_size=17, embed_dim=5, hidden_size=H, num_layers=2,
-                           dtype=jnp.bfloat16)
+  model = RNNLanguageModel(
+      vocab_size=17, embed_dim=5, hidden_size=H, num_layers=2, dtype=jnp.bfloat16
+  )
   ids = jnp.ones((B, T), jnp.int32)
   abstract = jax.eval_shape(model.init, jax.random.key(0), ids)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(abstract))
@@ -258,19 +271,21 @@ def test_language_model_continues_from_carried_state():
   full = apply(model, variables, ids)
   first, carry = apply(model, variables, ids[:, :4], return_carry=True)
   second = apply(model, variables, ids[:, 4:], initial_carry=carry)
-  np.testing.assert_allclose(jnp.concatenate([first, second], axis=1), full, rtol=1e-5,
-                             atol=1e-5)
+  np.testing.assert_allclose(jnp.concatenate([first, second], axis=1), full, rtol=1e-5, atol=1e-5)
 
 
 def test_dropout_only_in_training():
-  model = RNNClassifier(vocab_size=11, num_classes=3, embed_dim=5, hidden_size=H,
-                        num_layers=2, dropout_rate=0.5)
+  model = RNNClassifier(
+      vocab_size=11, num_classes=3, embed_dim=5, hidden_size=H, num_layers=2, dropout_rate=0.5
+  )
   tokens = jnp.ones((B, T), jnp.int32)
   variables = np_variables(model, tokens)
   evals = [apply(model, variables, tokens) for _ in range(2)]
   np.testing.assert_array_equal(evals[0], evals[1])
-  train = [apply(model, variables, tokens, train=True, rngs={"dropout": jax.random.key(i)})
-           for i in range(2)]
+  train = [
+      apply(model, variables, tokens, train=True, rngs={"dropout": jax.random.key(i)})
+      for i in range(2)
+  ]
   assert not np.allclose(train[0], train[1]) and not np.allclose(train[0], evals[0])
 
 
@@ -340,8 +355,9 @@ def test_sampling_follows_the_tempered_softmax():
 def test_gradients_match_finite_differences(cell):
   with jax.enable_x64(True):
     # impl='fused' has the hand-written VJP; the flax path is compared with it below.
-    model = Recurrent(cell, 3, bidirectional=True, impl="fused", dtype=jnp.float64,
-                      param_dtype=jnp.float64)
+    model = Recurrent(
+        cell, 3, bidirectional=True, impl="fused", dtype=jnp.float64, param_dtype=jnp.float64
+    )
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 4, 2)))
     lengths = jnp.array([4, 2])
     params = np_variables(model, x, lengths, seed=1)["params"]
@@ -370,12 +386,14 @@ def test_fused_gradients_equal_flax_autodiff(cell):
     def loss(v, xx):
       out, final = model.apply(v, xx, lengths)
       return jnp.sum(out * weights) + jnp.sum(jnp.tanh(final))
+
     return jax.jit(jax.grad(loss, argnums=(0, 1)))(variables, x)
 
   expected = grads(flax_impl)
   assert all(bool(jnp.any(g != 0)) for g in jax.tree.leaves(expected))
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-               grads(fused), expected)
+  jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), grads(fused), expected
+  )
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -389,13 +407,15 @@ def test_fused_gradient_of_the_initial_carry_equals_flax_autodiff(cell):
   def grads(model):
     def loss(c):
       out, final, _ = model.apply(variables, x, initial_carry=c, return_carry=True)
-      return jnp.sum(out ** 2) + jnp.sum(final)
+      return jnp.sum(out**2) + jnp.sum(final)
+
     return jax.jit(jax.grad(loss))(start)
 
   expected = grads(fused.clone(impl="flax"))
   assert all(bool(jnp.any(g != 0)) for g in jax.tree.leaves(expected))
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-               grads(fused), expected)
+  jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), grads(fused), expected
+  )
 
 
 # ---------- FLOPs
@@ -419,13 +439,23 @@ def _matmul_flops(jaxpr) -> float:
 
 
 @pytest.mark.parametrize("impl", ["fused", "flax"])
-@pytest.mark.parametrize("cell,layers,bidirectional", [("lstm", 2, True), ("gru", 1, False),
-                                                       ("rnn", 2, False)])
+@pytest.mark.parametrize(
+    "cell,layers,bidirectional", [("lstm", 2, True), ("gru", 1, False), ("rnn", 2, False)]
+)
 def test_forward_flops_match_counted_matmuls(cell, layers, bidirectional, impl):
-  clf = RNNClassifier(vocab_size=13, num_classes=3, embed_dim=5, hidden_size=H, cell=cell,
-                      num_layers=layers, bidirectional=bidirectional, impl=impl)
-  lm = RNNLanguageModel(vocab_size=13, embed_dim=5, hidden_size=H, cell=cell, num_layers=layers,
-                        impl=impl)
+  clf = RNNClassifier(
+      vocab_size=13,
+      num_classes=3,
+      embed_dim=5,
+      hidden_size=H,
+      cell=cell,
+      num_layers=layers,
+      bidirectional=bidirectional,
+      impl=impl,
+  )
+  lm = RNNLanguageModel(
+      vocab_size=13, embed_dim=5, hidden_size=H, cell=cell, num_layers=layers, impl=impl
+  )
   tokens = jnp.ones((B, T), jnp.int32)
   for model, args in ((clf, (tokens, jnp.full((B,), T))), (lm, (tokens,))):
     variables = jax.eval_shape(lambda m=model, a=args: m.init(jax.random.key(0), *a))

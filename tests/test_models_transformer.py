@@ -1,17 +1,24 @@
 """Transformer models: causality, padding invariance, cached decoding against uncached argmax
 loops, single compilation of the decoders, finite-difference gradients and FLOP counts."""
+
 import contextlib
 import functools
 
 import jax
 import jax.numpy as jnp
+from jax.test_util import check_grads
 import numpy as np
 import pytest
-from jax.test_util import check_grads
 
 from jaxmodels.models import transformer
-from jaxmodels.models.transformer import (GPT, EncoderDecoder, TransformerEncoder,
-                                          generate, greedy_decode, mask_after_eos)
+from jaxmodels.models.transformer import (
+    GPT,
+    EncoderDecoder,
+    TransformerEncoder,
+    generate,
+    greedy_decode,
+    mask_after_eos,
+)
 
 VOCAB = 13
 TINY = dict(model_dim=16, num_layers=2, num_heads=2, mlp_dim=32)
@@ -51,18 +58,19 @@ def traces(fun_name):
     jax.monitoring.unregister_event_duration_listener(listen)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def gpt():
   model = GPT(VOCAB, max_len=12, **TINY)
   variables, apply = setup_model(model, ids(0, (2, 12)))
   return model, variables, apply
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def seq2seq(seed=0, scale=0.3):
   model = EncoderDecoder(src_vocab_size=VOCAB, tgt_vocab_size=6, max_len=10, **TINY)
-  variables, apply = setup_model(model, ids(0, (2, 5)), ids(1, (2, 4), high=6), seed=seed,
-                                 scale=scale)
+  variables, apply = setup_model(
+      model, ids(0, (2, 5)), ids(1, (2, 4), high=6), seed=seed, scale=scale
+  )
   return model, variables, apply
 
 
@@ -80,7 +88,8 @@ def test_gpt_shapes_dtypes_and_tied_head():
   params = random_params(tied, x)
   assert "head" not in params
   logits, state = jax.jit(functools.partial(tied.apply, capture_intermediates=True))(
-      {"params": params}, x)
+      {"params": params}, x
+  )
   final = np.asarray(state["intermediates"]["ln_final"]["__call__"][0], np.float64)
   table = np.asarray(params["token_embed"]["embedding"], np.float64)
   np.testing.assert_allclose(logits, final @ table.T, rtol=1e-5, atol=1e-5)
@@ -91,10 +100,10 @@ def test_gpt_is_causal():
   x = ids(2, (2, 12))
   base = np.asarray(apply(variables, x))
   for t in (0, 4, 9):
-    changed = x.at[:, t + 1:].set((x[:, t + 1:] + 5) % VOCAB)
+    changed = x.at[:, t + 1 :].set((x[:, t + 1 :] + 5) % VOCAB)
     out = np.asarray(apply(variables, changed))
-    np.testing.assert_allclose(out[:, :t + 1], base[:, :t + 1], rtol=1e-5, atol=1e-6)
-    assert not np.allclose(out[:, t + 1:], base[:, t + 1:])
+    np.testing.assert_allclose(out[:, : t + 1], base[:, : t + 1], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(out[:, t + 1 :], base[:, t + 1 :])
 
 
 def test_gpt_padding_never_changes_real_positions():
@@ -121,7 +130,7 @@ def gpt_argmax_loop(apply, variables, prompt, total):
   forward pass serves every step; causality (tested above) makes the filler irrelevant.
   """
   x = np.zeros((prompt.shape[0], total), np.int32)
-  x[:, :prompt.shape[1]] = prompt
+  x[:, : prompt.shape[1]] = prompt
   for t in range(prompt.shape[1], total):
     x[:, t] = np.argmax(np.asarray(apply(variables, jnp.asarray(x)))[:, t - 1], axis=-1)
   return x
@@ -142,8 +151,9 @@ def test_gpt_top_k_samples_stay_in_the_top_k_of_uncached_logits():
   model, variables, apply = gpt()
   prompt = ids(5, (2, 4))
   for seed in range(3):
-    got = np.asarray(generate(model, variables, prompt, 8, jax.random.key(seed), temperature=2.0,
-                              top_k=3))
+    got = np.asarray(
+        generate(model, variables, prompt, 8, jax.random.key(seed), temperature=2.0, top_k=3)
+    )
     np.testing.assert_array_equal(got[:, :4], prompt)
     logits = np.asarray(apply(variables, jnp.asarray(got)))
     for t in range(4, 12):
@@ -151,8 +161,10 @@ def test_gpt_top_k_samples_stay_in_the_top_k_of_uncached_logits():
       assert all(got[b, t] in top3[b] for b in range(2))
   again = generate(model, variables, prompt, 8, jax.random.key(2), temperature=2.0, top_k=3)
   np.testing.assert_array_equal(again, got)
-  samples = [np.asarray(generate(model, variables, prompt, 8, jax.random.key(s), temperature=5.0))
-             for s in range(3)]
+  samples = [
+      np.asarray(generate(model, variables, prompt, 8, jax.random.key(s), temperature=5.0))
+      for s in range(3)
+  ]
   assert any(not np.array_equal(samples[0], s) for s in samples[1:])
 
 
@@ -161,8 +173,15 @@ def test_generate_compiles_once_per_shape():
   generate(model, variables, ids(6, (2, 4)), 8, jax.random.key(0), temperature=0.7, top_k=2)
   with traces("_generate") as seen:
     for seed in range(3):
-      generate(model, variables, ids(7 + seed, (2, 4)), 8, jax.random.key(seed),
-               temperature=0.5 * seed, top_k=2 + seed)
+      generate(
+          model,
+          variables,
+          ids(7 + seed, (2, 4)),
+          8,
+          jax.random.key(seed),
+          temperature=0.5 * seed,
+          top_k=2 + seed,
+      )
     assert len(seen) == 0
     generate(model, variables, ids(6, (2, 3)), 8, jax.random.key(0))
     assert len(seen) == 1
@@ -256,8 +275,9 @@ def test_seq2seq_shapes_methods_and_padding():
   assert logits.shape == (2, 4, 6) and logits.dtype == np.float32
   encoded = apply(variables, src, method="encode")
   assert encoded.shape == (2, 5, 16)
-  np.testing.assert_allclose(apply(variables, encoded, src, tgt, method="decode"), logits,
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+      apply(variables, encoded, src, tgt, method="decode"), logits, rtol=1e-5, atol=1e-6
+  )
   more_src = jnp.pad(src, ((0, 0), (0, 3)))
   np.testing.assert_allclose(apply(variables, more_src, tgt), logits, rtol=1e-5, atol=1e-6)
   changed = np.asarray(apply(variables, src, tgt.at[:, 2:].set(3)))  # the decoder is causal
@@ -281,7 +301,7 @@ def seq2seq_argmax_loop(apply, variables, src, steps, bos=1, eos=2):
   for row in out:
     hits = np.nonzero(row == eos)[0]
     if hits.size:
-      row[hits[0] + 1:] = 0
+      row[hits[0] + 1 :] = 0
   return out
 
 
@@ -312,8 +332,14 @@ def test_mask_after_eos_by_hand():
 @pytest.mark.parametrize("kind", ["gpt", "seq2seq"])
 def test_gradients_match_finite_differences(kind):
   with jax.enable_x64(True):
-    kw = dict(model_dim=8, num_layers=1, num_heads=2, mlp_dim=8, dtype=jnp.float64,
-              param_dtype=jnp.float64)
+    kw = dict(
+        model_dim=8,
+        num_layers=1,
+        num_heads=2,
+        mlp_dim=8,
+        dtype=jnp.float64,
+        param_dtype=jnp.float64,
+    )
     x = jnp.array([[3, 4, 5, 0], [6, 7, 1, 2]])
     if kind == "gpt":
       model, args = GPT(VOCAB, max_len=4, **kw), (x, (x != 0).astype(jnp.int32))
@@ -369,4 +395,5 @@ def test_scan_over_layers_equals_the_unrolled_gpt():
   prompt = ids[:, :3]
   np.testing.assert_array_equal(
       transformer.generate(scanned, {"params": params}, prompt, 5, jax.random.PRNGKey(0), 0.0),
-      transformer.generate(unrolled, variables, prompt, 5, jax.random.PRNGKey(0), 0.0))
+      transformer.generate(unrolled, variables, prompt, 5, jax.random.PRNGKey(0), 0.0),
+  )

@@ -1,21 +1,28 @@
 """Vision models: shapes, exact parameter counts, BatchNorm semantics, pmap, gradients, FLOPs."""
+
 import math
 
 import chex
 import flax
 import flax.linen as nn
 import jax
+from jax import lax
 import jax.numpy as jnp
+from jax.test_util import check_grads
 import numpy as np
 import pytest
-from jax import lax
-from jax.test_util import check_grads
 
 from jaxmodels.models import cnn, resnet
 from jaxmodels.models.cnn import CNN
 from jaxmodels.models.mlp import MLP
-from jaxmodels.models.resnet import (BasicBlock, BottleneckBlock, ResNet, ResNet18, ResNet34,
-                                     ResNet50)
+from jaxmodels.models.resnet import (
+    BasicBlock,
+    BottleneckBlock,
+    ResNet,
+    ResNet18,
+    ResNet34,
+    ResNet50,
+)
 
 
 def count(tree) -> int:
@@ -33,8 +40,9 @@ def images(shape, seed=0):
 
 def forward(model, variables, x, train=False, seed=0):
   """Jitted apply returning (logits, new batch_stats); one compile beats many eager ops."""
-  fn = lambda v, xx, key: model.apply(v, xx, train=train, mutable=["batch_stats"],
-                                      rngs={"dropout": key})
+  fn = lambda v, xx, key: model.apply(
+      v, xx, train=train, mutable=["batch_stats"], rngs={"dropout": key}
+  )
   out, state = jax.jit(fn)(variables, x, jax.random.key(seed))
   return out, state.get("batch_stats", {})
 
@@ -69,31 +77,44 @@ def np_variables(model, x, seed=0):
 # ---------- shapes and dtypes
 
 
-@pytest.mark.parametrize("model,shape", [
-    (MLP(), (3, 28, 28, 1)),
-    (MLP(hidden_sizes=(64,)), (3, 64)),
-    (MLP(hidden_sizes=()), (3, 2, 5)),
-    (CNN(features=(4, 8), dense_features=16), (3, 28, 28, 1)),
-    (CNN(features=(4,), convs_per_block=2, dense_features=0, use_batchnorm=True), (3, 9, 7, 3)),
-    (tiny_resnet(), (3, 8, 8, 3)),
-    (tiny_resnet(stem="imagenet", block_cls=BottleneckBlock), (3, 33, 31, 1)),
-])
+@pytest.mark.parametrize(
+    "model,shape",
+    [
+        (MLP(), (3, 28, 28, 1)),
+        (MLP(hidden_sizes=(64,)), (3, 64)),
+        (MLP(hidden_sizes=()), (3, 2, 5)),
+        (CNN(features=(4, 8), dense_features=16), (3, 28, 28, 1)),
+        (CNN(features=(4,), convs_per_block=2, dense_features=0, use_batchnorm=True), (3, 9, 7, 3)),
+        (tiny_resnet(), (3, 8, 8, 3)),
+        (tiny_resnet(stem="imagenet", block_cls=BottleneckBlock), (3, 33, 31, 1)),
+    ],
+)
 def test_output_shape_and_dtype(model, shape):
   x = jax.ShapeDtypeStruct(shape, jnp.float32)
   variables = abstract_variables(model, x)
   y = jax.eval_shape(model.apply, variables, x)
   assert y.shape == (3, model.num_classes) and y.dtype == jnp.float32
-  y, _ = jax.eval_shape(lambda v, xx: model.apply(v, xx, train=True, mutable=["batch_stats"],
-                                                  rngs={"dropout": jax.random.key(0)}),
-                        variables, x)
+  y, _ = jax.eval_shape(
+      lambda v, xx: model.apply(
+          v, xx, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)}
+      ),
+      variables,
+      x,
+  )
   assert y.shape == (3, model.num_classes) and y.dtype == jnp.float32
 
 
-@pytest.mark.parametrize("model,shape", [
-    (MLP(dtype=jnp.bfloat16), (2, 12)),
-    (CNN(features=(4,), dense_features=8, use_batchnorm=True, dtype=jnp.bfloat16), (2, 8, 8, 1)),
-    (tiny_resnet(dtype=jnp.bfloat16), (2, 8, 8, 3)),
-])
+@pytest.mark.parametrize(
+    "model,shape",
+    [
+        (MLP(dtype=jnp.bfloat16), (2, 12)),
+        (
+            CNN(features=(4,), dense_features=8, use_batchnorm=True, dtype=jnp.bfloat16),
+            (2, 8, 8, 1),
+        ),
+        (tiny_resnet(dtype=jnp.bfloat16), (2, 8, 8, 3)),
+    ],
+)
 def test_low_precision_compute_keeps_float32_params_and_logits(model, shape):
   x = images(shape)
   variables = np_variables(model, x)
@@ -112,8 +133,9 @@ def test_unknown_stem_and_activation_raise():
 # ---------- parameter counts
 
 
-@pytest.mark.parametrize("factory,expected", [
-    (ResNet18, 11_689_512), (ResNet34, 21_797_672), (ResNet50, 25_557_032)])
+@pytest.mark.parametrize(
+    "factory,expected", [(ResNet18, 11_689_512), (ResNet34, 21_797_672), (ResNet50, 25_557_032)]
+)
 def test_resnet_param_counts_equal_torchvision(factory, expected):
   model = factory(num_classes=1000)
   shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
@@ -133,8 +155,9 @@ def test_mlp_and_cnn_param_counts_by_formula():
 # ---------- MLP against NumPy
 
 
-@pytest.mark.parametrize("activation,np_act", [
-    ("relu", lambda z: np.maximum(z, 0)), ("tanh", np.tanh)])
+@pytest.mark.parametrize(
+    "activation,np_act", [("relu", lambda z: np.maximum(z, 0)), ("tanh", np.tanh)]
+)
 def test_mlp_matches_numpy(activation, np_act):
   model = MLP(hidden_sizes=(16, 8), num_classes=5, activation=activation)
   x = np.asarray(images((4, 3, 4)))
@@ -169,18 +192,27 @@ def test_batchnorm_train_updates_stats_as_moving_average():
   old = variables["batch_stats"]
   _, new = forward(model, variables, x, train=True)
   # Momentum 0 stores this batch's statistics; the stem conv output is captured to check them.
-  _, exact = jax.jit(lambda v, xx: model.clone(bn_momentum=0.0).apply(
-      v, xx, train=True, mutable=["batch_stats", "intermediates"],
-      capture_intermediates=lambda mdl, _: mdl.name == "stem_conv"))(variables, x)
+  _, exact = jax.jit(
+      lambda v, xx: model.clone(bn_momentum=0.0).apply(
+          v,
+          xx,
+          train=True,
+          mutable=["batch_stats", "intermediates"],
+          capture_intermediates=lambda mdl, _: mdl.name == "stem_conv",
+      )
+  )(variables, x)
   stem_out = np.asarray(exact["intermediates"]["stem_conv"]["__call__"][0], np.float64)
-  np.testing.assert_allclose(exact["batch_stats"]["stem_bn"]["mean"], stem_out.mean((0, 1, 2)),
-                             rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(exact["batch_stats"]["stem_bn"]["var"], stem_out.var((0, 1, 2)),
-                             rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(
+      exact["batch_stats"]["stem_bn"]["mean"], stem_out.mean((0, 1, 2)), rtol=1e-5, atol=1e-5
+  )
+  np.testing.assert_allclose(
+      exact["batch_stats"]["stem_bn"]["var"], stem_out.var((0, 1, 2)), rtol=1e-4, atol=1e-5
+  )
   assert jax.tree.structure(new) == jax.tree.structure(old)
   expected = jax.tree.map(lambda o, b: 0.9 * o + 0.1 * b, old, exact["batch_stats"])
-  for got, want, before in zip(jax.tree.leaves(new), jax.tree.leaves(expected),
-                               jax.tree.leaves(old)):
+  for got, want, before in zip(
+      jax.tree.leaves(new), jax.tree.leaves(expected), jax.tree.leaves(old)
+  ):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert not np.allclose(got, before)
 
@@ -208,16 +240,22 @@ def test_batchnorm_eval_uses_running_stats_deterministically():
 @pytest.mark.parametrize("block_cls,last", [(BasicBlock, 1), (BottleneckBlock, 2)])
 def test_zero_init_residual_zeroes_last_bn_scale(block_cls, last):
   # One channel count everywhere keeps the number of distinct initialiser programs small.
-  model = tiny_resnet(zero_init_residual=True, block_cls=block_cls, stage_sizes=(1,),
-                      num_filters=2 if block_cls is BasicBlock else 1)
+  model = tiny_resnet(
+      zero_init_residual=True,
+      block_cls=block_cls,
+      stage_sizes=(1,),
+      num_filters=2 if block_cls is BasicBlock else 1,
+  )
   x = jnp.zeros((1, 4, 4, 2 if block_cls is BasicBlock else 4))
   block = jax.jit(model.init)(jax.random.key(0), x)["params"][f"{block_cls.__name__}_0"]
   np.testing.assert_array_equal(block[f"BatchNorm_{last}"]["scale"], 0.0)
   np.testing.assert_array_equal(block["BatchNorm_0"]["scale"], 1.0)
-  plain = jax.eval_shape(tiny_resnet(block_cls=block_cls, stage_sizes=(1,)).init,
-                         jax.random.key(0), x)
+  plain = jax.eval_shape(
+      tiny_resnet(block_cls=block_cls, stage_sizes=(1,)).init, jax.random.key(0), x
+  )
   assert jax.tree.structure(plain) == jax.tree.structure(
-      jax.eval_shape(model.init, jax.random.key(0), x))
+      jax.eval_shape(model.init, jax.random.key(0), x)
+  )
 
 
 # ---------- pmap with cross-device BatchNorm
@@ -232,8 +270,9 @@ def test_pmap_batchnorm_equals_single_device_on_whole_batch():
   want_out, want = forward(model, variables, x, train=True)
 
   def run(m):
-    step = jax.pmap(lambda v, xb: m.apply(v, xb, train=True, mutable=["batch_stats"]),
-                    axis_name="batch")
+    step = jax.pmap(
+        lambda v, xb: m.apply(v, xb, train=True, mutable=["batch_stats"]), axis_name="batch"
+    )
     return step(flax.jax_utils.replicate(variables), x.reshape((n, 2) + x.shape[1:]))
 
   out, stats = run(model.clone(axis_name="batch"))
@@ -255,10 +294,13 @@ def _xent(model, variables, x, labels):
   return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1))
 
 
-@pytest.mark.parametrize("model,shape", [
-    (MLP(hidden_sizes=(6, 5), num_classes=3, activation="tanh"), (4, 2, 3)),
-    (CNN(features=(2, 3), dense_features=5, num_classes=3), (3, 6, 6, 1)),
-])
+@pytest.mark.parametrize(
+    "model,shape",
+    [
+        (MLP(hidden_sizes=(6, 5), num_classes=3, activation="tanh"), (4, 2, 3)),
+        (CNN(features=(2, 3), dense_features=5, num_classes=3), (3, 6, 6, 1)),
+    ],
+)
 def test_gradients_match_finite_differences(model, shape):
   with jax.enable_x64(True):
     model = model.clone(dtype=jnp.float64, param_dtype=jnp.float64)
@@ -278,9 +320,13 @@ def test_resnet_gradients_finite_in_train_mode():
   variables = np_variables(model, x)
 
   def loss(params):
-    logits, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
-                            train=True, mutable=["batch_stats"])
-    return jnp.mean(logits ** 2)
+    logits, _ = model.apply(
+        {"params": params, "batch_stats": variables["batch_stats"]},
+        x,
+        train=True,
+        mutable=["batch_stats"],
+    )
+    return jnp.mean(logits**2)
 
   grads = jax.jit(jax.grad(loss))(variables["params"])
   leaves = jax.tree.leaves(grads)
@@ -343,41 +389,63 @@ def traced_flops(model, shape) -> float:
   return float(sum(total))
 
 
-@pytest.mark.parametrize("model,shape", [
-    (MLP(hidden_sizes=(9, 4)), (5, 3)),
-    (CNN(features=(3, 5, 2), kernel_size=5, convs_per_block=2, dense_features=7), (13, 11, 2)),
-    (CNN(features=(4,), dense_features=0), (9, 10, 1)),
-    (tiny_resnet(), (9, 7, 3)),
-    (tiny_resnet(stem="imagenet", stage_sizes=(2, 1, 1)), (37, 30, 3)),
-    (tiny_resnet(stem="imagenet", block_cls=BottleneckBlock, stage_sizes=(2, 2)), (29, 35, 1)),
-])
+@pytest.mark.parametrize(
+    "model,shape",
+    [
+        (MLP(hidden_sizes=(9, 4)), (5, 3)),
+        (CNN(features=(3, 5, 2), kernel_size=5, convs_per_block=2, dense_features=7), (13, 11, 2)),
+        (CNN(features=(4,), dense_features=0), (9, 10, 1)),
+        (tiny_resnet(), (9, 7, 3)),
+        (tiny_resnet(stem="imagenet", stage_sizes=(2, 1, 1)), (37, 30, 3)),
+        (tiny_resnet(stem="imagenet", block_cls=BottleneckBlock, stage_sizes=(2, 2)), (29, 35, 1)),
+    ],
+)
 def test_flops_equal_shape_traced_count(model, shape):
   assert model.flops_per_example(shape) == traced_flops(model, shape)
 
 
 def test_reshape_max_pool_equals_flax_max_pool():
   from jaxmodels.models.cnn import max_pool_2x2
+
   x = jax.random.normal(jax.random.PRNGKey(3), (2, 7, 9, 3))
-  np.testing.assert_array_equal(np.asarray(max_pool_2x2(x)),
-                                np.asarray(nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")))
+  np.testing.assert_array_equal(
+      np.asarray(max_pool_2x2(x)),
+      np.asarray(nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")),
+  )
 
 
 def test_every_family_counts_its_flops_from_the_shapes_of_all_its_inputs():
   """The engine passes one shape per model input (batch axis dropped) to every HasFlops model."""
   from jaxmodels import models
+
   m = models.MLP(hidden_sizes=(8,), num_classes=3)
   assert m.flops_per_example((32, 32, 3)) == 2 * (32 * 32 * 3 * 8 + 8 * 3)
   clf = models.RNNClassifier(vocab_size=20, num_classes=2)
   gpt = models.GPT(vocab_size=20, model_dim=16, num_layers=2, num_heads=2, mlp_dim=32, max_len=16)
-  ed = models.EncoderDecoder(src_vocab_size=20, tgt_vocab_size=20, model_dim=16, num_layers=1,
-                             num_heads=2, mlp_dim=32, max_len=16)
+  ed = models.EncoderDecoder(
+      src_vocab_size=20,
+      tgt_vocab_size=20,
+      model_dim=16,
+      num_layers=1,
+      num_heads=2,
+      mlp_dim=32,
+      max_len=16,
+  )
   assert clf.flops_per_example((16,), ()) == clf.flops_per_example((16,))  # (ids, lengths)
   assert gpt.flops_per_example((16,), (16,)) == gpt.flops_per_example((16,))  # (ids, mask)
   assert ed.flops_per_example((10,), (16,)) != ed.flops_per_example((10,))
-  families = [m, models.CNN(num_classes=10), models.ResNet18(num_classes=10, stem="cifar"), clf,
-              models.RNNLanguageModel(vocab_size=20, embed_dim=8, hidden_size=16), gpt, ed,
-              models.TransformerEncoder(20, 2, model_dim=16, num_layers=1, num_heads=2,
-                                        mlp_dim=32, max_len=16)]
+  families = [
+      m,
+      models.CNN(num_classes=10),
+      models.ResNet18(num_classes=10, stem="cifar"),
+      clf,
+      models.RNNLanguageModel(vocab_size=20, embed_dim=8, hidden_size=16),
+      gpt,
+      ed,
+      models.TransformerEncoder(
+          20, 2, model_dim=16, num_layers=1, num_heads=2, mlp_dim=32, max_len=16
+      ),
+  ]
   assert all(isinstance(f, models.HasFlops) for f in families)
   assert not isinstance(models.SimpleRNNCell(features=4), models.HasFlops)
 
@@ -385,11 +453,27 @@ def test_every_family_counts_its_flops_from_the_shapes_of_all_its_inputs():
 CONVS = [  # (input shape, kernel shape, keyword arguments of conv_general_dilated)
     ((3, 9, 9, 16), (3, 3, 16, 24), dict(window_strides=(1, 1), padding="SAME")),
     ((3, 9, 9, 5), (3, 3, 5, 6), dict(window_strides=(2, 2), padding="VALID")),  # 5: no 8-block
-    ((2, 11, 16), (5, 16, 8), dict(window_strides=(1,), padding=((1, 2),), rhs_dilation=(2,),
-                                   dimension_numbers=("NWC", "WIO", "NWC"))),
-    ((2, 16, 7, 7), (12, 4, 3, 3), dict(window_strides=(1, 1), padding=((1, 1), (0, 2)),
-                                        lhs_dilation=(2, 1), feature_group_count=4,
-                                        dimension_numbers=("NCHW", "OIHW", "NCHW"))),
+    (
+        (2, 11, 16),
+        (5, 16, 8),
+        dict(
+            window_strides=(1,),
+            padding=((1, 2),),
+            rhs_dilation=(2,),
+            dimension_numbers=("NWC", "WIO", "NWC"),
+        ),
+    ),
+    (
+        (2, 16, 7, 7),
+        (12, 4, 3, 3),
+        dict(
+            window_strides=(1, 1),
+            padding=((1, 1), (0, 2)),
+            lhs_dilation=(2, 1),
+            feature_group_count=4,
+            dimension_numbers=("NCHW", "OIHW", "NCHW"),
+        ),
+    ),
 ]
 
 
@@ -408,8 +492,9 @@ def test_conv_values_and_gradients_equal_lax(x_shape, w_shape, kw, dtype, tol):
     def loss(conv):
       return jax.jit(jax.value_and_grad(lambda x, w: jnp.sum(conv(x, w, **kw) * r), (0, 1)))
 
-    (ours, ours_grads), (ref, ref_grads) = loss(cnn.conv_general_dilated)(x, w), \
-        loss(lax.conv_general_dilated)(x, w)
+    (ours, ours_grads), (ref, ref_grads) = loss(cnn.conv_general_dilated)(x, w), loss(
+        lax.conv_general_dilated
+    )(x, w)
     np.testing.assert_allclose(ours, ref, rtol=tol)
     for a, b in zip(ours_grads, ref_grads):
       assert a.dtype == dtype
@@ -431,9 +516,9 @@ def test_resnet_train_gradients_equal_those_through_lax_conv(monkeypatch):
 
   def grads():
     def loss(params):
-      out, _ = model.apply({**variables, "params": params}, x, train=True,
-                           mutable=["batch_stats"])
-      return jnp.sum(out ** 2)
+      out, _ = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+      return jnp.sum(out**2)
+
     return jax.jit(jax.grad(loss))(variables["params"])
 
   ours = grads()

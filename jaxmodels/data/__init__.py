@@ -27,6 +27,7 @@ the Dataset class serving it (datasets.py) with its defaults, and its test fixtu
 lists them; NAMES comes from there. Adding a dataset: a module in sets/, its line in
 registry.py, and its rows above.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -40,18 +41,31 @@ from jaxmodels.data.synthetic import SyntheticDataset
 # Errors a user can fix (the experiment CLI prints them as one paragraph).
 USER_ERRORS = (DataError,)
 
-__all__ = ["Batch", "CorruptDataError", "DataError", "Dataset", "DatasetNotPreparedError",
-           "NAMES", "PrepareError", "SyntheticDataset", "USER_ERRORS", "default_data_dir", "load",
-           "tokenize_review"]
+__all__ = [
+    "Batch",
+    "CorruptDataError",
+    "DataError",
+    "Dataset",
+    "DatasetNotPreparedError",
+    "NAMES",
+    "PrepareError",
+    "SyntheticDataset",
+    "USER_ERRORS",
+    "default_data_dir",
+    "load",
+    "tokenize_review",
+]
 
 
 def load(name: str, data_dir: str | None = None, **options: Any) -> Dataset:
   """The prepared dataset `name` (see the table above for the options)."""
   from jaxmodels.data import datasets  # imports TFDS and grain only when data is used
+
   return datasets.load(name, data_dir, **options)
 
 
 def default_data_dir() -> str:
   """$TFDS_DATA_DIR, else ~/tensorflow_datasets."""
   from jaxmodels.data import datasets
+
   return datasets.default_data_dir()

@@ -9,10 +9,12 @@ Batch keys by kind of task (all numpy, leading axis = examples):
 Evaluation batches also carry mask float32 [B]: 1 for a real example, 0 for padding that fills
 the last batch.
 """
+
 from __future__ import annotations
 
 import abc
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -26,8 +28,15 @@ class Dataset(abc.ABC):
   info: dict[str, Any]
 
   @abc.abstractmethod
-  def train_batches(self, batch_size: int, seed: int, start_step: int = 0, *,
-                    process_index: int = 0, process_count: int = 1) -> Iterator[Batch]:
+  def train_batches(
+      self,
+      batch_size: int,
+      seed: int,
+      start_step: int = 0,
+      *,
+      process_index: int = 0,
+      process_count: int = 1,
+  ) -> Iterator[Batch]:
     """Infinite training batches from step `start_step` on.
 
     `batch_size` is the global batch. The batch of step s is a deterministic function of
@@ -37,8 +46,9 @@ class Dataset(abc.ABC):
     """
 
   @abc.abstractmethod
-  def eval_batches(self, split: str, batch_size: int, *, process_index: int = 0,
-                   process_count: int = 1) -> Iterator[Batch]:
+  def eval_batches(
+      self, split: str, batch_size: int, *, process_index: int = 0, process_count: int = 1
+  ) -> Iterator[Batch]:
     """Every example of `split` exactly once, in fixed order, padded batches with `mask`."""
 
   @abc.abstractmethod

@@ -11,14 +11,16 @@ in the dataset's metadata (metadata.json), so loading never re-derives it.
 The builders are not added to TFDS's registry (their names would shadow TFDS's own catalogue);
 `make(name, data_dir)` creates one.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 import functools
 import os
-from typing import Any, Iterable
+from typing import Any
 
-import tensorflow_datasets as tfds
 from etils import epath
+import tensorflow_datasets as tfds
 
 from jaxmodels.data import registry, spec
 
@@ -26,12 +28,13 @@ with tfds.core.registered.skip_registration():
 
   class _Base(tfds.core.GeneratorBasedBuilder):
     """Builds the dataset of SPEC."""
+
     SPEC: spec.DatasetSpec
     VERSION = tfds.core.Version("2.0.0")
     RELEASE_NOTES = {
         "1.0.0": "First release (raw text, vocabularies made at load time).",
         "2.0.0": "Bytes-encoded tensors; token ids and vocabularies, image mean/std saved in the "
-                 "metadata; shakespeare gains a test split; imdb 80/10/10 by sha256 of the text.",
+        "metadata; shakespeare gains a test split; imdb 80/10/10 by sha256 of the text.",
     }
     # TFDS looks here for checksums and metadata; set so that it never has to resolve the
     # package itself (which fails for editable installs run from another directory).
@@ -44,9 +47,13 @@ with tfds.core.registered.skip_registration():
     def _info(self) -> tfds.core.DatasetInfo:
       # disable_shuffling: records keep the source order (keys are running indices), so the
       # evaluation order is the dataset's own and does not depend on TFDS's key hashing.
-      return tfds.core.DatasetInfo(builder=self, description=_description(self.SPEC),
-                                   features=_features(self.SPEC), metadata=tfds.core.MetadataDict(),
-                                   disable_shuffling=True)
+      return tfds.core.DatasetInfo(
+          builder=self,
+          description=_description(self.SPEC),
+          features=_features(self.SPEC),
+          metadata=tfds.core.MetadataDict(),
+          disable_shuffling=True,
+      )
 
     def _split_generators(self, dl_manager):
       metadata, splits = self.SPEC.generate(os.fspath(dl_manager.manual_dir))
@@ -69,8 +76,9 @@ def _features(dataset: spec.DatasetSpec) -> tfds.features.FeaturesDict:
     if isinstance(feature, spec.ClassLabel):
       features[key] = tfds.features.ClassLabel(names=feature.names)
     else:
-      features[key] = tfds.features.Tensor(shape=feature.shape, dtype=feature.dtype,
-                                           encoding=tfds.features.Encoding.BYTES)
+      features[key] = tfds.features.Tensor(
+          shape=feature.shape, dtype=feature.dtype, encoding=tfds.features.Encoding.BYTES
+      )
   return tfds.features.FeaturesDict(features)
 
 
@@ -81,8 +89,11 @@ def builder_class(name: str) -> type[tfds.core.GeneratorBasedBuilder]:
   class_name = "".join(part.capitalize() for part in name.split("_"))
   # __module__ is saved in dataset_info.json (moduleName): it stays this module.
   with tfds.core.registered.skip_registration():
-    return type(class_name, (_Base,), {"name": name, "SPEC": dataset, "__module__": __name__,
-                                       "__doc__": dataset.description})
+    return type(
+        class_name,
+        (_Base,),
+        {"name": name, "SPEC": dataset, "__module__": __name__, "__doc__": dataset.description},
+    )
 
 
 def make(name: str, data_dir: str) -> tfds.core.GeneratorBasedBuilder:

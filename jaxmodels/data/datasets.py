@@ -8,12 +8,14 @@ pipeline.py. By default a split is read into memory once and turned into model-r
 with `in_memory=False` the image and review datasets read each batch from the files instead,
 giving the same batches.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 import functools
 import glob
 import os
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -33,8 +35,15 @@ class _TableDataset(Dataset):
   """Splits as tables (`take(indices) -> batch` of model-ready arrays); training batches follow
   pipeline.EpochPermutation; `_augment` and `_finish` work on whole batches."""
 
-  def __init__(self, name: str, tables: dict[str, Any], info: dict[str, Any],
-               eval_splits: tuple[str, ...], num_threads: int = 2, prefetch: int = 4):
+  def __init__(
+      self,
+      name: str,
+      tables: dict[str, Any],
+      info: dict[str, Any],
+      eval_splits: tuple[str, ...],
+      num_threads: int = 2,
+      prefetch: int = 4,
+  ):
     self.name, self.tables, self.info = name, tables, info
     self._eval_splits = eval_splits
     self._threads, self._prefetch = num_threads, prefetch
@@ -57,12 +66,20 @@ class _TableDataset(Dataset):
   def _finish(self, batch: Batch) -> Batch:
     return batch
 
-  def _train_rows(self, positions: np.ndarray, order: pipeline.EpochPermutation,
-                  seed: int) -> Batch:
+  def _train_rows(
+      self, positions: np.ndarray, order: pipeline.EpochPermutation, seed: int
+  ) -> Batch:
     return self.tables["train"].take(order(positions))
 
-  def train_batches(self, batch_size: int, seed: int, start_step: int = 0, *,
-                    process_index: int = 0, process_count: int = 1) -> Iterator[Batch]:
+  def train_batches(
+      self,
+      batch_size: int,
+      seed: int,
+      start_step: int = 0,
+      *,
+      process_index: int = 0,
+      process_count: int = 1,
+  ) -> Iterator[Batch]:
     pipeline.local_batch_size(batch_size, process_count)
     order = pipeline.EpochPermutation(self._epoch_size(), seed)
 
@@ -70,22 +87,30 @@ class _TableDataset(Dataset):
       positions = pipeline.process_positions(step, batch_size, process_index, process_count)
       batch = self._augment(self._train_rows(positions, order, seed), positions, seed)
       return self._finish(batch)
-    return pipeline.prefetched(make, start_step, num_threads=self._threads,
-                               prefetch=self._prefetch)
+
+    return pipeline.prefetched(make, start_step, num_threads=self._threads, prefetch=self._prefetch)
 
   def _epoch_size(self) -> int:
     return len(self.tables["train"])
 
-  def eval_batches(self, split: str, batch_size: int, *, process_index: int = 0,
-                   process_count: int = 1) -> Iterator[Batch]:
+  def eval_batches(
+      self, split: str, batch_size: int, *, process_index: int = 0, process_count: int = 1
+  ) -> Iterator[Batch]:
     table = self._table(split)
     n = len(table)
     pipeline.local_batch_size(batch_size, process_count)
-    make = functools.partial(pipeline.padded_eval_batch, table.take, n,
-                             batch_size=batch_size, process_index=process_index,
-                             process_count=process_count, finish=self._finish)
-    return pipeline.prefetched(make, 0, -(-n // batch_size), num_threads=self._threads,
-                               prefetch=self._prefetch)
+    make = functools.partial(
+        pipeline.padded_eval_batch,
+        table.take,
+        n,
+        batch_size=batch_size,
+        process_index=process_index,
+        process_count=process_count,
+        finish=self._finish,
+    )
+    return pipeline.prefetched(
+        make, 0, -(-n // batch_size), num_threads=self._threads, prefetch=self._prefetch
+    )
 
 
 def _tables(splits: dict[str, Any], in_memory: bool, arrays_of, example) -> dict[str, Any]:
@@ -105,12 +130,24 @@ class ImageDataset(_TableDataset):
   chosen by the fixed permutation default_rng(0), as a 'validation' split; 0 = none), in_memory.
   info: num_classes, label_names, image_shape, max_value, mean, std, normalized, augment.
   """
+
   OPTIONS = ("augment", "crop_padding", "flip", "normalize", "validation_size", "in_memory")
 
-  def __init__(self, name: str, splits: dict[str, Any], metadata: dict[str, Any],
-               label_names: list[str], *, augment: bool = False, crop_padding: int = 0,
-               flip: bool = False, normalize: bool = True, validation_size: int = 0,
-               in_memory: bool = True, **common: Any):
+  def __init__(
+      self,
+      name: str,
+      splits: dict[str, Any],
+      metadata: dict[str, Any],
+      label_names: list[str],
+      *,
+      augment: bool = False,
+      crop_padding: int = 0,
+      flip: bool = False,
+      normalize: bool = True,
+      validation_size: int = 0,
+      in_memory: bool = True,
+      **common: Any,
+  ):
     self.augment = augment
     self.crop_padding = crop_padding
     self.flip = flip
@@ -124,10 +161,16 @@ class ImageDataset(_TableDataset):
       tables["train"] = pipeline.SubsetTable(train, np.sort(order[validation_size:]))
       tables["validation"] = pipeline.SubsetTable(train, np.sort(order[:validation_size]))
     image_shape = tuple(tables["train"].take(np.zeros(1, np.int64))["inputs"].shape[1:])
-    info = {"num_classes": len(label_names), "label_names": list(label_names),
-            "image_shape": image_shape, "max_value": metadata["max_value"],
-            "mean": tuple(metadata["mean"]), "std": tuple(metadata["std"]),
-            "normalized": normalize, "augment": augment}
+    info = {
+        "num_classes": len(label_names),
+        "label_names": list(label_names),
+        "image_shape": image_shape,
+        "max_value": metadata["max_value"],
+        "mean": tuple(metadata["mean"]),
+        "std": tuple(metadata["std"]),
+        "normalized": normalize,
+        "augment": augment,
+    }
     eval_splits = ("validation", "test") if "validation" in tables else ("test",)
     super().__init__(name, tables, info, eval_splits, **common)
     self._scale = np.float32(1.0 / metadata["max_value"])
@@ -136,8 +179,10 @@ class ImageDataset(_TableDataset):
 
   @staticmethod
   def _arrays(columns):
-    return {"inputs": np.asarray(columns["image"], np.uint8),
-            "targets": np.asarray(columns["label"], np.int32)}
+    return {
+        "inputs": np.asarray(columns["image"], np.uint8),
+        "targets": np.asarray(columns["label"], np.int32),
+    }
 
   @staticmethod
   def _example(record):
@@ -168,11 +213,21 @@ class ReviewDataset(_TableDataset):
   vocabulary: 30002 for the real data; info['vocab_size'] is what is used), in_memory.
   info: num_classes, label_names, vocab_size, vocab (the first vocab_size entries), max_len,
   seq_len (= max_len), pad_id, unk_id."""
+
   OPTIONS = ("max_len", "vocab_size", "in_memory")
 
-  def __init__(self, name: str, splits: dict[str, Any], metadata: dict[str, Any],
-               label_names: list[str], *, max_len: int = 256, vocab_size: int = 20000,
-               in_memory: bool = True, **common: Any):
+  def __init__(
+      self,
+      name: str,
+      splits: dict[str, Any],
+      metadata: dict[str, Any],
+      label_names: list[str],
+      *,
+      max_len: int = 256,
+      vocab_size: int = 20000,
+      in_memory: bool = True,
+      **common: Any,
+  ):
     vocab = metadata["vocab"]
     if vocab_size < 3:
       raise ValueError(f"vocab_size must be at least 3 (pad, unknown, a word); got {vocab_size}")
@@ -180,21 +235,28 @@ class ReviewDataset(_TableDataset):
     if max_len < 1:
       raise ValueError(f"max_len must be positive; got {max_len}")
     self.max_len, self.vocab_size = max_len, vocab_size
-    info = {"num_classes": len(label_names), "label_names": list(label_names),
-            "vocab_size": vocab_size, "vocab": list(vocab[:vocab_size]), "max_len": max_len,
-            "seq_len": max_len, "pad_id": formats.PAD, "unk_id": formats.UNK}
+    info = {
+        "num_classes": len(label_names),
+        "label_names": list(label_names),
+        "vocab_size": vocab_size,
+        "vocab": list(vocab[:vocab_size]),
+        "max_len": max_len,
+        "seq_len": max_len,
+        "pad_id": formats.PAD,
+        "unk_id": formats.UNK,
+    }
     tables = _tables(splits, in_memory, self._arrays, self._example)
     super().__init__(name, tables, info, ("validation", "test"), **common)
 
   def _ids(self, tokens) -> np.ndarray:
-    ids = np.asarray(tokens, np.int32)[:self.max_len]
+    ids = np.asarray(tokens, np.int32)[: self.max_len]
     ids = np.where(ids >= self.vocab_size, formats.UNK, ids).astype(np.int32)
     return ids if len(ids) else np.array([formats.UNK], np.int32)
 
   def _example(self, record):
     ids = self._ids(record["tokens"])
     inputs = np.zeros(self.max_len, np.int32)
-    inputs[:len(ids)] = ids
+    inputs[: len(ids)] = ids
     return {"inputs": inputs, "lengths": np.int32(len(ids)), "targets": np.int32(record["label"])}
 
   def _arrays(self, columns):
@@ -203,10 +265,13 @@ class ReviewDataset(_TableDataset):
     lengths = np.zeros(len(tokens), np.int32)
     for i, t in enumerate(tokens):
       ids = self._ids(t)
-      inputs[i, :len(ids)] = ids
+      inputs[i, : len(ids)] = ids
       lengths[i] = len(ids)
-    return {"inputs": inputs, "lengths": lengths,
-            "targets": np.asarray(columns.get("label", []), np.int32)}
+    return {
+        "inputs": inputs,
+        "lengths": lengths,
+        "targets": np.asarray(columns.get("label", []), np.int32),
+    }
 
 
 class PronunciationDataset(_TableDataset):
@@ -221,11 +286,21 @@ class PronunciationDataset(_TableDataset):
   info: src_vocab, tgt_vocab, src_vocab_size, tgt_vocab_size, src_len, tgt_len, pad_id, bos_id,
   eos_id, dropped, train_shapes ((src, tgt) lengths of each bucket's batches; one entry without
   buckets)."""
+
   OPTIONS = ("max_src_len", "max_tgt_len", "length_buckets")
 
-  def __init__(self, name: str, splits: dict[str, Any], metadata: dict[str, Any],
-               label_names: list[str], *, max_src_len: int | None = None,
-               max_tgt_len: int | None = None, length_buckets: int = 0, **common: Any):
+  def __init__(
+      self,
+      name: str,
+      splits: dict[str, Any],
+      metadata: dict[str, Any],
+      label_names: list[str],
+      *,
+      max_src_len: int | None = None,
+      max_tgt_len: int | None = None,
+      length_buckets: int = 0,
+      **common: Any,
+  ):
     self.src_len = max_src_len or metadata["max_src_len"]
     self.tgt_len = max_tgt_len or metadata["max_tgt_len"]
     if self.src_len < 1 or self.tgt_len < 3:
@@ -237,12 +312,19 @@ class PronunciationDataset(_TableDataset):
       arrays, dropped[split] = self._arrays(columns)
       tables[split] = pipeline.ArrayTable(arrays)
     self.buckets, self.bucket_shapes = self._buckets(tables.get("train"), length_buckets)
-    info = {"src_vocab": list(metadata["src_vocab"]), "tgt_vocab": list(metadata["tgt_vocab"]),
-            "src_vocab_size": len(metadata["src_vocab"]),
-            "tgt_vocab_size": len(metadata["tgt_vocab"]),
-            "src_len": self.src_len, "tgt_len": self.tgt_len, "pad_id": formats.PAD,
-            "bos_id": formats.BOS, "eos_id": formats.EOS, "dropped": dropped,
-            "train_shapes": self.bucket_shapes or [(self.src_len, self.tgt_len)]}
+    info = {
+        "src_vocab": list(metadata["src_vocab"]),
+        "tgt_vocab": list(metadata["tgt_vocab"]),
+        "src_vocab_size": len(metadata["src_vocab"]),
+        "tgt_vocab_size": len(metadata["tgt_vocab"]),
+        "src_len": self.src_len,
+        "tgt_len": self.tgt_len,
+        "pad_id": formats.PAD,
+        "bos_id": formats.BOS,
+        "eos_id": formats.EOS,
+        "dropped": dropped,
+        "train_shapes": self.bucket_shapes or [(self.src_len, self.tgt_len)],
+    }
     super().__init__(name, tables, info, ("validation", "test"), **common)
 
   @staticmethod
@@ -253,15 +335,25 @@ class PronunciationDataset(_TableDataset):
     src = np.count_nonzero(table.arrays["inputs"], axis=1)
     tgt = np.count_nonzero(table.arrays["targets"], axis=1)
     buckets = pipeline.length_buckets(src + tgt, count)
-    shapes = [(int(src[buckets == b].max()), int(tgt[buckets == b].max()))
-              for b in range(int(buckets.max()) + 1)]
+    shapes = [
+        (int(src[buckets == b].max()), int(tgt[buckets == b].max()))
+        for b in range(int(buckets.max()) + 1)
+    ]
     return buckets, shapes
 
-  def train_batches(self, batch_size: int, seed: int, start_step: int = 0, *,
-                    process_index: int = 0, process_count: int = 1) -> Iterator[Batch]:
+  def train_batches(
+      self,
+      batch_size: int,
+      seed: int,
+      start_step: int = 0,
+      *,
+      process_index: int = 0,
+      process_count: int = 1,
+  ) -> Iterator[Batch]:
     if self.buckets is None:
-      return super().train_batches(batch_size, seed, start_step, process_index=process_index,
-                                   process_count=process_count)
+      return super().train_batches(
+          batch_size, seed, start_step, process_index=process_index, process_count=process_count
+      )
     local = pipeline.local_batch_size(batch_size, process_count)
     order = pipeline.BucketedOrder(self.buckets, batch_size, seed)
     table = self.tables["train"]
@@ -269,11 +361,13 @@ class PronunciationDataset(_TableDataset):
     def make(step: int) -> Batch:
       rows, bucket = order(step)
       src, tgt = self.bucket_shapes[bucket]
-      batch = table.take(rows[process_index * local:(process_index + 1) * local])
-      return {"inputs": np.ascontiguousarray(batch["inputs"][:, :src]),
-              "targets": np.ascontiguousarray(batch["targets"][:, :tgt])}
-    return pipeline.prefetched(make, start_step, num_threads=self._threads,
-                               prefetch=self._prefetch)
+      batch = table.take(rows[process_index * local : (process_index + 1) * local])
+      return {
+          "inputs": np.ascontiguousarray(batch["inputs"][:, :src]),
+          "targets": np.ascontiguousarray(batch["targets"][:, :tgt]),
+      }
+
+    return pipeline.prefetched(make, start_step, num_threads=self._threads, prefetch=self._prefetch)
 
   def _arrays(self, columns) -> tuple[dict[str, np.ndarray], int]:
     pairs = [(w, p) for w, p in zip(columns.get("word", []), columns.get("phonemes", []))]
@@ -281,9 +375,9 @@ class PronunciationDataset(_TableDataset):
     inputs = np.zeros((len(kept), self.src_len), np.int32)
     targets = np.zeros((len(kept), self.tgt_len), np.int32)
     for i, (word, phonemes) in enumerate(kept):
-      inputs[i, :len(word)] = word
+      inputs[i, : len(word)] = word
       targets[i, 0] = formats.BOS
-      targets[i, 1:len(phonemes) + 1] = phonemes
+      targets[i, 1 : len(phonemes) + 1] = phonemes
       targets[i, len(phonemes) + 1] = formats.EOS
     return {"inputs": inputs, "targets": targets}, len(pairs) - len(kept)
 
@@ -300,22 +394,39 @@ class CharacterDataset(_TableDataset):
   max_eval_windows keeps that many evenly spaced windows (None: all). num_examples(split) counts
   windows (train: windows per epoch). Options: block_size, max_eval_windows.
   info: vocab, vocab_size, block_size, characters (per split)."""
+
   OPTIONS = ("block_size", "max_eval_windows")
 
-  def __init__(self, name: str, splits: dict[str, Any], metadata: dict[str, Any],
-               label_names: list[str], *, block_size: int = 256,
-               max_eval_windows: int | None = None, **common: Any):
+  def __init__(
+      self,
+      name: str,
+      splits: dict[str, Any],
+      metadata: dict[str, Any],
+      label_names: list[str],
+      *,
+      block_size: int = 256,
+      max_eval_windows: int | None = None,
+      **common: Any,
+  ):
     self.block_size, self.max_eval_windows = block_size, max_eval_windows
     self.text = {split: _concatenate(columns) for split, columns in splits.items()}
     for split, text in self.text.items():
       if len(text) < 2 * (block_size + 1):
-        raise ValueError(f"the {split} split of {name} has {len(text)} characters, too few for "
-                         f"block_size {block_size}")
+        raise ValueError(
+            f"the {split} split of {name} has {len(text)} characters, too few for "
+            f"block_size {block_size}"
+        )
     vocab = list(metadata["vocab"])
-    info = {"vocab": vocab, "vocab_size": len(vocab), "block_size": block_size,
-            "characters": {k: len(v) for k, v in self.text.items()}}
-    tables = {split: _Windows(text, self._eval_starts(len(text)), block_size)
-              for split, text in self.text.items()}
+    info = {
+        "vocab": vocab,
+        "vocab_size": len(vocab),
+        "block_size": block_size,
+        "characters": {k: len(v) for k, v in self.text.items()},
+    }
+    tables = {
+        split: _Windows(text, self._eval_starts(len(text)), block_size)
+        for split, text in self.text.items()
+    }
     super().__init__(name, tables, info, ("validation", "test"), **common)
 
   def _eval_starts(self, n: int) -> np.ndarray:
@@ -364,12 +475,16 @@ class _Windows:
 
 def _concatenate(columns: dict[str, Any]) -> np.ndarray:
   texts = columns.get("text", [])
-  return np.concatenate([np.asarray(t, np.int32) for t in texts]) if len(texts) else \
-      np.zeros(0, np.int32)
+  return (
+      np.concatenate([np.asarray(t, np.int32) for t in texts])
+      if len(texts)
+      else np.zeros(0, np.int32)
+  )
 
 
-DATASET_CLASSES: dict[str, type[_TableDataset]] = {c.__name__: c for c in (
-    ImageDataset, ReviewDataset, CharacterDataset, PronunciationDataset)}
+DATASET_CLASSES: dict[str, type[_TableDataset]] = {
+    c.__name__: c for c in (ImageDataset, ReviewDataset, CharacterDataset, PronunciationDataset)
+}
 _STREAMABLE = (ImageDataset, ReviewDataset)
 
 
@@ -382,16 +497,19 @@ def load(name: str, data_dir: str | None = None, **options: Any) -> Dataset:
   valid = cls.OPTIONS + COMMON_OPTIONS
   unknown = sorted(set(options) - set(valid))
   if unknown:
-    raise TypeError(f"unknown option(s) {', '.join(unknown)} for dataset {name!r}; valid: "
-                    f"{', '.join(valid)}")
+    raise TypeError(
+        f"unknown option(s) {', '.join(unknown)} for dataset {name!r}; valid: "
+        f"{', '.join(valid)}"
+    )
   options = _with_defaults(options, spec.defaults)
   data_dir = os.path.expanduser(data_dir or default_data_dir())
   builder = builders.make(name, data_dir)
   if not builders.is_prepared(builder):
     raise DatasetNotPreparedError(_not_prepared(name, data_dir, builder))
   in_memory = options.get("in_memory", True) or cls not in _STREAMABLE
-  splits = {split: _read_split(builder, data_dir, split, in_memory)
-            for split in builder.info.splits}
+  splits = {
+      split: _read_split(builder, data_dir, split, in_memory) for split in builder.info.splits
+  }
   return cls(name, splits, dict(builder.info.metadata or {}), _label_names(builder), **options)
 
 
@@ -403,10 +521,18 @@ def _with_defaults(options: dict[str, Any], defaults: dict[str, Any]) -> dict[st
 
 def _not_prepared(name: str, data_dir: str, builder) -> str:
   others = sorted(os.path.basename(p) for p in glob.glob(os.path.join(data_dir, name, "*.*.*")))
-  older = (f" (only other versions are there: {', '.join(others)}; this code reads "
-           f"{builder.version})") if others else ""
-  return (f"dataset {name!r} is not prepared in {data_dir}{older}. Prepare it first with:\n"
-          f"  python -m jaxmodels.data.prepare {name} --data_dir={data_dir}")
+  older = (
+      (
+          f" (only other versions are there: {', '.join(others)}; this code reads "
+          f"{builder.version})"
+      )
+      if others
+      else ""
+  )
+  return (
+      f"dataset {name!r} is not prepared in {data_dir}{older}. Prepare it first with:\n"
+      f"  python -m jaxmodels.data.prepare {name} --data_dir={data_dir}"
+  )
 
 
 def _read_split(builder, data_dir: str, split: str, in_memory: bool) -> Any:
@@ -424,7 +550,8 @@ def _read_split(builder, data_dir: str, split: str, in_memory: bool) -> Any:
         files[0] if len(files) == 1 else path,
         f"the prepared {split} split of {builder.name} cannot be read ({type(e).__name__}: "
         f"{str(e)[:300]}). Delete {path} and run: python -m jaxmodels.data.prepare "
-        f"{builder.name} --data_dir={data_dir}") from e
+        f"{builder.name} --data_dir={data_dir}",
+    ) from e
 
 
 def _label_names(builder) -> list[str]:

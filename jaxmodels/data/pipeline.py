@@ -18,19 +18,24 @@ Why whole batches rather than grain's per-example shuffle/random_map/batch: meas
 add ~50 us of per-element bookkeeping (8 ms per batch of 128 before any real work), while a
 vectorised gather + augmentation of a batch of 128 images takes well under a millisecond.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 import functools
 import sys
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import grain
 import numpy as np
 
 from jaxmodels.data.base import Batch
 
-_M1, _M2, _GOLDEN = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), \
-    np.uint64(0x9E3779B97F4A7C15)
+_M1, _M2, _GOLDEN = (
+    np.uint64(0xBF58476D1CE4E5B9),
+    np.uint64(0x94D049BB133111EB),
+    np.uint64(0x9E3779B97F4A7C15),
+)
 
 
 def derive_seed(seed: int, salt: int) -> int:
@@ -49,8 +54,10 @@ def _mix(x: np.ndarray) -> np.ndarray:
 def uniforms(seed: int, positions: np.ndarray, count: int) -> np.ndarray:
   """float64 [len(positions), count] in [0, 1): a fixed function of (seed, position, column)."""
   key = _mix(np.array([derive_seed(seed, 1)], np.uint64) + _GOLDEN)
-  counters = np.asarray(positions, np.uint64)[:, None] * np.uint64(count) + \
-      np.arange(count, dtype=np.uint64)[None]
+  counters = (
+      np.asarray(positions, np.uint64)[:, None] * np.uint64(count)
+      + np.arange(count, dtype=np.uint64)[None]
+  )
   with np.errstate(over="ignore"):
     bits = _mix(_mix(counters + _GOLDEN) ^ key)
   return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
@@ -58,13 +65,15 @@ def uniforms(seed: int, positions: np.ndarray, count: int) -> np.ndarray:
 
 def local_batch_size(batch_size: int, process_count: int) -> int:
   if batch_size < 1 or batch_size % process_count:
-    raise ValueError(f"batch_size {batch_size} must be a positive multiple of process_count "
-                     f"{process_count}")
+    raise ValueError(
+        f"batch_size {batch_size} must be a positive multiple of process_count " f"{process_count}"
+    )
   return batch_size // process_count
 
 
-def process_positions(step: int, batch_size: int, process_index: int,
-                      process_count: int) -> np.ndarray:
+def process_positions(
+    step: int, batch_size: int, process_index: int, process_count: int
+) -> np.ndarray:
   """Stream positions of this process's rows of global batch `step`."""
   local = local_batch_size(batch_size, process_count)
   return step * batch_size + process_index * local + np.arange(local, dtype=np.int64)
@@ -118,9 +127,11 @@ class BucketedOrder:
     self.batch_size = batch_size
     self.batches_per_epoch = sum(len(m) // batch_size for m in self.members)
     if self.batches_per_epoch == 0:
-      raise ValueError(f"no length bucket holds a whole batch of {batch_size} (bucket sizes "
-                       f"{[len(m) for m in self.members]}): use fewer length_buckets or a "
-                       "smaller batch_size")
+      raise ValueError(
+          f"no length bucket holds a whole batch of {batch_size} (bucket sizes "
+          f"{[len(m) for m in self.members]}): use fewer length_buckets or a "
+          "smaller batch_size"
+      )
     self._seed = derive_seed(seed, 3)
     self._epoch = functools.lru_cache(maxsize=2)(self._plan)
 
@@ -140,8 +151,14 @@ class BucketedOrder:
     return rows[index], int(bucket_ids[index])
 
 
-def prefetched(make: Callable[[int], Batch], start: int, stop: int = sys.maxsize, *,
-               num_threads: int = 2, prefetch: int = 4) -> Iterator[Batch]:
+def prefetched(
+    make: Callable[[int], Batch],
+    start: int,
+    stop: int = sys.maxsize,
+    *,
+    num_threads: int = 2,
+    prefetch: int = 4,
+) -> Iterator[Batch]:
   """make(start), make(start + 1), ... made ahead on `num_threads` threads, in order."""
   ds = grain.MapDataset.range(start, stop).map(make)
   if num_threads < 1:
@@ -150,27 +167,36 @@ def prefetched(make: Callable[[int], Batch], start: int, stop: int = sys.maxsize
   return iter(ds.to_iter_dataset(options))
 
 
-def padded_eval_batch(take: Callable[[np.ndarray], Batch], n: int, step: int, batch_size: int,
-                      process_index: int, process_count: int,
-                      finish: Callable[[Batch], Batch] | None = None) -> Batch:
+def padded_eval_batch(
+    take: Callable[[np.ndarray], Batch],
+    n: int,
+    step: int,
+    batch_size: int,
+    process_index: int,
+    process_count: int,
+    finish: Callable[[Batch], Batch] | None = None,
+) -> Batch:
   """This process's rows of evaluation batch `step`: rows past the end are zeros, mask 0."""
   positions = process_positions(step, batch_size, process_index, process_count)
   valid = positions < n
   batch = take(np.where(valid, positions, 0))
   if finish is not None:
     batch = finish(batch)
-  out = {k: np.where(valid.reshape((-1,) + (1,) * (v.ndim - 1)), v, 0).astype(v.dtype)
-         for k, v in batch.items()}
+  out = {
+      k: np.where(valid.reshape((-1,) + (1,) * (v.ndim - 1)), v, 0).astype(v.dtype)
+      for k, v in batch.items()
+  }
   out["mask"] = valid.astype(np.float32)
   return out
 
 
-def crop_and_flip(images: np.ndarray, dy: np.ndarray, dx: np.ndarray, flip: np.ndarray,
-                  padding: int) -> np.ndarray:
+def crop_and_flip(
+    images: np.ndarray, dy: np.ndarray, dx: np.ndarray, flip: np.ndarray, padding: int
+) -> np.ndarray:
   """Image i: zero-pad by `padding`, crop at (dy[i], dx[i]), then mirror left-right if flip[i]."""
   b, h, w, c = images.shape
   padded = np.zeros((b, h + 2 * padding, w + 2 * padding, c), images.dtype)
-  padded[:, padding:padding + h, padding:padding + w] = images
+  padded[:, padding : padding + h, padding : padding + w] = images
   rows = dy[:, None] + np.arange(h)[None]
   cols = dx[:, None] + np.arange(w)[None]
   cols = np.where(np.asarray(flip, bool)[:, None], cols[:, ::-1], cols)

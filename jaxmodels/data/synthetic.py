@@ -1,7 +1,9 @@
 """Random batches with the real shapes and vocabularies: smoke tests and throughput benchmarks."""
+
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -30,15 +32,20 @@ class SyntheticDataset(Dataset):
   def _batch(self, rng: np.random.Generator, n: int) -> Batch:
     info = self.info
     if self.kind == "image_classification":
-      return {"inputs": rng.standard_normal((n, *info["image_shape"]), dtype=np.float32),
-              "targets": rng.integers(0, info["num_classes"], n, dtype=np.int32)}
+      return {
+          "inputs": rng.standard_normal((n, *info["image_shape"]), dtype=np.float32),
+          "targets": rng.integers(0, info["num_classes"], n, dtype=np.int32),
+      }
     if self.kind == "sequence_classification":
       t = info["seq_len"]
       lengths = rng.integers(1, t + 1, n, dtype=np.int32)
       tokens = rng.integers(1, info["vocab_size"], (n, t), dtype=np.int32)
       tokens = np.where(np.arange(t)[None] < lengths[:, None], tokens, 0).astype(np.int32)
-      return {"inputs": tokens, "lengths": lengths,
-              "targets": rng.integers(0, info["num_classes"], n, dtype=np.int32)}
+      return {
+          "inputs": tokens,
+          "lengths": lengths,
+          "targets": rng.integers(0, info["num_classes"], n, dtype=np.int32),
+      }
     if self.kind == "language_model":
       seq = rng.integers(0, info["vocab_size"], (n, info["block_size"] + 1), dtype=np.int32)
       return {"inputs": seq[:, :-1], "targets": seq[:, 1:]}
@@ -50,31 +57,43 @@ class SyntheticDataset(Dataset):
     src = np.where(np.arange(s)[None] < src_len[:, None], src, 0)
     body = rng.integers(3, info["tgt_vocab_size"], (n, t), dtype=np.int32)
     pos = np.arange(t)[None]
-    tgt = np.where(pos == 0, 1, np.where(pos <= tgt_len[:, None], body,
-                                         np.where(pos == tgt_len[:, None] + 1, 2, 0)))
+    tgt = np.where(
+        pos == 0,
+        1,
+        np.where(pos <= tgt_len[:, None], body, np.where(pos == tgt_len[:, None] + 1, 2, 0)),
+    )
     return {"inputs": src.astype(np.int32), "targets": tgt.astype(np.int32)}
 
-  def train_batches(self, batch_size: int, seed: int, start_step: int = 0, *,
-                    process_index: int = 0, process_count: int = 1) -> Iterator[Batch]:
+  def train_batches(
+      self,
+      batch_size: int,
+      seed: int,
+      start_step: int = 0,
+      *,
+      process_index: int = 0,
+      process_count: int = 1,
+  ) -> Iterator[Batch]:
     local = batch_size // process_count
     step = start_step
     while True:
       batch = self._batch(np.random.default_rng([seed, step]), batch_size)
-      yield {k: v[process_index * local:(process_index + 1) * local] for k, v in batch.items()}
+      yield {k: v[process_index * local : (process_index + 1) * local] for k, v in batch.items()}
       step += 1
 
   def num_examples(self, split: str) -> int:
     return _EVAL_EXAMPLES if split != "train" else 10**9
 
-  def eval_batches(self, split: str, batch_size: int, *, process_index: int = 0,
-                   process_count: int = 1) -> Iterator[Batch]:
+  def eval_batches(
+      self, split: str, batch_size: int, *, process_index: int = 0, process_count: int = 1
+  ) -> Iterator[Batch]:
     split_id = {"train": 0, "validation": 1, "test": 2}[split]
     data = self._batch(np.random.default_rng([12345, split_id]), _EVAL_EXAMPLES)
     yield from pad_and_batch(data, batch_size, process_index, process_count)
 
 
-def pad_and_batch(data: Batch, batch_size: int, process_index: int = 0,
-                  process_count: int = 1) -> Iterator[Batch]:
+def pad_and_batch(
+    data: Batch, batch_size: int, process_index: int = 0, process_count: int = 1
+) -> Iterator[Batch]:
   """Fixed-order global batches of `data` with a `mask`; the last one padded with zeros."""
   n = len(next(iter(data.values())))
   local = batch_size // process_count
@@ -83,7 +102,9 @@ def pad_and_batch(data: Batch, batch_size: int, process_index: int = 0,
     idx = np.arange(lo, hi)
     valid = idx < n
     idx = np.where(valid, idx, 0)
-    batch = {k: np.where(valid.reshape((-1,) + (1,) * (v.ndim - 1)), v[idx], 0).astype(v.dtype)
-             for k, v in data.items()}
+    batch = {
+        k: np.where(valid.reshape((-1,) + (1,) * (v.ndim - 1)), v[idx], 0).astype(v.dtype)
+        for k, v in data.items()
+    }
     batch["mask"] = valid.astype(np.float32)
     yield batch

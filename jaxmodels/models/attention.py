@@ -5,6 +5,7 @@ Layouts follow `jax.nn.dot_product_attention`: queries, keys and values are [bat
 head_dim]; masks are boolean, True where a query may attend to a key, broadcastable to
 [batch, heads, q_length, kv_length].
 """
+
 from collections.abc import Callable
 from typing import Any
 
@@ -17,9 +18,15 @@ Array = jax.Array
 _IMPLEMENTATIONS = (None, "native", "xla", "cudnn")
 
 
-def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None = None,
-                          dropout_rng: Array | None = None, dropout_rate: float = 0.0,
-                          implementation: str | None = None) -> Array:
+def dot_product_attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    mask: Array | None = None,
+    dropout_rng: Array | None = None,
+    dropout_rate: float = 0.0,
+    implementation: str | None = None,
+) -> Array:
   """softmax(Q K^T / sqrt(d_k)) V for q [B,Tq,H,D], k and v [B,Tk,H,D]; returns [B,Tq,H,D].
 
   Scores and softmax are in float32 for float32 and narrower inputs (float64 for float64). A query
@@ -38,8 +45,10 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None = Non
     mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
   if implementation in ("xla", "cudnn"):
     if dropout:
-      raise ValueError(f"implementation={implementation!r} has no attention dropout; "
-                       "use implementation='native' or None")
+      raise ValueError(
+          f"implementation={implementation!r} has no attention dropout; "
+          "use implementation='native' or None"
+      )
     return _jax_nn_attention(q, k, v, mask, implementation)
   if implementation is None and not dropout and jax.default_backend() in ("gpu", "cuda", "tpu"):
     return _jax_nn_attention(q, k, v, mask, None)
@@ -70,15 +79,20 @@ def _softmax_weights(q: Array, k: Array, mask: Array | None) -> Array:
   weight on them; a fully masked row comes out uniform and is zeroed by the caller.
   """
   q = q * jnp.asarray(1.0 / np.sqrt(q.shape[-1]), q.dtype)
-  logits = jax.lax.dot_general(q, k, (((3,), (3,)), ((0, 1), (0, 1))),
-                               preferred_element_type=jnp.promote_types(q.dtype, jnp.float32))
+  logits = jax.lax.dot_general(
+      q,
+      k,
+      (((3,), (3,)), ((0, 1), (0, 1))),
+      preferred_element_type=jnp.promote_types(q.dtype, jnp.float32),
+  )
   if mask is not None:
     logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
   return jax.nn.softmax(logits, axis=-1)
 
 
-def _native_attention(q: Array, k: Array, v: Array, mask: Array | None,
-                      dropout_rng: Array | None, dropout_rate: float) -> Array:
+def _native_attention(
+    q: Array, k: Array, v: Array, mask: Array | None, dropout_rng: Array | None, dropout_rate: float
+) -> Array:
   # Heads-first layout makes both products plain batched matmuls (weights @ v with the big
   # [Tq,Tk] operand on the left), which XLA's CPU backend runs markedly faster than the
   # transposed forms an einsum on [B,T,H,D] can pick.
@@ -86,15 +100,17 @@ def _native_attention(q: Array, k: Array, v: Array, mask: Array | None,
   if dropout_rng is not None:
     keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
     weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
-  out = jax.lax.dot_general(weights.astype(v.dtype), _heads_first(v),
-                            (((3,), (2,)), ((0, 1), (0, 1))))
+  out = jax.lax.dot_general(
+      weights.astype(v.dtype), _heads_first(v), (((3,), (2,)), ((0, 1), (0, 1)))
+  )
   if mask is not None:
     out = out * _any_key(mask)[..., None].astype(out.dtype)
   return _heads_first(out)
 
 
-def _jax_nn_attention(q: Array, k: Array, v: Array, mask: Array | None,
-                      implementation: str | None) -> Array:
+def _jax_nn_attention(
+    q: Array, k: Array, v: Array, mask: Array | None, implementation: str | None
+) -> Array:
   out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
   if mask is None:
     return out
@@ -149,6 +165,7 @@ class MultiHeadAttention(nn.Module):
   (as `init` does), then feed one or more new tokens per call with `mutable=['cache']`. A `mask`
   given in decode mode must broadcast to [B, H, Tq, L] and is combined with that causal mask.
   """
+
   num_heads: int
   model_dim: int
   head_dim: int | None = None
@@ -162,8 +179,13 @@ class MultiHeadAttention(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, inputs_q: Array, inputs_kv: Array | None = None, mask: Array | None = None,
-               train: bool = False) -> Array:
+  def __call__(
+      self,
+      inputs_q: Array,
+      inputs_kv: Array | None = None,
+      mask: Array | None = None,
+      train: bool = False,
+  ) -> Array:
     head_dim = self.head_dim or self.model_dim // self.num_heads
     q, k, v = self._project(inputs_q, inputs_kv, head_dim)
     if self.decode:
@@ -173,15 +195,28 @@ class MultiHeadAttention(nn.Module):
     rng = self.make_rng("dropout") if train and self.dropout_rate > 0.0 else None
     out = dot_product_attention(q, k, v, mask, rng, self.dropout_rate, self.implementation)
     out = out.reshape(out.shape[:-2] + (self.num_heads * head_dim,))
-    return nn.Dense(self.model_dim, use_bias=self.use_bias, kernel_init=self.kernel_init,
-                    dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
+    return nn.Dense(
+        self.model_dim,
+        use_bias=self.use_bias,
+        kernel_init=self.kernel_init,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name="out",
+    )(out)
 
   def _dense(self, features: tuple[int, ...], name: str) -> nn.DenseGeneral:
-    return nn.DenseGeneral(features, use_bias=self.use_bias, kernel_init=self.kernel_init,
-                           dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+    return nn.DenseGeneral(
+        features,
+        use_bias=self.use_bias,
+        kernel_init=self.kernel_init,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name=name,
+    )
 
-  def _project(self, inputs_q: Array, inputs_kv: Array | None,
-               head_dim: int) -> tuple[Array, Array, Array]:
+  def _project(
+      self, inputs_q: Array, inputs_kv: Array | None, head_dim: int
+  ) -> tuple[Array, Array, Array]:
     shape = (self.num_heads, head_dim)
     if self.fused_qkv:
       if inputs_kv is not None:
@@ -189,11 +224,15 @@ class MultiHeadAttention(nn.Module):
       qkv = self._dense((3,) + shape, "qkv")(inputs_q)
       return qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
     inputs_kv = inputs_q if inputs_kv is None else inputs_kv
-    return (self._dense(shape, "query")(inputs_q), self._dense(shape, "key")(inputs_kv),
-            self._dense(shape, "value")(inputs_kv))
+    return (
+        self._dense(shape, "query")(inputs_q),
+        self._dense(shape, "key")(inputs_kv),
+        self._dense(shape, "value")(inputs_kv),
+    )
 
-  def _update_cache(self, k: Array, v: Array,
-                    mask: Array | None) -> tuple[Array, Array, Array | None]:
+  def _update_cache(
+      self, k: Array, v: Array, mask: Array | None
+  ) -> tuple[Array, Array, Array | None]:
     ready = self.has_variable("cache", "cached_key")
     cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
     cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
@@ -239,12 +278,18 @@ class SinusoidalPositionalEncoding(nn.Module):
   Positions are `offset + arange(T)` (offset: an int or a traced scalar, for decoding) unless
   `positions` ([T] or [B,T] integers) is given. No parameters.
   """
+
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, inputs: Array, positions: Array | None = None, offset: Array | int = 0,
-               train: bool = False) -> Array:
+  def __call__(
+      self,
+      inputs: Array,
+      positions: Array | None = None,
+      offset: Array | int = 0,
+      train: bool = False,
+  ) -> Array:
     del train
     pos = _positions(inputs.shape[-2], positions, offset)
     return (inputs + sinusoidal_at(pos, inputs.shape[-1])).astype(self.dtype)
@@ -256,6 +301,7 @@ class LearnedPositionalEmbedding(nn.Module):
   Positions are `offset + arange(T)` unless `positions` ([T] or [B,T] integers) is given; they
   must be < max_len (a traced offset is clamped by dynamic_slice, so keep it in range).
   """
+
   max_len: int
   dim: int
   embedding_init: Callable[..., Array] = nn.initializers.normal(stddev=0.02)
@@ -263,20 +309,24 @@ class LearnedPositionalEmbedding(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, inputs: Array, positions: Array | None = None, offset: Array | int = 0,
-               train: bool = False) -> Array:
+  def __call__(
+      self,
+      inputs: Array,
+      positions: Array | None = None,
+      offset: Array | int = 0,
+      train: bool = False,
+  ) -> Array:
     del train
     length = inputs.shape[-2]
     if inputs.shape[-1] != self.dim:
       raise ValueError(f"inputs have {inputs.shape[-1]} features, embedding dim is {self.dim}")
-    table = self.param("embedding", self.embedding_init, (self.max_len, self.dim),
-                       self.param_dtype)
+    table = self.param("embedding", self.embedding_init, (self.max_len, self.dim), self.param_dtype)
     if positions is not None:
       emb = jnp.take(table, jnp.asarray(positions), axis=0)
     elif isinstance(offset, int):
       if offset + length > self.max_len:
         raise ValueError(f"positions up to {offset + length - 1} exceed max_len={self.max_len}")
-      emb = table[offset:offset + length]
+      emb = table[offset : offset + length]
     else:
       emb = jax.lax.dynamic_slice_in_dim(table, offset, length, axis=0)
     return inputs.astype(self.dtype) + emb.astype(self.dtype)

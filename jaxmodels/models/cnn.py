@@ -2,6 +2,7 @@
 
 Also `conv_general_dilated`, the convolution every conv net here runs (through nn.Conv).
 """
+
 from collections.abc import Sequence
 import functools
 from typing import Any
@@ -23,6 +24,7 @@ class CNN(nn.Module):
   (skipped when `dense_features` is 0) and a final Dense to `num_classes` float32 logits.
   `axis_name` is given to BatchNorm so that statistics are averaged across pmap devices.
   """
+
   features: Sequence[int] = (32, 64)
   kernel_size: int = 3
   convs_per_block: int = 1
@@ -41,13 +43,23 @@ class CNN(nn.Module):
     k = (self.kernel_size, self.kernel_size)
     for features in self.features:
       for _ in range(self.convs_per_block):
-        x = nn.Conv(features, k, padding="SAME", use_bias=not self.use_batchnorm,
-                    dtype=self.dtype, param_dtype=self.param_dtype,
-                    conv_general_dilated=conv_general_dilated)(x)
+        x = nn.Conv(
+            features,
+            k,
+            padding="SAME",
+            use_bias=not self.use_batchnorm,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            conv_general_dilated=conv_general_dilated,
+        )(x)
         if self.use_batchnorm:
-          x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                           axis_name=self.axis_name, dtype=self.dtype,
-                           param_dtype=self.param_dtype)(x)
+          x = nn.BatchNorm(
+              use_running_average=not train,
+              momentum=self.bn_momentum,
+              axis_name=self.axis_name,
+              dtype=self.dtype,
+              param_dtype=self.param_dtype,
+          )(x)
         x = nn.relu(x)
       x = max_pool_2x2(x)
     x = x.reshape((x.shape[0], -1))
@@ -77,10 +89,17 @@ class CNN(nn.Module):
     return total + dense_flops(flat, self.num_classes)
 
 
-def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
-                         padding: Any, lhs_dilation: Sequence[int] | None = None,
-                         rhs_dilation: Sequence[int] | None = None, dimension_numbers: Any = None,
-                         feature_group_count: int = 1, **kwargs) -> jax.Array:
+def conv_general_dilated(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding: Any,
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    **kwargs,
+) -> jax.Array:
   """`lax.conv_general_dilated`, same arguments and values, with a gradient that runs faster on CPU.
 
   XLA:CPU computes a kernel gradient from the input transposed to a batch-last layout, and it
@@ -92,10 +111,16 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
   12-22% faster on one device and 11-14% faster over 2 (alternating rounds in one process).
   Other platforms get the plain gradient. The identity matmul is exact for finite inputs.
   """
-  conv = functools.partial(lax.conv_general_dilated, window_strides=window_strides,
-                           padding=padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-                           dimension_numbers=dimension_numbers,
-                           feature_group_count=feature_group_count, **kwargs)
+  conv = functools.partial(
+      lax.conv_general_dilated,
+      window_strides=window_strides,
+      padding=padding,
+      lhs_dilation=lhs_dilation,
+      rhs_dilation=rhs_dilation,
+      dimension_numbers=dimension_numbers,
+      feature_group_count=feature_group_count,
+      **kwargs,
+  )
   feature_axis = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers).lhs_spec[1]
 
   @jax.custom_vjp
@@ -108,8 +133,9 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
   def backward(residuals, g):
     x, w = residuals
     dx = jax.vjp(lambda x: conv(x, w), x)[1](g)[0]
-    stored = lax.platform_dependent(x, cpu=functools.partial(_stored, axis=feature_axis),
-                                    default=lambda x: x)
+    stored = lax.platform_dependent(
+        x, cpu=functools.partial(_stored, axis=feature_axis), default=lambda x: x
+    )
     dw = jax.vjp(lambda w: conv(stored, w), w)[1](g)[0]
     return dx, dw
 
@@ -135,7 +161,7 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   select-and-scatter that XLA emits for reduce_window (measured here, batch 128, 28x28).
   """
   b, h, w, c = x.shape
-  x = x[:, :h - h % 2, :w - w % 2]
+  x = x[:, : h - h % 2, : w - w % 2]
   return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 

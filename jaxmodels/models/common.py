@@ -1,5 +1,6 @@
 """What the model families share: the logits dtype, token sampling for generation, and the
 protocol of a model that counts its own FLOPs."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -14,8 +15,12 @@ def logits_dtype(dtype: Any) -> Any:
   return jnp.promote_types(dtype, jnp.float32)
 
 
-def sample_logits(logits: jax.Array, rng: jax.Array, temperature: jax.Array | float = 1.0,
-                  top_k: jax.Array | int | None = None) -> jax.Array:
+def sample_logits(
+    logits: jax.Array,
+    rng: jax.Array,
+    temperature: jax.Array | float = 1.0,
+    top_k: jax.Array | int | None = None,
+) -> jax.Array:
   """Samples ids [B] from logits [B,V] at a temperature, optionally among the top_k only (ties
   with the k-th logit stay in); temperature 0 (or top_k=1) is argmax. top_k may be traced."""
   logits = logits.astype(jnp.float32)

@@ -1,4 +1,5 @@
 """Multi-layer perceptron classifier: flatten, then Dense layers."""
+
 from collections.abc import Callable, Sequence
 import math
 from typing import Any
@@ -18,8 +19,10 @@ def get_activation(activation: Activation) -> Callable[[jax.Array], jax.Array]:
     return activation
   fn = getattr(nn, activation, None)
   if not callable(fn):
-    raise ValueError(f"unknown activation {activation!r}: give a flax.linen function name "
-                     "such as 'relu', 'gelu', 'tanh', 'silu', or a callable")
+    raise ValueError(
+        f"unknown activation {activation!r}: give a flax.linen function name "
+        "such as 'relu', 'gelu', 'tanh', 'silu', or a callable"
+    )
   return fn
 
 
@@ -31,6 +34,7 @@ class MLP(nn.Module):
   maps to `num_classes` logits, returned as float32 for any compute dtype up to float32
   (float64 under float64 compute, for gradient checks).
   """
+
   hidden_sizes: Sequence[int] = (128, 64)
   num_classes: int = 10
   activation: Activation = "relu"

@@ -3,6 +3,7 @@
 With `num_classes=1000` the parameter counts equal torchvision's resnet18/34/50. BatchNorm
 statistics are averaged over the pmap axis named by `ResNet.axis_name`.
 """
+
 from collections.abc import Callable, Sequence
 import functools
 from typing import Any, ClassVar
@@ -23,8 +24,9 @@ def _pad(kernel: int) -> tuple[tuple[int, int], tuple[int, int]]:
   return ((kernel // 2, kernel // 2),) * 2
 
 
-def _shortcut(x: jax.Array, out_features: int, strides: int, conv: ModuleDef,
-              norm: ModuleDef) -> jax.Array:
+def _shortcut(
+    x: jax.Array, out_features: int, strides: int, conv: ModuleDef, norm: ModuleDef
+) -> jax.Array:
   """Identity, or a 1x1 strided conv + BN projection when channels or resolution change."""
   if strides == 1 and x.shape[-1] == out_features:
     return x
@@ -45,6 +47,7 @@ def _last_scale_init(zero: bool) -> Callable[..., jax.Array]:
 
 class BasicBlock(nn.Module):
   """Two 3x3 convolutions with BN; output has `features` channels (ResNet-18/34)."""
+
   features: int
   conv: ModuleDef
   norm: ModuleDef
@@ -62,8 +65,9 @@ class BasicBlock(nn.Module):
     return nn.relu(y + residual)
 
   @staticmethod
-  def flops(in_features: int, features: int, strides: int,
-            hw: tuple[int, int]) -> tuple[float, tuple[int, int]]:
+  def flops(
+      in_features: int, features: int, strides: int, hw: tuple[int, int]
+  ) -> tuple[float, tuple[int, int]]:
     """FLOPs of one block on one example and its output spatial size."""
     out = _flops_hw(hw, 3, strides)
     total = conv_flops(out, 3, in_features, features) + conv_flops(out, 3, features, features)
@@ -74,6 +78,7 @@ class BasicBlock(nn.Module):
 
 class BottleneckBlock(nn.Module):
   """1x1 reduce, 3x3 (strided), 1x1 expand to 4 * `features` channels, with BN (ResNet-50)."""
+
   features: int
   conv: ModuleDef
   norm: ModuleDef
@@ -94,13 +99,17 @@ class BottleneckBlock(nn.Module):
     return nn.relu(y + residual)
 
   @staticmethod
-  def flops(in_features: int, features: int, strides: int,
-            hw: tuple[int, int]) -> tuple[float, tuple[int, int]]:
+  def flops(
+      in_features: int, features: int, strides: int, hw: tuple[int, int]
+  ) -> tuple[float, tuple[int, int]]:
     """FLOPs of one block on one example and its output spatial size."""
     out_features = features * BottleneckBlock.expansion
     out = _flops_hw(hw, 3, strides)
-    total = (conv_flops(hw, 1, in_features, features) + conv_flops(out, 3, features, features)
-             + conv_flops(out, 1, features, out_features))
+    total = (
+        conv_flops(hw, 1, in_features, features)
+        + conv_flops(out, 3, features, features)
+        + conv_flops(out, 1, features, out_features)
+    )
     if strides != 1 or in_features != out_features:
       total += conv_flops(out, 1, in_features, out_features)
     return total, out
@@ -116,6 +125,7 @@ class ResNet(nn.Module):
   `jax.pmap(axis_name='batch')`) and updates 'batch_stats'; `train=False` uses the running
   averages. `bn_momentum=0.9` matches torchvision's momentum of 0.1.
   """
+
   stage_sizes: Sequence[int]
   block_cls: type[nn.Module]
   num_classes: int = 10
@@ -130,18 +140,34 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype,
-                             param_dtype=self.param_dtype, conv_general_dilated=conv_general_dilated)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                             momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                             axis_name=self.axis_name, dtype=self.dtype,
-                             param_dtype=self.param_dtype)
+    conv = functools.partial(
+        nn.Conv,
+        use_bias=False,
+        kernel_init=conv_init,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        conv_general_dilated=conv_general_dilated,
+    )
+    norm = functools.partial(
+        nn.BatchNorm,
+        use_running_average=not train,
+        momentum=self.bn_momentum,
+        epsilon=self.bn_epsilon,
+        axis_name=self.axis_name,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+    )
     x = self._stem(x.astype(self.dtype), conv, norm)
     for i, size in enumerate(self.stage_sizes):
       for j in range(size):
         strides = 2 if i > 0 and j == 0 else 1
-        x = self.block_cls(self.num_filters * 2**i, conv=conv, norm=norm, strides=strides,
-                           zero_init_last=self.zero_init_residual)(x)
+        x = self.block_cls(
+            self.num_filters * 2**i,
+            conv=conv,
+            norm=norm,
+            strides=strides,
+            zero_init_last=self.zero_init_residual,
+        )(x)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)(x)
     return x.astype(logits_dtype(self.dtype))

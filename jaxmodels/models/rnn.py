@@ -17,6 +17,7 @@ and the LSTM at H=256 (22 vs 28 ms); an evaluation-heavy GRU job may prefer `imp
 
 Carries follow flax: LSTM `(c, h)`, GRU and RNN `h`, each [B, H].
 """
+
 from collections.abc import Callable, Sequence
 import functools
 from typing import Any
@@ -53,6 +54,7 @@ class SimpleRNNCell(nn.RNNCellBase):
   kernel [H, H], no bias), 'o' (W_hy, b_y; only with `output_features`). With
   `output_features=None` this matches `nn.SimpleCell`'s parameters exactly.
   """
+
   features: int
   output_features: int | None = None
   activation_fn: Callable[[jax.Array], jax.Array] = jnp.tanh
@@ -65,15 +67,23 @@ class SimpleRNNCell(nn.RNNCellBase):
 
   @nn.compact
   def __call__(self, carry: jax.Array, inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
-    dense = functools.partial(nn.Dense, self.features, dtype=self.dtype,
-                              param_dtype=self.param_dtype)
-    pre = (dense(kernel_init=self.kernel_init, bias_init=self.bias_init, name="i")(inputs)
-           + dense(use_bias=False, kernel_init=self.recurrent_kernel_init, name="h")(carry))
+    dense = functools.partial(
+        nn.Dense, self.features, dtype=self.dtype, param_dtype=self.param_dtype
+    )
+    pre = dense(kernel_init=self.kernel_init, bias_init=self.bias_init, name="i")(inputs) + dense(
+        use_bias=False, kernel_init=self.recurrent_kernel_init, name="h"
+    )(carry)
     h = self.activation_fn(pre)
     if self.output_features is None:
       return h, h
-    y = nn.Dense(self.output_features, dtype=self.dtype, param_dtype=self.param_dtype,
-                 kernel_init=self.kernel_init, bias_init=self.bias_init, name="o")(h)
+    y = nn.Dense(
+        self.output_features,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        kernel_init=self.kernel_init,
+        bias_init=self.bias_init,
+        name="o",
+    )(h)
     return h, y
 
   @nn.nowrap
@@ -86,8 +96,9 @@ class SimpleRNNCell(nn.RNNCellBase):
     return 1
 
 
-def flax_cell(cell: str, features: int, dtype: Any = jnp.float32,
-              param_dtype: Any = jnp.float32, **kw) -> nn.RNNCellBase:
+def flax_cell(
+    cell: str, features: int, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32, **kw
+) -> nn.RNNCellBase:
   """The per-step cell for `cell` ('rnn' | 'lstm' | 'gru') with this module's parameter layout.
 
   LSTM is `nn.OptimizedLSTMCell` (same parameters as `nn.LSTMCell`), GRU `nn.GRUCell`, RNN
@@ -104,6 +115,7 @@ def flax_cell(cell: str, features: int, dtype: Any = jnp.float32,
 
 class _DenseParams(nn.Module):
   """Creates 'kernel' (and 'bias') exactly as nn.Dense would, and returns them unapplied."""
+
   features: int
   use_bias: bool
   kernel_init: Initializer
@@ -112,8 +124,7 @@ class _DenseParams(nn.Module):
 
   @nn.compact
   def __call__(self, in_features: int) -> tuple[jax.Array, jax.Array | None]:
-    kernel = self.param("kernel", self.kernel_init, (in_features, self.features),
-                        self.param_dtype)
+    kernel = self.param("kernel", self.kernel_init, (in_features, self.features), self.param_dtype)
     if not self.use_bias:
       return kernel, None
     return kernel, self.param("bias", self.bias_init, (self.features,), self.param_dtype)
@@ -121,10 +132,14 @@ class _DenseParams(nn.Module):
 
 # (name, use_bias) of the input-side and hidden-side Dense layers of each flax cell, gate order.
 _LAYOUT = {
-    "lstm": ((("ii", False), ("if", False), ("ig", False), ("io", False)),
-             (("hi", True), ("hf", True), ("hg", True), ("ho", True))),
-    "gru": ((("ir", True), ("iz", True), ("in", True)),
-            (("hr", False), ("hz", False), ("hn", True))),
+    "lstm": (
+        (("ii", False), ("if", False), ("ig", False), ("io", False)),
+        (("hi", True), ("hf", True), ("hg", True), ("ho", True)),
+    ),
+    "gru": (
+        (("ir", True), ("iz", True), ("in", True)),
+        (("hr", False), ("hz", False), ("hn", True)),
+    ),
     "rnn": ((("i", True),), (("h", False),)),
 }
 _IFOG = (0, 1, 3, 2)  # flax's LSTM gates i, f, g, o -> fused order i, f, o, g
@@ -140,6 +155,7 @@ class CellParams(nn.Module):
   apart because it sits inside `r * (W_hn h + b_hn)`. The parameters themselves keep flax's
   names and shapes; only this fused view is reordered.
   """
+
   cell: str
   features: int
   kernel_init: Initializer = _default_kernel_init
@@ -151,11 +167,14 @@ class CellParams(nn.Module):
   def __call__(self, in_features: int):
     _check_cell(self.cell)
     x_side, h_side = _LAYOUT[self.cell]
-    make = functools.partial(_DenseParams, self.features, bias_init=self.bias_init,
-                             param_dtype=self.param_dtype)
+    make = functools.partial(
+        _DenseParams, self.features, bias_init=self.bias_init, param_dtype=self.param_dtype
+    )
     xs = [make(use_bias=b, kernel_init=self.kernel_init, name=n)(in_features) for n, b in x_side]
-    hs = [make(use_bias=b, kernel_init=self.recurrent_kernel_init, name=n)(self.features)
-          for n, b in h_side]
+    hs = [
+        make(use_bias=b, kernel_init=self.recurrent_kernel_init, name=n)(self.features)
+        for n, b in h_side
+    ]
     if self.cell == "lstm":  # fused column order i, f, o, g: one sigmoid over a 3H block
       xs, hs = [xs[j] for j in _IFOG], [hs[j] for j in _IFOG]
     w_x = jnp.concatenate([k for k, _ in xs], axis=-1)
@@ -204,6 +223,7 @@ class RecurrentLayer(nn.Module):
   order. Outputs at padding positions are unspecified (callers mask them); the final carry
   ignores padding. Parameters live in the child 'cell' in flax's layout (see `CellParams`).
   """
+
   cell: str
   features: int
   reverse: bool = False
@@ -211,13 +231,15 @@ class RecurrentLayer(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, lengths: jax.Array | None,
-               carry: Carry | None = None) -> tuple[Carry, jax.Array]:
+  def __call__(
+      self, x: jax.Array, lengths: jax.Array | None, carry: Carry | None = None
+  ) -> tuple[Carry, jax.Array]:
     steps, batch = x.shape[:2]
     if carry is None:
       carry = zero_carry(self.cell, batch, self.features, self.dtype)
     params = CellParams(self.cell, self.features, param_dtype=self.param_dtype, name="cell")(
-        x.shape[-1])
+        x.shape[-1]
+    )
     params = jax.tree.map(lambda p: p.astype(self.dtype), params)
     carry = jax.tree.map(lambda c: c.astype(self.dtype), carry)
     x = x.astype(self.dtype)
@@ -251,6 +273,7 @@ class Recurrent(nn.Module):
   `time_major=True` takes x [T, B, F] and returns outputs [T, B, D*H]: the layers run time-major,
   and a caller that can produce time-major inputs (an embedding of `ids.T`) skips two transposes.
   """
+
   cell: str = "lstm"
   hidden_size: int = 128
   num_layers: int = 1
@@ -262,8 +285,15 @@ class Recurrent(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, lengths: jax.Array | None = None, train: bool = False, *,
-               initial_carry: Any = None, return_carry: bool = False):
+  def __call__(
+      self,
+      x: jax.Array,
+      lengths: jax.Array | None = None,
+      train: bool = False,
+      *,
+      initial_carry: Any = None,
+      return_carry: bool = False,
+  ):
     _check_cell(self.cell)
     if self.impl not in ("fused", "flax"):
       raise ValueError(f"unknown impl {self.impl!r}: 'fused' or 'flax'")
@@ -296,14 +326,23 @@ class Recurrent(nn.Module):
     if carry is None:
       carry = zero_carry(self.cell, x.shape[1], self.hidden_size, self.dtype)
     if self.impl == "fused":
-      return RecurrentLayer(self.cell, self.hidden_size, reverse, self.dtype,
-                            self.param_dtype, name=name)(x, lengths, carry)
+      return RecurrentLayer(
+          self.cell, self.hidden_size, reverse, self.dtype, self.param_dtype, name=name
+      )(x, lengths, carry)
     # parent=None leaves the cell unbound so that nn.RNN adopts it as its child 'cell'.
-    rnn = nn.RNN(flax_cell(self.cell, self.hidden_size, self.dtype, self.param_dtype,
-                           parent=None),
-                 time_major=True, name=name)
-    new, out = rnn(x, initial_carry=carry, seq_lengths=lengths, return_carry=True,
-                   reverse=reverse, keep_order=True)
+    rnn = nn.RNN(
+        flax_cell(self.cell, self.hidden_size, self.dtype, self.param_dtype, parent=None),
+        time_major=True,
+        name=name,
+    )
+    new, out = rnn(
+        x,
+        initial_carry=carry,
+        seq_lengths=lengths,
+        return_carry=True,
+        reverse=reverse,
+        keep_order=True,
+    )
     if lengths is not None:  # nn.RNN would take the carry at index -1 for an empty sequence
       new = jax.tree.map(lambda a, b: jnp.where((lengths > 0)[:, None], a, b), new, carry)
     return new, out
@@ -317,6 +356,7 @@ class RNNClassifier(nn.Module):
   `dropout_rate > 0` and `train`) applies to the embeddings, between layers, and to the final
   state.
   """
+
   vocab_size: int
   num_classes: int
   embed_dim: int = 128
@@ -330,18 +370,34 @@ class RNNClassifier(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, inputs: jax.Array, lengths: jax.Array | None = None,
-               train: bool = False) -> jax.Array:
+  def __call__(
+      self, inputs: jax.Array, lengths: jax.Array | None = None, train: bool = False
+  ) -> jax.Array:
     if lengths is None:
       lengths = jnp.sum(inputs != 0, axis=-1)
     drop = nn.Dropout(self.dropout_rate, deterministic=not train or self.dropout_rate == 0)
-    x = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype,
-                 param_dtype=self.param_dtype, name="embed")(inputs.T)
-    _, final = Recurrent(self.cell, self.hidden_size, self.num_layers, self.bidirectional,
-                         self.dropout_rate, self.impl, time_major=True, dtype=self.dtype,
-                         param_dtype=self.param_dtype, name="rnn")(drop(x), lengths, train)
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-                      name="head")(drop(final))
+    x = nn.Embed(
+        self.vocab_size,
+        self.embed_dim,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name="embed",
+    )(inputs.T)
+    _, final = Recurrent(
+        self.cell,
+        self.hidden_size,
+        self.num_layers,
+        self.bidirectional,
+        self.dropout_rate,
+        self.impl,
+        time_major=True,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name="rnn",
+    )(drop(x), lengths, train)
+    logits = nn.Dense(
+        self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head"
+    )(drop(final))
     return logits.astype(logits_dtype(self.dtype))
 
   @nn.nowrap
@@ -350,8 +406,17 @@ class RNNClassifier(nn.Module):
     the final state. Embedding lookups count zero."""
     dirs = 2 if self.bidirectional else 1
     head = 2.0 * dirs * self.hidden_size * self.num_classes
-    return recurrent_flops(self.cell, self.embed_dim, self.hidden_size, input_shape[0],
-                           self.num_layers, self.bidirectional) + head
+    return (
+        recurrent_flops(
+            self.cell,
+            self.embed_dim,
+            self.hidden_size,
+            input_shape[0],
+            self.num_layers,
+            self.bidirectional,
+        )
+        + head
+    )
 
 
 class RNNLanguageModel(nn.Module):
@@ -362,6 +427,7 @@ class RNNLanguageModel(nn.Module):
   how `sample` decodes one token at a time. Dropout applies to embeddings, between layers and to
   the recurrent outputs.
   """
+
   vocab_size: int
   embed_dim: int = 128
   hidden_size: int = 256
@@ -373,19 +439,38 @@ class RNNLanguageModel(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, input_ids: jax.Array, train: bool = False, *, initial_carry: Any = None,
-               return_carry: bool = False):
+  def __call__(
+      self,
+      input_ids: jax.Array,
+      train: bool = False,
+      *,
+      initial_carry: Any = None,
+      return_carry: bool = False,
+  ):
     drop = nn.Dropout(self.dropout_rate, deterministic=not train or self.dropout_rate == 0)
-    x = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype,
-                 param_dtype=self.param_dtype, name="embed")(input_ids.T)
-    out, _, carry = Recurrent(self.cell, self.hidden_size, self.num_layers, False,
-                              self.dropout_rate, self.impl, time_major=True, dtype=self.dtype,
-                              param_dtype=self.param_dtype, name="rnn")(
-                                  drop(x), None, train, initial_carry=initial_carry,
-                                  return_carry=True)
+    x = nn.Embed(
+        self.vocab_size,
+        self.embed_dim,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name="embed",
+    )(input_ids.T)
+    out, _, carry = Recurrent(
+        self.cell,
+        self.hidden_size,
+        self.num_layers,
+        False,
+        self.dropout_rate,
+        self.impl,
+        time_major=True,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name="rnn",
+    )(drop(x), None, train, initial_carry=initial_carry, return_carry=True)
     out = swap_time_batch(out)
-    logits = nn.Dense(self.vocab_size, dtype=self.dtype, param_dtype=self.param_dtype,
-                      name="head")(drop(out))
+    logits = nn.Dense(self.vocab_size, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(
+        drop(out)
+    )
     logits = logits.astype(logits_dtype(self.dtype))
     return (logits, carry) if return_carry else logits
 
@@ -395,12 +480,21 @@ class RNNLanguageModel(nn.Module):
     step. Embedding lookups count zero."""
     seq_len = input_shape[0]
     head = 2.0 * seq_len * self.hidden_size * self.vocab_size
-    return recurrent_flops(self.cell, self.embed_dim, self.hidden_size, seq_len,
-                           self.num_layers) + head
+    return (
+        recurrent_flops(self.cell, self.embed_dim, self.hidden_size, seq_len, self.num_layers)
+        + head
+    )
 
 
-def sample(model: RNNLanguageModel, variables: Any, prompt_ids: jax.Array, num_steps: int,
-           rng: jax.Array, temperature: float = 1.0, top_k: int | None = None) -> jax.Array:
+def sample(
+    model: RNNLanguageModel,
+    variables: Any,
+    prompt_ids: jax.Array,
+    num_steps: int,
+    rng: jax.Array,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+) -> jax.Array:
   """Samples `num_steps` tokens after `prompt_ids` [B, P]; returns ids [B, P + num_steps].
 
   The prompt runs through once; then each new token is fed back alone, carrying the recurrent
@@ -421,8 +515,7 @@ def _sample(model, variables, prompt_ids, num_steps, rng, temperature, top_k):
 
   def step(state, key):
     carry, token = state
-    logits, carry = model.apply(variables, token[:, None], initial_carry=carry,
-                                return_carry=True)
+    logits, carry = model.apply(variables, token[:, None], initial_carry=carry, return_carry=True)
     token = sample_logits(logits[:, -1], key, temperature, top_k)
     return (carry, token), token
 
@@ -430,8 +523,14 @@ def _sample(model, variables, prompt_ids, num_steps, rng, temperature, top_k):
   return jnp.concatenate([prompt_ids, first[:, None], rest.T], axis=1)
 
 
-def recurrent_flops(cell: str, input_size: int, hidden_size: int, seq_len: int,
-                    num_layers: int = 1, bidirectional: bool = False) -> float:
+def recurrent_flops(
+    cell: str,
+    input_size: int,
+    hidden_size: int,
+    seq_len: int,
+    num_layers: int = 1,
+    bidirectional: bool = False,
+) -> float:
   """Forward FLOPs of a `Recurrent` stack on one sequence: 2 * MACs of its matmuls.
 
   Per layer, direction and step: input projection `F * G * H` plus recurrent `H * G * H` MACs,

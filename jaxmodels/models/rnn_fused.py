@@ -6,6 +6,7 @@ stays in the loop; the backward loop multiplies by `W_h^T` stored once, and both
 are one large matmul each after the loop. Parameters come fused as `rnn.CellParams` returns them
 (gate blocks LSTM i, f, o, g; GRU r, z, n). Carries follow flax: LSTM `(c, h)`, GRU and RNN `h`.
 """
+
 import functools
 from typing import Any
 
@@ -33,8 +34,8 @@ def _lstm_fwd(w_h, b_hn, carry, xp):
   c, h = carry
   z = xp + h @ w_h
   hid = h.shape[-1]
-  s = jax.nn.sigmoid(z[:, :3 * hid])
-  g = jnp.tanh(z[:, 3 * hid:])
+  s = jax.nn.sigmoid(z[:, : 3 * hid])
+  g = jnp.tanh(z[:, 3 * hid :])
   i, f, o = jnp.split(s, 3, axis=-1)
   c_new = f * c + i * g
   tc = jnp.tanh(c_new)
@@ -57,9 +58,9 @@ def _lstm_bwd(w_h_t, res, h_prev, d_carry, dy):
 def _gru_fwd(w_h, b_hn, h, xp):
   hp = h @ w_h
   hid = h.shape[-1]
-  r, u = jnp.split(jax.nn.sigmoid(xp[:, :2 * hid] + hp[:, :2 * hid]), 2, axis=-1)
-  hn = hp[:, 2 * hid:] + b_hn
-  n = jnp.tanh(xp[:, 2 * hid:] + r * hn)
+  r, u = jnp.split(jax.nn.sigmoid(xp[:, : 2 * hid] + hp[:, : 2 * hid]), 2, axis=-1)
+  hn = hp[:, 2 * hid :] + b_hn
+  n = jnp.tanh(xp[:, 2 * hid :] + r * hn)
   h_new = (1 - u) * n + u * h
   return h_new, h_new, (r, u, n, hn)
 
@@ -101,8 +102,9 @@ def _transposed(x: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def run_fused(cell: str, x: jax.Array, params, carry: Carry,
-              mask: jax.Array | None) -> tuple[Carry, jax.Array]:
+def run_fused(
+    cell: str, x: jax.Array, params, carry: Carry, mask: jax.Array | None
+) -> tuple[Carry, jax.Array]:
   """Runs one direction over time-major x [T, B, F] from `carry`; returns (final carry, h [T,B,H]).
 
   `params` is `(w_x, b_x, w_h, b_hn)` from `rnn.CellParams`. The input projection of all steps is
@@ -159,7 +161,7 @@ def _run_fused_bwd(cell, residuals, cotangents):
   d_xp2 = d_xp.reshape(-1, d_xp.shape[-1])
   d_w_x = _transposed(x) @ d_xp2
   d_w_h = _transposed(h_prev) @ d_hp.reshape(-1, d_hp.shape[-1])
-  d_b_hn = None if b_hn is None else jnp.sum(d_hp[..., -b_hn.shape[0]:], axis=(0, 1))
+  d_b_hn = None if b_hn is None else jnp.sum(d_hp[..., -b_hn.shape[0] :], axis=(0, 1))
   d_x = (d_xp2 @ lax.optimization_barrier(w_x.T)).reshape(x.shape)
   return d_x, (d_w_x, jnp.sum(d_xp2, axis=0), d_w_h, d_b_hn), d_carry, None
 

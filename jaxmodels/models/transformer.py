@@ -6,6 +6,7 @@ residual path stays an identity, so training is stable without learning-rate war
 deep stacks keep well-scaled gradients (Xiong et al. 2020, GPT-2). Token 0 is padding for the
 encoder and the encoder-decoder; attention never looks at padding keys.
 """
+
 from collections.abc import Sequence
 import functools
 from typing import Any
@@ -14,8 +15,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmodels.models.attention import (LearnedPositionalEmbedding, MultiHeadAttention,
-                                        causal_mask, combine_masks, key_padding_mask)
+from jaxmodels.models.attention import (
+    LearnedPositionalEmbedding,
+    MultiHeadAttention,
+    causal_mask,
+    combine_masks,
+    key_padding_mask,
+)
 from jaxmodels.models.common import logits_dtype, sample_logits
 
 Array = jax.Array
@@ -24,6 +30,7 @@ _EMBED_INIT = nn.initializers.normal(stddev=0.02)
 
 class MLPBlock(nn.Module):
   """Dense(mlp_dim) -> GELU (tanh approximation) -> dropout -> Dense(back to input width)."""
+
   mlp_dim: int
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
@@ -40,6 +47,7 @@ class MLPBlock(nn.Module):
 
 class EncoderBlock(nn.Module):
   """Pre-LN block: x + Dropout(SelfAttention(LN(x))), then x + Dropout(MLP(LN(x)))."""
+
   model_dim: int
   num_heads: int
   mlp_dim: int
@@ -53,12 +61,20 @@ class EncoderBlock(nn.Module):
   def __call__(self, x: Array, mask: Array | None = None, train: bool = False) -> Array:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = nn.LayerNorm(**kw, name="ln1")(x)
-    h = MultiHeadAttention(self.num_heads, self.model_dim, self.head_dim, self.dropout_rate,
-                           fused_qkv=True, implementation=self.implementation, **kw,
-                           name="attn")(h, mask=mask, train=train)
+    h = MultiHeadAttention(
+        self.num_heads,
+        self.model_dim,
+        self.head_dim,
+        self.dropout_rate,
+        fused_qkv=True,
+        implementation=self.implementation,
+        **kw,
+        name="attn",
+    )(h, mask=mask, train=train)
     x = x + nn.Dropout(self.dropout_rate, deterministic=not train)(h)
     h = MLPBlock(self.mlp_dim, self.dropout_rate, **kw, name="mlp")(
-        nn.LayerNorm(**kw, name="ln2")(x), train)
+        nn.LayerNorm(**kw, name="ln2")(x), train
+    )
     return x + nn.Dropout(self.dropout_rate, deterministic=not train)(h)
 
 
@@ -68,6 +84,7 @@ class DecoderBlock(nn.Module):
   `self_mask` should contain the causal mask (outside decode mode); in decode mode the
   self-attention's cache supplies causality. `cross_mask` hides encoder padding.
   """
+
   model_dim: int
   num_heads: int
   mlp_dim: int
@@ -79,23 +96,42 @@ class DecoderBlock(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, self_mask: Array | None = None, encoded: Array | None = None,
-               cross_mask: Array | None = None, train: bool = False) -> Array:
+  def __call__(
+      self,
+      x: Array,
+      self_mask: Array | None = None,
+      encoded: Array | None = None,
+      cross_mask: Array | None = None,
+      train: bool = False,
+  ) -> Array:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     drop = nn.Dropout(self.dropout_rate, deterministic=not train)
-    h = MultiHeadAttention(self.num_heads, self.model_dim, self.head_dim, self.dropout_rate,
-                           decode=self.decode, fused_qkv=True, implementation=self.implementation,
-                           **kw, name="self_attn")(nn.LayerNorm(**kw, name="ln1")(x),
-                                                   mask=self_mask, train=train)
+    h = MultiHeadAttention(
+        self.num_heads,
+        self.model_dim,
+        self.head_dim,
+        self.dropout_rate,
+        decode=self.decode,
+        fused_qkv=True,
+        implementation=self.implementation,
+        **kw,
+        name="self_attn",
+    )(nn.LayerNorm(**kw, name="ln1")(x), mask=self_mask, train=train)
     x = x + drop(h)
     if encoded is not None:
-      h = MultiHeadAttention(self.num_heads, self.model_dim, self.head_dim, self.dropout_rate,
-                             implementation=self.implementation, **kw, name="cross_attn")(
-                                 nn.LayerNorm(**kw, name="ln_cross")(x), encoded,
-                                 mask=cross_mask, train=train)
+      h = MultiHeadAttention(
+          self.num_heads,
+          self.model_dim,
+          self.head_dim,
+          self.dropout_rate,
+          implementation=self.implementation,
+          **kw,
+          name="cross_attn",
+      )(nn.LayerNorm(**kw, name="ln_cross")(x), encoded, mask=cross_mask, train=train)
       x = x + drop(h)
     h = MLPBlock(self.mlp_dim, self.dropout_rate, **kw, name="mlp")(
-        nn.LayerNorm(**kw, name="ln2")(x), train)
+        nn.LayerNorm(**kw, name="ln2")(x), train
+    )
     return x + drop(h)
 
 
@@ -104,14 +140,32 @@ class _ScannedBlock(DecoderBlock):
 
   @nn.compact
   def __call__(self, x: Array, mask: Array | None, train: bool) -> tuple[Array, None]:
-    fields = {f: getattr(self, f) for f in ("model_dim", "num_heads", "mlp_dim", "dropout_rate",
-                                            "head_dim", "decode", "implementation", "dtype",
-                                            "param_dtype")}
+    fields = {
+        f: getattr(self, f)
+        for f in (
+            "model_dim",
+            "num_heads",
+            "mlp_dim",
+            "dropout_rate",
+            "head_dim",
+            "decode",
+            "implementation",
+            "dtype",
+            "param_dtype",
+        )
+    }
     return DecoderBlock(**fields, name="block")(x, mask, None, None, train), None
 
 
-def _embed(module: nn.Module, ids: Array, vocab: int, dim: int, max_len: int, name: str,
-           offset: Array | int = 0) -> tuple[nn.Embed, Array]:
+def _embed(
+    module: nn.Module,
+    ids: Array,
+    vocab: int,
+    dim: int,
+    max_len: int,
+    name: str,
+    offset: Array | int = 0,
+) -> tuple[nn.Embed, Array]:
   kw = dict(dtype=module.dtype, param_dtype=module.param_dtype)
   embed = nn.Embed(vocab, dim, embedding_init=_EMBED_INIT, **kw, name=f"{name}_embed")
   x = LearnedPositionalEmbedding(max_len, dim, **kw, name=f"{name}_pos")(embed(ids), offset=offset)
@@ -140,6 +194,7 @@ class TransformerEncoder(nn.Module):
   `__call__(input_ids [B,T], attention_mask [B,T] (1 real, 0 pad; default input_ids != 0))`
   returns float32 logits [B, num_classes].
   """
+
   vocab_size: int
   num_classes: int
   model_dim: int
@@ -155,8 +210,9 @@ class TransformerEncoder(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, input_ids: Array, attention_mask: Array | None = None,
-               train: bool = False) -> Array:
+  def __call__(
+      self, input_ids: Array, attention_mask: Array | None = None, train: bool = False
+  ) -> Array:
     if self.pooling not in ("mean", "first"):
       raise ValueError(f"pooling must be 'mean' or 'first', got {self.pooling!r}")
     valid = (input_ids != 0) if attention_mask is None else attention_mask.astype(bool)
@@ -164,25 +220,35 @@ class TransformerEncoder(nn.Module):
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     mask = key_padding_mask(valid)
     for i in range(self.num_layers):
-      x = EncoderBlock(self.model_dim, self.num_heads, self.mlp_dim, self.dropout_rate,
-                       head_dim=self.head_dim, implementation=self.implementation,
-                       dtype=self.dtype, param_dtype=self.param_dtype,
-                       name=f"block{i}")(x, mask, train)
+      x = EncoderBlock(
+          self.model_dim,
+          self.num_heads,
+          self.mlp_dim,
+          self.dropout_rate,
+          head_dim=self.head_dim,
+          implementation=self.implementation,
+          dtype=self.dtype,
+          param_dtype=self.param_dtype,
+          name=f"block{i}",
+      )(x, mask, train)
     x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="ln_final")(x)
     if self.pooling == "mean":
       w = valid.astype(x.dtype)[..., None]
       pooled = jnp.sum(x * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)
     else:
       pooled = x[:, 0]
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-                      name="head")(pooled)
+    logits = nn.Dense(
+        self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head"
+    )(pooled)
     return logits.astype(logits_dtype(self.dtype))
 
   @nn.nowrap
   def flops_per_example(self, input_shape: Sequence[int], *unused: Sequence[int]) -> float:
     """Forward FLOPs of ONE sequence of shape (T,); what counts is as for `GPT`."""
-    return (self.num_layers * _self_attention_layer_flops(self, input_shape[0])
-            + 2.0 * self.model_dim * self.num_classes)
+    return (
+        self.num_layers * _self_attention_layer_flops(self, input_shape[0])
+        + 2.0 * self.model_dim * self.num_classes
+    )
 
 
 class EncoderDecoder(nn.Module):
@@ -195,6 +261,7 @@ class EncoderDecoder(nn.Module):
   method) the decoder self-attention keeps a key/value cache and `decode` takes the next tokens
   only, as `greedy_decode` does.
   """
+
   src_vocab_size: int
   tgt_vocab_size: int
   model_dim: int
@@ -211,17 +278,24 @@ class EncoderDecoder(nn.Module):
 
   def setup(self):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    block = dict(dropout_rate=self.dropout_rate, head_dim=self.head_dim,
-                 implementation=self.implementation, **kw)
+    block = dict(
+        dropout_rate=self.dropout_rate,
+        head_dim=self.head_dim,
+        implementation=self.implementation,
+        **kw,
+    )
     dim = self.model_dim
     self.src_embed = nn.Embed(self.src_vocab_size, dim, embedding_init=_EMBED_INIT, **kw)
     self.src_pos = LearnedPositionalEmbedding(self.max_len, dim, **kw)
     self.tgt_embed = nn.Embed(self.tgt_vocab_size, dim, embedding_init=_EMBED_INIT, **kw)
     self.tgt_pos = LearnedPositionalEmbedding(self.max_len, dim, **kw)
-    self.encoder = [EncoderBlock(dim, self.num_heads, self.mlp_dim, **block)
-                    for _ in range(self.num_layers)]
-    self.decoder = [DecoderBlock(dim, self.num_heads, self.mlp_dim, decode=self.use_cache, **block)
-                    for _ in range(self.num_layers)]
+    self.encoder = [
+        EncoderBlock(dim, self.num_heads, self.mlp_dim, **block) for _ in range(self.num_layers)
+    ]
+    self.decoder = [
+        DecoderBlock(dim, self.num_heads, self.mlp_dim, decode=self.use_cache, **block)
+        for _ in range(self.num_layers)
+    ]
     self.encoder_ln = nn.LayerNorm(**kw)
     self.decoder_ln = nn.LayerNorm(**kw)
     self.head = nn.Dense(self.tgt_vocab_size, **kw)
@@ -259,16 +333,20 @@ class EncoderDecoder(nn.Module):
     return logits.astype(logits_dtype(self.dtype))
 
   @nn.nowrap
-  def flops_per_example(self, src_shape: Sequence[int], tgt_shape: Sequence[int] | None = None,
-                        *unused: Sequence[int]) -> float:
+  def flops_per_example(
+      self, src_shape: Sequence[int], tgt_shape: Sequence[int] | None = None, *unused: Sequence[int]
+  ) -> float:
     """Forward FLOPs of ONE (source (S,), target (T,)) pair, T = S when tgt_shape is None; what
     counts is as for `GPT`, plus the cross-attention."""
     src = src_shape[0]
     tgt = src if tgt_shape is None else tgt_shape[0]
     dim, inner = self.model_dim, _inner_features(self)
     encoder = _self_attention_layer_flops(self, src)
-    decoder = (_attention_flops(tgt, tgt, dim, inner) + _attention_flops(tgt, src, dim, inner)
-               + _mlp_flops(tgt, dim, self.mlp_dim))
+    decoder = (
+        _attention_flops(tgt, tgt, dim, inner)
+        + _attention_flops(tgt, src, dim, inner)
+        + _mlp_flops(tgt, dim, self.mlp_dim)
+    )
     return self.num_layers * (encoder + decoder) + 2.0 * tgt * dim * self.tgt_vocab_size
 
 
@@ -284,6 +362,7 @@ class GPT(nn.Module):
   as one nn.scan over stacked parameters (params['blocks'] with a leading layer axis): the
   compiled program holds one block, so deep models compile in the time of a shallow one.
   """
+
   vocab_size: int
   model_dim: int
   num_layers: int
@@ -301,28 +380,41 @@ class GPT(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, input_ids: Array, attention_mask: Array | None = None,
-               train: bool = False) -> Array:
+  def __call__(
+      self, input_ids: Array, attention_mask: Array | None = None, train: bool = False
+  ) -> Array:
     length = input_ids.shape[1]
     if self.decode and attention_mask is not None:
       raise ValueError("GPT(decode=True) does not take an attention_mask")
     offset = DecodePosition(name="position")(length) if self.decode else 0
-    embed, x = _embed(self, input_ids, self.vocab_size, self.model_dim, self.max_len, "token",
-                      offset)
+    embed, x = _embed(
+        self, input_ids, self.vocab_size, self.model_dim, self.max_len, "token", offset
+    )
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     mask = None
     if not self.decode:
       valid = None if attention_mask is None else key_padding_mask(attention_mask.astype(bool))
       mask = combine_masks(causal_mask(length), valid)
-    block = dict(model_dim=self.model_dim, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
-                 dropout_rate=self.dropout_rate, head_dim=self.head_dim, decode=self.decode,
-                 implementation=self.implementation, dtype=self.dtype,
-                 param_dtype=self.param_dtype)
+    block = dict(
+        model_dim=self.model_dim,
+        num_heads=self.num_heads,
+        mlp_dim=self.mlp_dim,
+        dropout_rate=self.dropout_rate,
+        head_dim=self.head_dim,
+        decode=self.decode,
+        implementation=self.implementation,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+    )
     if self.scan_layers:
       cls = nn.remat(_ScannedBlock, static_argnums=(3,)) if self.remat else _ScannedBlock
-      stack = nn.scan(cls, variable_axes={"params": 0, "cache": 0},
-                      split_rngs={"params": True, "dropout": True},
-                      in_axes=(nn.broadcast, nn.broadcast), length=self.num_layers)
+      stack = nn.scan(
+          cls,
+          variable_axes={"params": 0, "cache": 0},
+          split_rngs={"params": True, "dropout": True},
+          in_axes=(nn.broadcast, nn.broadcast),
+          length=self.num_layers,
+      )
       x, _ = stack(**block, name="blocks")(x, mask, train)
     else:
       block_cls = nn.remat(DecoderBlock, static_argnums=(5,)) if self.remat else DecoderBlock
@@ -332,8 +424,13 @@ class GPT(nn.Module):
     if self.tie_embeddings:
       logits = embed.attend(x)
     else:
-      logits = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype,
-                        param_dtype=self.param_dtype, name="head")(x)
+      logits = nn.Dense(
+          self.vocab_size,
+          use_bias=False,
+          dtype=self.dtype,
+          param_dtype=self.param_dtype,
+          name="head",
+      )(x)
     return logits.astype(logits_dtype(self.dtype))
 
   @nn.nowrap
@@ -345,8 +442,10 @@ class GPT(nn.Module):
     softmax, biases and pooling are not counted.
     """
     seq_len = input_shape[0]
-    return (self.num_layers * _self_attention_layer_flops(self, seq_len)
-            + 2.0 * seq_len * self.model_dim * self.vocab_size)
+    return (
+        self.num_layers * _self_attention_layer_flops(self, seq_len)
+        + 2.0 * seq_len * self.model_dim * self.vocab_size
+    )
 
 
 # ---------- decoding
@@ -362,8 +461,15 @@ def _without_cache(variables: Any) -> dict[str, Any]:
   return {k: v for k, v in variables.items() if k != "cache"}
 
 
-def generate(model: GPT, variables: Any, prompt_ids: Array, max_new_tokens: int, rng: Array,
-             temperature: float = 1.0, top_k: int | None = None) -> Array:
+def generate(
+    model: GPT,
+    variables: Any,
+    prompt_ids: Array,
+    max_new_tokens: int,
+    rng: Array,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+) -> Array:
   """Continues prompt_ids [B,P] by max_new_tokens sampled tokens: ids [B, P + max_new_tokens].
 
   The prompt fills a key/value cache in one pass, then each new token costs one cached step. The
@@ -383,16 +489,26 @@ def generate(model: GPT, variables: Any, prompt_ids: Array, max_new_tokens: int,
   while remaining > 0:
     n = min(remaining, model.max_len - context.shape[1])
     key = rng if window == 0 else jax.random.fold_in(rng, window)
-    pieces.append(_generate(model, variables, context, n, key, jnp.float32(temperature), k)
-                  [:, context.shape[1]:])
+    pieces.append(
+        _generate(model, variables, context, n, key, jnp.float32(temperature), k)[
+            :, context.shape[1] :
+        ]
+    )
     remaining, window = remaining - n, window + 1
-    context = jnp.concatenate(pieces, axis=1)[:, -(model.max_len // 2):]
+    context = jnp.concatenate(pieces, axis=1)[:, -(model.max_len // 2) :]
   return jnp.concatenate(pieces, axis=1)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens"))
-def _generate(model: GPT, variables: Any, prompt_ids: Array, max_new_tokens: int, rng: Array,
-              temperature: Array, top_k: Array | None) -> Array:
+def _generate(
+    model: GPT,
+    variables: Any,
+    prompt_ids: Array,
+    max_new_tokens: int,
+    rng: Array,
+    temperature: Array,
+    top_k: Array | None,
+) -> Array:
   model = model.clone(decode=True)
   batch, length = prompt_ids.shape
   cache = _empty_cache(model, jnp.zeros((batch, length + max_new_tokens), jnp.int32))
@@ -410,8 +526,14 @@ def _generate(model: GPT, variables: Any, prompt_ids: Array, max_new_tokens: int
   return jnp.concatenate([prompt_ids, tokens.T, last[:, None]], axis=1)
 
 
-def greedy_decode(model: EncoderDecoder, variables: Any, src_ids: Array, max_len: int,
-                  bos_id: int = 1, eos_id: int = 2) -> Array:
+def greedy_decode(
+    model: EncoderDecoder,
+    variables: Any,
+    src_ids: Array,
+    max_len: int,
+    bos_id: int = 1,
+    eos_id: int = 2,
+) -> Array:
   """Greedy decoding with the key/value cache: ids [B, max_len], the tokens after BOS.
 
   The decoder starts from bos_id and picks the argmax token at every step, never the padding id
@@ -420,13 +542,15 @@ def greedy_decode(model: EncoderDecoder, variables: Any, src_ids: Array, max_len
   """
   if max_len > model.max_len:
     raise ValueError(f"max_len={max_len} exceeds the model's max_len={model.max_len}")
-  return _greedy_decode(model, _without_cache(variables), jnp.asarray(src_ids, jnp.int32),
-                        max_len, bos_id, eos_id)
+  return _greedy_decode(
+      model, _without_cache(variables), jnp.asarray(src_ids, jnp.int32), max_len, bos_id, eos_id
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_len", "bos_id", "eos_id"))
-def _greedy_decode(model: EncoderDecoder, variables: Any, src_ids: Array, max_len: int,
-                   bos_id: int, eos_id: int) -> Array:
+def _greedy_decode(
+    model: EncoderDecoder, variables: Any, src_ids: Array, max_len: int, bos_id: int, eos_id: int
+) -> Array:
   model = model.clone(use_cache=True)
   batch = src_ids.shape[0]
   encoded = model.apply(variables, src_ids, method="encode")
@@ -434,8 +558,14 @@ def _greedy_decode(model: EncoderDecoder, variables: Any, src_ids: Array, max_le
 
   def step(carry, _):
     cache, token = carry
-    logits, state = model.apply({**variables, "cache": cache}, encoded, src_ids, token[:, None],
-                                method="decode", mutable=["cache"])
+    logits, state = model.apply(
+        {**variables, "cache": cache},
+        encoded,
+        src_ids,
+        token[:, None],
+        method="decode",
+        mutable=["cache"],
+    )
     token = jnp.argmax(logits[:, -1].at[:, 0].set(-jnp.inf), axis=-1).astype(jnp.int32)
     return (state["cache"], token), token
 
@@ -471,5 +601,6 @@ def _inner_features(model: nn.Module) -> int:
 def _self_attention_layer_flops(model: nn.Module, length: int) -> float:
   """One encoder or decoder-only block: self-attention and MLP."""
   dim = model.model_dim
-  return (_attention_flops(length, length, dim, _inner_features(model))
-          + _mlp_flops(length, dim, model.mlp_dim))
+  return _attention_flops(length, length, dim, _inner_features(model)) + _mlp_flops(
+      length, dim, model.mlp_dim
+  )

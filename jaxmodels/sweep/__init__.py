@@ -8,14 +8,24 @@ trial as an ordinary experiment subprocess in DIR/trials/<n>/:
 Importing this package is cheap (no Optuna, no matplotlib) so experiments can use it freely;
 `run_sweep` and `Options` load the runner on first use.
 """
+
 from jaxmodels.sweep.space import Choice, IntRange, LogUniform, Sweep, SweepError, Uniform
 
-__all__ = ['Choice', 'IntRange', 'LogUniform', 'Options', 'Sweep', 'SweepError', 'Uniform',
-           'run_sweep']
+__all__ = [
+    "Choice",
+    "IntRange",
+    "LogUniform",
+    "Options",
+    "Sweep",
+    "SweepError",
+    "Uniform",
+    "run_sweep",
+]
 
 
 def __getattr__(name: str):
-  if name in ('run_sweep', 'Options'):
+  if name in ("run_sweep", "Options"):
     from jaxmodels.sweep import runner  # pylint: disable=import-outside-toplevel
+
     return getattr(runner, name)
-  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

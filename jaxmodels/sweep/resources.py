@@ -3,62 +3,75 @@
 A trial learns its share through its environment (trial_env): XLA's host device count and the
 thread counts of the numerical libraries, CUDA_VISIBLE_DEVICES for its GPU.
 """
+
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
 
-THREAD_VARS = ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS',
-               'TF_NUM_INTRAOP_THREADS', 'NUMEXPR_MAX_THREADS')
-_DEVICE_FLAG = '--xla_force_host_platform_device_count'
+THREAD_VARS = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "TF_NUM_INTRAOP_THREADS",
+    "NUMEXPR_MAX_THREADS",
+)
+_DEVICE_FLAG = "--xla_force_host_platform_device_count"
 
 
 def available_cores() -> list[int]:
   """The cores this process may run on."""
-  if hasattr(os, 'sched_getaffinity'):
+  if hasattr(os, "sched_getaffinity"):
     return sorted(os.sched_getaffinity(0))
   return list(range(os.cpu_count() or 1))
 
 
 def detect_gpus() -> list[str]:
   """GPU ids a trial may be given: CUDA_VISIBLE_DEVICES if set, else what nvidia-smi lists."""
-  visible = os.environ.get('CUDA_VISIBLE_DEVICES')
+  visible = os.environ.get("CUDA_VISIBLE_DEVICES")
   if visible is not None:
-    return [g.strip() for g in visible.split(',') if g.strip() and g.strip() != '-1']
-  if not shutil.which('nvidia-smi'):
+    return [g.strip() for g in visible.split(",") if g.strip() and g.strip() != "-1"]
+  if not shutil.which("nvidia-smi"):
     return []
   try:
-    out = subprocess.run(['nvidia-smi', '--query-gpu=index', '--format=csv,noheader'],
-                         capture_output=True, text=True, timeout=20, check=True).stdout
+    out = subprocess.run(
+        ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=True,
+    ).stdout
   except (OSError, subprocess.SubprocessError):
     return []
   return [line.strip() for line in out.splitlines() if line.strip()]
 
 
-def slot_resources(slot: int, workers: int, cores: list[int], gpus: list[str]
-                   ) -> tuple[list[int], str | None]:
+def slot_resources(
+    slot: int, workers: int, cores: list[int], gpus: list[str]
+) -> tuple[list[int], str | None]:
   """Cores and GPU of worker `slot`: an even share of the cores, one GPU round-robin."""
   share = max(1, len(cores) // workers)
   mine = [cores[(slot * share + j) % len(cores)] for j in range(share)]
   return mine, (gpus[slot % len(gpus)] if gpus else None)
 
 
-def trial_env(base: dict[str, str], cores: int, gpu: str | None, shared_gpu: bool,
-              pythonpath: str) -> dict[str, str]:
+def trial_env(
+    base: dict[str, str], cores: int, gpu: str | None, shared_gpu: bool, pythonpath: str
+) -> dict[str, str]:
   """The environment of a trial subprocess: `cores` host devices and threads, its GPU."""
   env = dict(base)
-  flags = [f for f in env.get('XLA_FLAGS', '').split() if not f.startswith(_DEVICE_FLAG)]
-  env['XLA_FLAGS'] = ' '.join(flags + [f'{_DEVICE_FLAG}={cores}'])
-  env['JAXMODELS_HOST_DEVICES'] = str(cores)
+  flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith(_DEVICE_FLAG)]
+  env["XLA_FLAGS"] = " ".join(flags + [f"{_DEVICE_FLAG}={cores}"])
+  env["JAXMODELS_HOST_DEVICES"] = str(cores)
   for var in THREAD_VARS:
     env[var] = str(cores)
-  env['PYTHONUNBUFFERED'] = '1'
-  env['PYTHONPATH'] = os.pathsep.join(p for p in (pythonpath, base.get('PYTHONPATH')) if p)
+  env["PYTHONUNBUFFERED"] = "1"
+  env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, base.get("PYTHONPATH")) if p)
   if gpu is not None:
-    env['CUDA_VISIBLE_DEVICES'] = gpu
+    env["CUDA_VISIBLE_DEVICES"] = gpu
     if shared_gpu:
-      env['XLA_PYTHON_CLIENT_PREALLOCATE'] = 'false'
+      env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
   return env
 
 

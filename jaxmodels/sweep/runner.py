@@ -14,36 +14,39 @@ Design:
   trial only while fewer than num_trials count (or a retry waits). Two processes may both ask
   for the last slot; the one whose trial number comes later marks it surplus before running it.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 import dataclasses
 import importlib
 import json
 import math
 import os
+from pathlib import Path
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from jaxmodels.sweep import report, resources, space
 from jaxmodels.sweep.space import Sweep, SweepError
 from jaxmodels.sweep.storage import open_storage
 
-WORKDIR = 'workdir'        # user attr: the trial's directory name under DIR/trials
-RESUMES = 'resumes'        # user attr of a retry: number of the stale trial it continues
-SURPLUS = 'surplus'        # user attr: asked past the budget, never run
-HEARTBEAT = 'heartbeat'    # user attr: time.time() of the worker's last sign of life
-_LAUNCH = str(Path(__file__).with_name('_launch.py'))
+WORKDIR = "workdir"  # user attr: the trial's directory name under DIR/trials
+RESUMES = "resumes"  # user attr of a retry: number of the stale trial it continues
+SURPLUS = "surplus"  # user attr: asked past the budget, never run
+HEARTBEAT = "heartbeat"  # user attr: time.time() of the worker's last sign of life
+_LAUNCH = str(Path(__file__).with_name("_launch.py"))
 
 
 @dataclasses.dataclass
 class Options:
   """Everything `run_sweep` takes besides the experiment and the workdir (see the CLI help)."""
+
   num_trials: int | None = None
   workers: int = 1
   sampler: str | None = None
@@ -65,14 +68,18 @@ def load_experiment(name: str) -> tuple[Any, Any, Sweep]:
   try:
     module = importlib.import_module(name)
   except ModuleNotFoundError as e:
-    if e.name and (name == e.name or name.startswith(e.name + '.')):
-      raise SweepError(f'unknown experiment module {name!r}: {e}. Give an importable module, '
-                       'e.g. experiments.mnist_mlp, and run from the repository root.') from e
-    raise SweepError(f'experiment module {name!r} failed to import: {e}') from e
-  for fn in ('get_config', 'get_sweep'):
+    if e.name and (name == e.name or name.startswith(e.name + ".")):
+      raise SweepError(
+          f"unknown experiment module {name!r}: {e}. Give an importable module, "
+          "e.g. experiments.mnist_mlp, and run from the repository root."
+      ) from e
+    raise SweepError(f"experiment module {name!r} failed to import: {e}") from e
+  for fn in ("get_config", "get_sweep"):
     if not callable(getattr(module, fn, None)):
-      raise SweepError(f'experiment module {name!r} defines no {fn}(); a sweepable experiment '
-                       'has get_config() and get_sweep()')
+      raise SweepError(
+          f"experiment module {name!r} defines no {fn}(); a sweepable experiment "
+          "has get_config() and get_sweep()"
+      )
   return module, module.get_config(), space.as_sweep(module.get_sweep())
 
 
@@ -87,57 +94,75 @@ def run_sweep(experiment: str, workdir: str | os.PathLike, options: Options | No
   sampler = options.sampler or sweep.sampler
   space.validate(sweep, config, sampler, options.overrides)
   if options.workers < 1:
-    raise SweepError(f'--workers must be at least 1, got {options.workers}')
+    raise SweepError(f"--workers must be at least 1, got {options.workers}")
   if not 0 < options.heartbeat_interval < options.stale_after:
-    raise SweepError(f'need 0 < --heartbeat_interval ({options.heartbeat_interval:g}) < '
-                     f'--stale_after ({options.stale_after:g})')
+    raise SweepError(
+        f"need 0 < --heartbeat_interval ({options.heartbeat_interval:g}) < "
+        f"--stale_after ({options.stale_after:g})"
+    )
   if options.poll_interval <= 0:
-    raise SweepError(f'--poll_interval must be positive, got {options.poll_interval:g}')
+    raise SweepError(f"--poll_interval must be positive, got {options.poll_interval:g}")
   num_trials = _num_trials(sweep, sampler, options.num_trials)
   workdir = Path(workdir).resolve()
-  (workdir / 'trials').mkdir(parents=True, exist_ok=True)
+  (workdir / "trials").mkdir(parents=True, exist_ok=True)
   study = _open_study(experiment, workdir, sweep, sampler, options)
-  sweeper = _Sweeper(experiment, _import_root(module, experiment), workdir, sweep, study,
-                     num_trials, options)
+  sweeper = _Sweeper(
+      experiment, _import_root(module, experiment), workdir, sweep, study, num_trials, options
+  )
   sweeper.run()
   return study
 
 
 def _num_trials(sweep: Sweep, sampler: str, requested: int | None) -> int:
   if requested is not None and requested < 1:
-    raise SweepError(f'--num_trials must be at least 1, got {requested}')
+    raise SweepError(f"--num_trials must be at least 1, got {requested}")
   wanted = requested or sweep.num_trials
-  if sampler == 'grid':
+  if sampler == "grid":
     size = space.grid_size(sweep)
     return min(wanted, size) if wanted else size
   if not wanted:
-    raise SweepError(f'{sampler} sampler: give --num_trials or Sweep(num_trials=...)')
+    raise SweepError(f"{sampler} sampler: give --num_trials or Sweep(num_trials=...)")
   return wanted
 
 
 def _import_root(module: Any, name: str) -> str:
   """The sys.path entry the experiment was imported from, for the trial's PYTHONPATH."""
   path = Path(module.__file__).resolve()
-  if path.name == '__init__.py':
+  if path.name == "__init__.py":
     path = path.parent
-  return str(path.parents[len(name.split('.')) - 1])
+  return str(path.parents[len(name.split(".")) - 1])
 
 
 def _open_study(experiment: str, workdir: Path, sweep: Sweep, sampler: str, options: Options):
   import optuna  # pylint: disable=import-outside-toplevel
+
   storage = open_storage(options.storage, workdir)
-  pruner = (optuna.pruners.MedianPruner(options.prune_startup_trials, options.prune_warmup_steps)
-            if options.prune else optuna.pruners.NopPruner())
-  direction = 'maximize' if sweep.mode == 'max' else 'minimize'
+  pruner = (
+      optuna.pruners.MedianPruner(options.prune_startup_trials, options.prune_warmup_steps)
+      if options.prune
+      else optuna.pruners.NopPruner()
+  )
+  direction = "maximize" if sweep.mode == "max" else "minimize"
   name = options.study_name or experiment
-  study = optuna.create_study(storage=storage, study_name=name, direction=direction,
-                              sampler=_sampler(sweep, sampler, options.seed, storage, name),
-                              pruner=pruner, load_if_exists=True)
+  study = optuna.create_study(
+      storage=storage,
+      study_name=name,
+      direction=direction,
+      sampler=_sampler(sweep, sampler, options.seed, storage, name),
+      pruner=pruner,
+      load_if_exists=True,
+  )
   if study.direction.name.lower() != direction:
-    raise SweepError(f'study {name!r} in this storage is set to {study.direction.name.lower()}, '
-                     f'but the sweep asks to {direction}; use another --workdir or --study_name')
-  identity = {'experiment': experiment, 'metric': sweep.metric, 'sampler': sampler,
-              'overrides': sorted(f'{k}={v}' for k, v in options.overrides.items())}
+    raise SweepError(
+        f"study {name!r} in this storage is set to {study.direction.name.lower()}, "
+        f"but the sweep asks to {direction}; use another --workdir or --study_name"
+    )
+  identity = {
+      "experiment": experiment,
+      "metric": sweep.metric,
+      "sampler": sampler,
+      "overrides": sorted(f"{k}={v}" for k, v in options.overrides.items()),
+  }
   if not study.user_attrs:
     for key, value in identity.items():
       study.set_user_attr(key, value)
@@ -146,9 +171,11 @@ def _open_study(experiment: str, workdir: Path, sweep: Sweep, sampler: str, opti
     started["metric"] = space.canonical_metric(started["metric"])
   for key, value in identity.items():
     if started.get(key, value) != value:
-      raise SweepError(f'study {name!r} was started with {key}={started[key]!r}, now '
-                       f'{value!r}; rerun with the same settings, or use another --workdir or '
-                       '--study_name')
+      raise SweepError(
+          f"study {name!r} was started with {key}={started[key]!r}, now "
+          f"{value!r}; rerun with the same settings, or use another --workdir or "
+          "--study_name"
+      )
   return study
 
 
@@ -156,13 +183,14 @@ def _sampler(sweep: Sweep, name: str, seed: int, storage: Any, study_name: str):
   """The Optuna sampler. A process joining a study with trials offsets its seed so that two
   random/TPE processes do not propose the same sequence."""
   import optuna  # pylint: disable=import-outside-toplevel
-  if name == 'grid':
+
+  if name == "grid":
     return _GridSampler(space.grid_space(sweep), seed=seed)
   try:
     seed += len(optuna.load_study(study_name=study_name, storage=storage).trials)
   except KeyError:
     pass
-  if name == 'random':
+  if name == "random":
     return optuna.samplers.RandomSampler(seed=seed)
   return optuna.samplers.TPESampler(seed=seed)
 
@@ -192,19 +220,20 @@ def counted(trials: Iterable[Any]) -> list[Any]:
   return [t for t in trials if t.number not in resumed and not t.user_attrs.get(SURPLUS)]
 
 
-def trial_command(experiment: str, trial_dir: Path, overrides: dict[str, str],
-                  params: dict[str, Any]) -> list[str]:
+def trial_command(
+    experiment: str, trial_dir: Path, overrides: dict[str, str], params: dict[str, Any]
+) -> list[str]:
   """The experiment command line of one trial: fixed overrides, then the sampled parameters."""
-  flags = [f'--config.{k}={v}' for k, v in overrides.items()]
-  flags += [f'--config.{k}={space.format_value(v)}' for k, v in sorted(params.items())]
-  return [sys.executable, '-m', experiment, f'--workdir={trial_dir}'] + flags
+  flags = [f"--config.{k}={v}" for k, v in overrides.items()]
+  flags += [f"--config.{k}={space.format_value(v)}" for k, v in sorted(params.items())]
+  return [sys.executable, "-m", experiment, f"--workdir={trial_dir}"] + flags
 
 
 def read_objective(trial_dir: Path, metric: str) -> float:
   """The objective `metric` (a summary.json key) from the trial's summary.json."""
-  path = trial_dir / 'summary.json'
+  path = trial_dir / "summary.json"
   if not path.exists():
-    raise SweepError(f'no {path}')
+    raise SweepError(f"no {path}")
   summary = json.loads(path.read_text())
   if metric in summary:
     return float(summary[metric])
@@ -220,12 +249,12 @@ class MetricsTail:
 
   def read(self) -> list[dict[str, Any]]:
     try:
-      with open(self.path, 'rb') as f:
+      with open(self.path, "rb") as f:
         f.seek(self.offset)
         data = f.read()
     except FileNotFoundError:
       return []
-    end = data.rfind(b'\n') + 1  # a partly written last line waits for the next call
+    end = data.rfind(b"\n") + 1  # a partly written last line waits for the next call
     self.offset += end
     records = []
     for line in data[:end].splitlines():
@@ -239,8 +268,16 @@ class MetricsTail:
 class _Sweeper:
   """The shared state of one sweep process: the study, its workers and their locks."""
 
-  def __init__(self, experiment: str, root: str, workdir: Path, sweep: Sweep, study: Any,
-               num_trials: int, options: Options):
+  def __init__(
+      self,
+      experiment: str,
+      root: str,
+      workdir: Path,
+      sweep: Sweep,
+      study: Any,
+      num_trials: int,
+      options: Options,
+  ):
     self.experiment, self.workdir, self.sweep, self.study = experiment, workdir, sweep, study
     self.num_trials, self.options = num_trials, options
     self.dists = space.distributions(sweep)
@@ -254,12 +291,14 @@ class _Sweeper:
 
   def say(self, msg: str) -> None:
     if not self.options.quiet:
-      print(f'[sweep] {msg}', flush=True)
+      print(f"[sweep] {msg}", flush=True)
 
   def run(self) -> None:
-    self.say(f'{self.experiment}: {self.num_trials} trials of {self.sweep.metric} '
-             f'({self.sweep.mode}), {self.options.workers} worker(s), study in '
-             f'{self.options.storage or self.workdir / "study.db"}')
+    self.say(
+        f"{self.experiment}: {self.num_trials} trials of {self.sweep.metric} "
+        f"({self.sweep.mode}), {self.options.workers} worker(s), study in "
+        f'{self.options.storage or self.workdir / "study.db"}'
+    )
     # Workers signal their end through events: a Ctrl-C that lands inside Thread.join can leave
     # the thread marked as stopped (CPython), and the trials would then be abandoned unreleased.
     ended = [threading.Event() for _ in range(self.options.workers)]
@@ -270,11 +309,11 @@ class _Sweeper:
     try:
       _wait_all(ended)
     except KeyboardInterrupt:
-      self.say('interrupted: stopping trials; rerun the same command to resume')
+      self.say("interrupted: stopping trials; rerun the same command to resume")
       self.stop.set()
       _wait_all(ended)
       for e in self.errors:
-        self.say(f'while stopping: {type(e).__name__}: {e}')
+        self.say(f"while stopping: {type(e).__name__}: {e}")
       raise
     self.stop.set()
     reporter.join()
@@ -282,15 +321,21 @@ class _Sweeper:
       raise self.errors[0]
     table = self.write_reports(final=True)
     best = report.best_row(table)
-    self.say(f'results: {self.workdir / "results.md"}, {self.workdir / "results.csv"}, '
-             f'{self.workdir / "plots"}')
+    self.say(
+        f'results: {self.workdir / "results.md"}, {self.workdir / "results.csv"}, '
+        f'{self.workdir / "plots"}'
+    )
     if best is None:
-      self.say('no trial completed; see the logs in ' + str(self.workdir / 'trials'))
+      self.say("no trial completed; see the logs in " + str(self.workdir / "trials"))
       return
-    print(f'best: trial {best["trial"]} with {self.sweep.metric}={best[self.sweep.metric]:.6g}; '
-          'train it with:\n' + report.best_command(self.experiment, self.workdir,
-                                                    self.options.overrides, self.sweep, best),
-          flush=True)
+    print(
+        f'best: trial {best["trial"]} with {self.sweep.metric}={best[self.sweep.metric]:.6g}; '
+        "train it with:\n"
+        + report.best_command(
+            self.experiment, self.workdir, self.options.overrides, self.sweep, best
+        ),
+        flush=True,
+    )
 
   def worker(self, slot: int, ended: threading.Event) -> None:
     try:
@@ -313,6 +358,7 @@ class _Sweeper:
     """Ask for the next trial, or None when the budget is finished; waits while trials of
     other workers are still running (they may finish, or go stale and need a retry)."""
     from optuna.trial import TrialState  # pylint: disable=import-outside-toplevel
+
     waiting_said = False
     while not self.stop.is_set():
       with self.ask_lock:
@@ -327,13 +373,16 @@ class _Sweeper:
           trial.set_user_attr(SURPLUS, True)
           self.study.tell(trial, state=TrialState.FAIL)
           continue
-        elsewhere = [t.number for t in live
-                     if not t.state.is_finished() and t.number not in self.running]
+        elsewhere = [
+            t.number for t in live if not t.state.is_finished() and t.number not in self.running
+        ]
         if all(t.state.is_finished() for t in live):
           return None
       if elsewhere and not waiting_said:
-        self.say(f'waiting for trials {elsewhere} of other workers (they finish, or are resumed '
-                 f'here after {self.options.stale_after:g}s without a heartbeat)')
+        self.say(
+            f"waiting for trials {elsewhere} of other workers (they finish, or are resumed "
+            f"here after {self.options.stale_after:g}s without a heartbeat)"
+        )
         waiting_said = True
       self.stop.wait(self.options.poll_interval)
     return None
@@ -347,6 +396,7 @@ class _Sweeper:
   def reclaim_stale(self) -> None:
     """Fail RUNNING trials with an old heartbeat and enqueue their retries."""
     from optuna.trial import TrialState  # pylint: disable=import-outside-toplevel
+
     now = time.time()
     for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
       beat = t.user_attrs.get(HEARTBEAT) or t.datetime_start.timestamp()
@@ -356,55 +406,68 @@ class _Sweeper:
         self.study.tell(t.number, state=TrialState.FAIL)
       except Exception:  # pylint: disable=broad-except
         continue
-      self.say(f'trial {t.number} lost its worker (no heartbeat for {now - beat:.0f}s); '
-               'it will be resumed in its directory')
+      self.say(
+          f"trial {t.number} lost its worker (no heartbeat for {now - beat:.0f}s); "
+          "it will be resumed in its directory"
+      )
       self.enqueue_retry(t)
 
   def enqueue_retry(self, t: Any) -> None:
     if set(t.params) != set(self.dists):  # died while being asked: nothing ran
       return
-    self.study.enqueue_trial(dict(t.params), user_attrs={
-        RESUMES: t.number, WORKDIR: t.user_attrs.get(WORKDIR, str(t.number))})
+    self.study.enqueue_trial(
+        dict(t.params),
+        user_attrs={RESUMES: t.number, WORKDIR: t.user_attrs.get(WORKDIR, str(t.number))},
+    )
 
   def run_trial(self, trial: Any, slot: int) -> None:
     """Run one trial's subprocess, report its curve, prune it if asked, tell the result."""
     from optuna.trial import TrialState  # pylint: disable=import-outside-toplevel
+
     resumes = trial.user_attrs.get(RESUMES)
     name = trial.user_attrs[WORKDIR] if resumes is not None else str(trial.number)
-    trial_dir = self.workdir / 'trials' / name
+    trial_dir = self.workdir / "trials" / name
     if resumes is None and trial_dir.exists():  # left by an older study: keep it, out of the way
-      trial_dir.rename(trial_dir.with_name(f'{name}.old-{int(time.time())}'))
+      trial_dir.rename(trial_dir.with_name(f"{name}.old-{int(time.time())}"))
     trial_dir.mkdir(parents=True, exist_ok=True)
     trial.set_user_attr(WORKDIR, name)
-    trial.set_user_attr('worker', f'{socket.gethostname()}:{os.getpid()}:{slot}')
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}:{slot}")
     params = dict(trial.params)
     cmd = trial_command(self.experiment, trial_dir, self.options.overrides, params)
-    resuming = '' if resumes is None else f' (resuming trial {resumes} in trials/{name})'
-    self.say(f'trial {trial.number} starts{resuming}: '
-             + ' '.join(f'{k}={space.format_value(v)}' for k, v in sorted(params.items())))
+    resuming = "" if resumes is None else f" (resuming trial {resumes} in trials/{name})"
+    self.say(
+        f"trial {trial.number} starts{resuming}: "
+        + " ".join(f"{k}={space.format_value(v)}" for k, v in sorted(params.items()))
+    )
     start = time.time()
     outcome, rc = self.watch(trial, self.spawn(cmd, trial_dir, slot), trial_dir)
-    if outcome == 'taken':
+    if outcome == "taken":
       return
-    if outcome == 'stopped':
+    if outcome == "stopped":
       self.release(trial)
       return
-    if outcome == 'pruned':
-      trial.set_user_attr('wall_s', round(time.time() - start, 3))
+    if outcome == "pruned":
+      trial.set_user_attr("wall_s", round(time.time() - start, 3))
       self.study.tell(trial, state=TrialState.PRUNED)
-      self.say(f'trial {trial.number} pruned')
+      self.say(f"trial {trial.number} pruned")
       return
     self.finish(trial, trial_dir, rc, time.time() - start)
 
   def spawn(self, cmd: list[str], trial_dir: Path, slot: int) -> subprocess.Popen:
     cores, env = self.slots[slot]
-    with open(trial_dir / 'log.txt', 'a') as log:
+    with open(trial_dir / "log.txt", "a") as log:
       log.write(f'# sweep {time.strftime("%Y-%m-%d %H:%M:%S")}: {" ".join(cmd)}\n')
       log.flush()
-      launch = [sys.executable, _LAUNCH, str(os.getpid()), ','.join(map(str, cores)), '--']
-      return subprocess.Popen(launch + cmd, stdout=log, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL, env=env, cwd=os.getcwd(),
-                              start_new_session=True)
+      launch = [sys.executable, _LAUNCH, str(os.getpid()), ",".join(map(str, cores)), "--"]
+      return subprocess.Popen(
+          launch + cmd,
+          stdout=log,
+          stderr=subprocess.STDOUT,
+          stdin=subprocess.DEVNULL,
+          env=env,
+          cwd=os.getcwd(),
+          start_new_session=True,
+      )
 
   def watch(self, trial: Any, proc: subprocess.Popen, trial_dir: Path) -> tuple[str, int | None]:
     """Poll the subprocess until it ends: report new metrics, beat the heart, prune, stop.
@@ -413,7 +476,8 @@ class _Sweeper:
     interrupted, or ('taken', None) when another worker declared this trial stale.
     """
     from optuna.trial import TrialState  # pylint: disable=import-outside-toplevel
-    tail, reported, last_beat = MetricsTail(trial_dir / 'metrics.jsonl'), set(), time.time()
+
+    tail, reported, last_beat = MetricsTail(trial_dir / "metrics.jsonl"), set(), time.time()
     try:
       while True:
         rc = proc.poll()
@@ -422,16 +486,16 @@ class _Sweeper:
             trial.report(value, step)
             reported.add(step)
         if rc is not None:
-          return 'done', rc
+          return "done", rc
         if self.options.prune and reported and trial.should_prune():
-          return 'pruned', None
+          return "pruned", None
         if self.stop.is_set():
-          return 'stopped', None
+          return "stopped", None
         if time.time() - last_beat >= self.options.heartbeat_interval:
           last_beat = time.time()
           if frozen(self.study, trial.number).state != TrialState.RUNNING:
-            self.say(f'trial {trial.number} was taken over by another worker; stopping it here')
-            return 'taken', None
+            self.say(f"trial {trial.number} was taken over by another worker; stopping it here")
+            return "taken", None
           trial.set_user_attr(HEARTBEAT, last_beat)
         time.sleep(self.options.poll_interval)
     finally:
@@ -440,6 +504,7 @@ class _Sweeper:
   def release(self, trial: Any) -> None:
     """Give an interrupted trial back: FAIL it and enqueue its retry in the same directory."""
     from optuna.trial import TrialState  # pylint: disable=import-outside-toplevel
+
     before = frozen(self.study, trial.number)
     self.study.tell(trial, state=TrialState.FAIL)
     self.enqueue_retry(before)
@@ -447,10 +512,11 @@ class _Sweeper:
   def finish(self, trial: Any, trial_dir: Path, rc: int, wall_s: float) -> None:
     """Tell the result of a subprocess that exited: its objective, or FAIL with the reason."""
     from optuna.trial import TrialState  # pylint: disable=import-outside-toplevel
-    summary = _read_json(trial_dir / 'summary.json')
-    trial.set_user_attr('steps', summary.get('steps'))
-    trial.set_user_attr('wall_s', summary.get('wall_s', round(wall_s, 3)))
-    trial.set_user_attr('exit_code', rc)
+
+    summary = _read_json(trial_dir / "summary.json")
+    trial.set_user_attr("steps", summary.get("steps"))
+    trial.set_user_attr("wall_s", summary.get("wall_s", round(wall_s, 3)))
+    trial.set_user_attr("exit_code", rc)
     error, value = None, None
     if rc != 0:
       error = f'exit {rc}: {last_line(trial_dir / "log.txt")}'
@@ -458,16 +524,16 @@ class _Sweeper:
       try:
         value = read_objective(trial_dir, self.sweep.metric)
         if not math.isfinite(value):
-          error = f'{self.sweep.metric} is {value}'
+          error = f"{self.sweep.metric} is {value}"
       except (SweepError, ValueError) as e:
         error = str(e)
     if error:
-      trial.set_user_attr('error', error[:300])
+      trial.set_user_attr("error", error[:300])
       self.study.tell(trial, state=TrialState.FAIL)
       self.say(f'trial {trial.number} failed: {error[:200]} (log: {trial_dir / "log.txt"})')
     else:
       self.study.tell(trial, value)
-      self.say(f'trial {trial.number} finished: {self.sweep.metric}={value:.6g}')
+      self.say(f"trial {trial.number} finished: {self.sweep.metric}={value:.6g}")
 
   def reporter(self) -> None:
     """Rewrite the reports after trials end, off the workers' path (plots take ~0.5 s)."""
@@ -481,15 +547,16 @@ class _Sweeper:
     with self.report_lock:
       trials = counted(self.study.get_trials(deepcopy=False))
       state = [(t.number, t.state.name, t.value) for t in trials]
-      if state == self.reported[0] and (self.workdir / 'results.csv').exists():
+      if state == self.reported[0] and (self.workdir / "results.csv").exists():
         return self.reported[1]
       try:
-        table = report.write_all(self.workdir, self.experiment, self.sweep,
-                                 self.options.overrides, trials)
+        table = report.write_all(
+            self.workdir, self.experiment, self.sweep, self.options.overrides, trials
+        )
       except Exception as e:  # pylint: disable=broad-except
         if final:
           raise
-        self.say(f'could not write reports: {type(e).__name__}: {e}')
+        self.say(f"could not write reports: {type(e).__name__}: {e}")
         return []
       self.reported = (state, table)
       return table
@@ -525,10 +592,10 @@ def frozen(study: Any, number: int) -> Any:
 def last_line(path: Path) -> str:
   """The last non-empty line of a log, for a failed trial's message."""
   try:
-    lines = [l.strip() for l in path.read_text(errors='replace').splitlines() if l.strip()]
+    lines = [x.strip() for x in path.read_text(errors="replace").splitlines() if x.strip()]
   except OSError:
-    return ''
-  return lines[-1] if lines else ''
+    return ""
+  return lines[-1] if lines else ""
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -13,14 +13,16 @@ Plain dataclasses with no Optuna import, so experiment modules stay cheap to imp
 Keys are config keys (dotted for nested fields). Every kind works with the random and TPE
 samplers; the grid sampler needs every parameter enumerable (Choice, IntRange).
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 import dataclasses
 import math
-from typing import Any, Mapping, Sequence, Union
+from typing import Any
 
-SAMPLERS = ('grid', 'random', 'tpe')
-SPLITS = ('train', 'eval', 'test')
+SAMPLERS = ("grid", "random", "tpe")
+SPLITS = ("train", "eval", "test")
 
 
 class SweepError(ValueError):
@@ -30,6 +32,7 @@ class SweepError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Choice:
   """One of a list of values (str, int, float, bool or None); a grid axis in grid mode."""
+
   values: Sequence[Any]
 
   def grid(self) -> list[Any]:
@@ -39,6 +42,7 @@ class Choice:
 @dataclasses.dataclass(frozen=True)
 class Uniform:
   """A float drawn uniformly from [low, high]."""
+
   low: float
   high: float
   log = False
@@ -47,6 +51,7 @@ class Uniform:
 @dataclasses.dataclass(frozen=True)
 class LogUniform:
   """A float whose logarithm is uniform on [log low, log high]; for learning rates and decays."""
+
   low: float
   high: float
   log = True
@@ -55,6 +60,7 @@ class LogUniform:
 @dataclasses.dataclass(frozen=True)
 class IntRange:
   """An int in low..high inclusive, every `step`-th value (or log-uniform with log=True)."""
+
   low: int
   high: int
   step: int = 1
@@ -64,7 +70,7 @@ class IntRange:
     return list(range(self.low, self.high + 1, self.step))
 
 
-Param = Union[Choice, Uniform, LogUniform, IntRange]
+Param = Choice | Uniform | LogUniform | IntRange
 
 
 @dataclasses.dataclass
@@ -77,11 +83,12 @@ class Sweep:
   num_trials: how many trials by default (grid mode: the grid size when None).
   sampler: the default sampler, 'tpe', 'random' or 'grid'.
   """
+
   params: dict[str, Any]
   metric: str = "eval_accuracy"
-  mode: str = 'max'
+  mode: str = "max"
   num_trials: int | None = None
-  sampler: str = 'tpe'
+  sampler: str = "tpe"
 
   def __post_init__(self) -> None:
     self.params = {k: as_param(k, v) for k, v in dict(self.params).items()}
@@ -91,7 +98,7 @@ class Sweep:
 def canonical_metric(metric: str) -> str:
   """The metric under the split name the engine records: "validation_<name>" is "eval_<name>"."""
   prefix = "validation_"
-  return "eval_" + metric[len(prefix):] if metric.startswith(prefix) else metric
+  return "eval_" + metric[len(prefix) :] if metric.startswith(prefix) else metric
 
 
 def as_param(key: str, value: Any) -> Param:
@@ -99,8 +106,10 @@ def as_param(key: str, value: Any) -> Param:
   if isinstance(value, (list, tuple)):
     value = Choice(list(value))
   if not isinstance(value, (Choice, Uniform, LogUniform, IntRange)):
-    raise SweepError(f'sweep parameter {key!r}: expected Choice, Uniform, LogUniform, IntRange or '
-                     f'a list of values, got {value!r}')
+    raise SweepError(
+        f"sweep parameter {key!r}: expected Choice, Uniform, LogUniform, IntRange or "
+        f"a list of values, got {value!r}"
+    )
   return value
 
 
@@ -112,31 +121,33 @@ def as_sweep(obj: Any) -> Sweep:
     fields = {f.name for f in dataclasses.fields(Sweep)}
     unknown = sorted(set(obj) - fields)
     if unknown:
-      raise SweepError(f'get_sweep() returned unknown fields {unknown}; valid: {sorted(fields)}')
-    if 'params' not in obj:
+      raise SweepError(f"get_sweep() returned unknown fields {unknown}; valid: {sorted(fields)}")
+    if "params" not in obj:
       raise SweepError("get_sweep() returned a dict without 'params'")
     return Sweep(**obj)
-  raise SweepError(f'get_sweep() must return a Sweep or a dict, got {type(obj).__name__}')
+  raise SweepError(f"get_sweep() must return a Sweep or a dict, got {type(obj).__name__}")
 
 
 def split_metric(metric: str) -> tuple[str, str]:
   """'eval_accuracy' -> ('eval', 'accuracy')."""
   for split in SPLITS:
-    if metric.startswith(split + '_') and len(metric) > len(split) + 1:
-      return split, metric[len(split) + 1:]
-  raise SweepError(f'metric {metric!r} must be "<split>_<name>" with split one of {list(SPLITS)}, '
-                   "e.g. 'eval_accuracy'")
+    if metric.startswith(split + "_") and len(metric) > len(split) + 1:
+      return split, metric[len(split) + 1 :]
+  raise SweepError(
+      f'metric {metric!r} must be "<split>_<name>" with split one of {list(SPLITS)}, '
+      "e.g. 'eval_accuracy'"
+  )
 
 
-def flatten_config(config: Any, prefix: str = '') -> dict[str, Any]:
+def flatten_config(config: Any, prefix: str = "") -> dict[str, Any]:
   """Leaf values of a ConfigDict (or dict) under dotted keys."""
-  if hasattr(config, 'to_dict'):
+  if hasattr(config, "to_dict"):
     config = config.to_dict()
   out = {}
   for key, value in config.items():
-    name = f'{prefix}{key}'
-    if isinstance(value, Mapping) or hasattr(value, 'to_dict'):
-      out.update(flatten_config(value, name + '.'))
+    name = f"{prefix}{key}"
+    if isinstance(value, Mapping) or hasattr(value, "to_dict"):
+      out.update(flatten_config(value, name + "."))
     else:
       out[name] = value
   return out
@@ -149,49 +160,52 @@ def validate(sweep: Sweep, config: Any, sampler: str, fixed: Mapping[str, str] =
   the config's defaults; ranges are well formed; grid mode has only enumerable parameters.
   """
   defaults = flatten_config(config)
-  valid = ', '.join(sorted(defaults))
+  valid = ", ".join(sorted(defaults))
   if sampler not in SAMPLERS:
     raise SweepError(f'unknown sampler {sampler!r}; valid: {", ".join(SAMPLERS)}')
-  if sweep.mode not in ('max', 'min'):
+  if sweep.mode not in ("max", "min"):
     raise SweepError(f"sweep mode must be 'max' or 'min', got {sweep.mode!r}")
   split_metric(sweep.metric)
   if not sweep.params:
-    raise SweepError(f'empty search space: the sweep defines no parameters; valid keys: {valid}')
+    raise SweepError(f"empty search space: the sweep defines no parameters; valid keys: {valid}")
   for key in list(sweep.params) + list(fixed):
     if key not in defaults:
-      raise SweepError(f'unknown config key {key!r}; valid keys: {valid}')
+      raise SweepError(f"unknown config key {key!r}; valid keys: {valid}")
   for key, param in sweep.params.items():
     if key in fixed:
-      raise SweepError(f'config key {key!r} is both swept and fixed by --config.{key}')
+      raise SweepError(f"config key {key!r} is both swept and fixed by --config.{key}")
     _check_param(key, param, defaults[key])
-    if sampler == 'grid' and not hasattr(param, 'grid'):
-      raise SweepError(f'grid sampler: parameter {key!r} is a continuous range '
-                       f'({type(param).__name__}); use Choice([...]) or IntRange for grid sweeps, '
-                       'or --sampler=random|tpe')
+    if sampler == "grid" and not hasattr(param, "grid"):
+      raise SweepError(
+          f"grid sampler: parameter {key!r} is a continuous range "
+          f"({type(param).__name__}); use Choice([...]) or IntRange for grid sweeps, "
+          "or --sampler=random|tpe"
+      )
   if sweep.num_trials is not None and sweep.num_trials < 1:
-    raise SweepError(f'num_trials must be positive, got {sweep.num_trials}')
+    raise SweepError(f"num_trials must be positive, got {sweep.num_trials}")
 
 
 def _check_param(key: str, param: Param, default: Any) -> None:
   if isinstance(param, Choice):
     if not param.values:
-      raise SweepError(f'parameter {key!r}: Choice has no values')
+      raise SweepError(f"parameter {key!r}: Choice has no values")
     for value in param.values:
       if value is not None and not isinstance(value, (str, int, float, bool)):
-        raise SweepError(f'parameter {key!r}: choice {value!r} is not a str, int, float, bool '
-                         'or None')
+        raise SweepError(
+            f"parameter {key!r}: choice {value!r} is not a str, int, float, bool " "or None"
+        )
       _check_type(key, value, default)
     return
   if not param.low < param.high:
-    raise SweepError(f'parameter {key!r}: low {param.low} must be below high {param.high}')
+    raise SweepError(f"parameter {key!r}: low {param.low} must be below high {param.high}")
   if param.log and param.low <= 0:
-    raise SweepError(f'parameter {key!r}: a log range needs low > 0, got {param.low}')
+    raise SweepError(f"parameter {key!r}: a log range needs low > 0, got {param.low}")
   if isinstance(param, IntRange):
     if param.step < 1 or (param.log and param.step != 1):
-      raise SweepError(f'parameter {key!r}: step must be >= 1 (and 1 for a log range)')
+      raise SweepError(f"parameter {key!r}: step must be >= 1 (and 1 for a log range)")
     _check_type(key, param.low, default)
   elif not all(math.isfinite(v) for v in (param.low, param.high)):
-    raise SweepError(f'parameter {key!r}: bounds must be finite')
+    raise SweepError(f"parameter {key!r}: bounds must be finite")
   else:
     _check_type(key, float(param.low), default)
 
@@ -209,8 +223,10 @@ def _check_type(key: str, value: Any, default: Any) -> None:
   else:
     ok = isinstance(value, type(default))
   if not ok:
-    raise SweepError(f'parameter {key!r}: value {value!r} ({type(value).__name__}) does not fit '
-                     f'the config default {default!r} ({type(default).__name__})')
+    raise SweepError(
+        f"parameter {key!r}: value {value!r} ({type(value).__name__}) does not fit "
+        f"the config default {default!r} ({type(default).__name__})"
+    )
 
 
 def grid_space(sweep: Sweep) -> dict[str, list[Any]]:
@@ -225,6 +241,7 @@ def grid_size(sweep: Sweep) -> int:
 def distributions(sweep: Sweep) -> dict[str, Any]:
   """Optuna distributions for study.ask()."""
   from optuna import distributions as dist  # pylint: disable=import-outside-toplevel
+
   out = {}
   for key, param in sweep.params.items():
     if isinstance(param, Choice):
@@ -238,13 +255,13 @@ def distributions(sweep: Sweep) -> dict[str, Any]:
 
 def is_log(param: Param) -> bool:
   """Whether plots should use a log x-axis for this parameter."""
-  return bool(getattr(param, 'log', False))
+  return bool(getattr(param, "log", False))
 
 
 def format_value(value: Any) -> str:
   """A value as a --config.k=v flag reads it (absl booleans are lower case)."""
   if isinstance(value, bool):
-    return 'true' if value else 'false'
+    return "true" if value else "false"
   if isinstance(value, float):
     return repr(value)
   return str(value)

@@ -1,4 +1,5 @@
 """The one engine: configs, optimizers, steps, parallelism, checkpoints, metrics, the loop."""
+
 from jaxmodels.train.cli import run_experiment
 from jaxmodels.train.config import ConfigError, base_config
 from jaxmodels.train.loop import train_and_evaluate

@@ -1,4 +1,5 @@
 """orbax checkpoints of the train state, written atomically; resume from the newest valid one."""
+
 from __future__ import annotations
 
 import logging
@@ -20,12 +21,15 @@ class Checkpoints:
   checkpoint killed mid-write never becomes visible."""
 
   def __init__(self, workdir: str, max_to_keep: int):
-    self.directory = os.path.join(os.path.abspath(workdir) if "://" not in workdir else workdir,
-                                  "checkpoints")
+    self.directory = os.path.join(
+        os.path.abspath(workdir) if "://" not in workdir else workdir, "checkpoints"
+    )
     self.manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                             enable_async_checkpointing=False))
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
+        ),
+    )
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
@@ -34,8 +38,10 @@ class Checkpoints:
     step = int(state.step)
     if step in self.manager.all_steps():
       return
-    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                    meta=ocp.args.JsonSave(meta)))
+    self.manager.save(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+    )
     self.manager.wait_until_finished()
 
   def restore_latest(self, target: TrainState) -> tuple[TrainState, dict[str, Any]] | None:
@@ -47,14 +53,25 @@ class Checkpoints:
     failures = []
     for step in reversed(steps):
       try:
-        out = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        out = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+            ),
+        )
       except Exception as e:  # orbax raises many types for truncated or corrupt files
         path = os.path.join(self.directory, str(step))
-        logging.warning("checkpoint %s is unreadable (%s: %s); trying an older one",
-                        path, type(e).__name__, str(e)[:200])
-        print(f"WARNING: checkpoint {path} is unreadable ({type(e).__name__}); kept aside as "
-              f"{path}.unreadable; trying an older one", flush=True)
+        logging.warning(
+            "checkpoint %s is unreadable (%s: %s); trying an older one",
+            path,
+            type(e).__name__,
+            str(e)[:200],
+        )
+        print(
+            f"WARNING: checkpoint {path} is unreadable ({type(e).__name__}); kept aside as "
+            f"{path}.unreadable; trying an older one",
+            flush=True,
+        )
         failures.append(path)
         continue
       if failures:
@@ -64,7 +81,8 @@ class Checkpoints:
       return jax.device_get(out["state"]), dict(out["meta"])
     raise CheckpointError(
         f"none of the checkpoints in {self.directory} can be restored ({', '.join(failures)}). "
-        f"To start over, move or delete the workdir (or just {self.directory}) and run again.")
+        f"To start over, move or delete the workdir (or just {self.directory}) and run again."
+    )
 
   def _set_aside(self, paths: list[str]) -> None:
     """Renames unreadable checkpoints out of orbax's sight (kept, never deleted), so the resumed

@@ -1,4 +1,5 @@
-"""`python -m experiments.<name> --workdir=DIR --config.<key>=<value>`: absl flags around the loop."""
+"""`python -m experiments.<name> --workdir=DIR --config.<key>=<value>`: absl flags, the loop."""
+
 from __future__ import annotations
 
 import sys
@@ -12,12 +13,17 @@ from jaxmodels.train import checkpoint, config as config_lib, loop
 
 # Errors a user can fix: printed as one paragraph, exit status 2 (1 for a diverged run).
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    config_lib.ConfigError, loop.WorkdirError, checkpoint.CheckpointError, FileNotFoundError)
+    config_lib.ConfigError,
+    loop.WorkdirError,
+    checkpoint.CheckpointError,
+    FileNotFoundError,
+)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
   try:
     from jaxmodels import data
+
     extra = getattr(data, "USER_ERRORS", ())
   except ImportError:
     extra = ()
@@ -44,26 +50,42 @@ def run_experiment(experiment: ModuleType, argv: list[str] | None = None) -> Non
   except config_lib.ConfigError as e:
     _fail(str(e))
   fv = flags.FLAGS
-  flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and summary.",
-                      flag_values=fv, required=True)
-  flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (multi-process).",
-                      flag_values=fv)
-  flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).",
-                       flag_values=fv)
+  flags.DEFINE_string(
+      "workdir",
+      None,
+      "Directory for checkpoints, metrics and summary.",
+      flag_values=fv,
+      required=True,
+  )
+  flags.DEFINE_string(
+      "coordinator_address", None, "HOST:PORT of process 0 (multi-process).", flag_values=fv
+  )
+  flags.DEFINE_integer(
+      "num_processes", None, "Number of processes (multi-process).", flag_values=fv
+  )
   flags.DEFINE_integer("process_id", None, "This process's index (multi-process).", flag_values=fv)
-  flags.DEFINE_bool("allow_config_change", False,
-                    "Resume a workdir even if its saved config differs.", flag_values=fv)
+  flags.DEFINE_bool(
+      "allow_config_change",
+      False,
+      "Resume a workdir even if its saved config differs.",
+      flag_values=fv,
+  )
   config_flag = config_flags.DEFINE_config_dict("config", base, lock_config=True, flag_values=fv)
+
   def main(_):
     if not fv["verbosity"].present:
       logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     _init_distributed(fv)
     try:
-      loop.train_and_evaluate(experiment, config_flag.value, fv.workdir,
-                              allow_config_change=fv.allow_config_change)
+      loop.train_and_evaluate(
+          experiment, config_flag.value, fv.workdir, allow_config_change=fv.allow_config_change
+      )
     except loop.Stopped as e:
-      print(f"Stopped by signal {e.signum} at step {e.step}; a checkpoint was saved there. Run "
-            "the same command again to resume.", flush=True)
+      print(
+          f"Stopped by signal {e.signum} at step {e.step}; a checkpoint was saved there. Run "
+          "the same command again to resume.",
+          flush=True,
+      )
       sys.exit(128 + e.signum)
     except loop.NonFiniteError as e:
       _fail(str(e), status=1)
@@ -75,11 +97,15 @@ def run_experiment(experiment: ModuleType, argv: list[str] | None = None) -> Non
 
 def _init_distributed(fv: flags.FlagValues) -> None:
   import jax
+
   if fv.coordinator_address or fv.num_processes:
     if not (fv.coordinator_address and fv.num_processes and fv.process_id is not None):
-      _fail("multi-process runs need all of --coordinator_address=HOST:PORT, --num_processes=N "
-            "and --process_id=I (or none of them).")
+      _fail(
+          "multi-process runs need all of --coordinator_address=HOST:PORT, --num_processes=N "
+          "and --process_id=I (or none of them)."
+      )
     import os
+
     if not os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):
       # CPU processes need cross-process collectives; gloo is the default in recent jax only.
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -90,4 +116,5 @@ def _init_distributed(fv: flags.FlagValues) -> None:
 
 def _on_cloud_tpu() -> bool:
   import os
+
   return bool(os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("CLOUD_TPU_TASK_ID"))

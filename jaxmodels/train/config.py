@@ -1,8 +1,10 @@
 """Experiment configs: the keys every experiment has, checks, and freezing."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 import json
-from typing import Any, Sequence
+from typing import Any
 
 import ml_collections
 
@@ -10,9 +12,18 @@ PARALLELISM = ("pmap", "mesh", "none")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "step")
 # Keys that may change when a run resumes: they do not change what is computed.
-RESUMABLE_KEYS = ("num_train_steps", "log_every_steps", "eval_every_steps",
-                  "checkpoint_every_steps", "keep_checkpoints", "max_steps_in_flight",
-                  "progress_bar", "profile_steps", "data_dir", "compilation_cache_dir")
+RESUMABLE_KEYS = (
+    "num_train_steps",
+    "log_every_steps",
+    "eval_every_steps",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+    "max_steps_in_flight",
+    "progress_bar",
+    "profile_steps",
+    "data_dir",
+    "compilation_cache_dir",
+)
 
 
 class ConfigError(ValueError):
@@ -60,40 +71,56 @@ def check(config: ml_collections.ConfigDict, num_devices: int) -> None:
   _choice(config, "parallelism", PARALLELISM)
   _choice(config, "optimizer", OPTIMIZERS)
   _choice(config, "schedule", SCHEDULES)
-  for key in ("batch_size", "num_train_steps", "log_every_steps", "eval_every_steps",
-              "checkpoint_every_steps", "keep_checkpoints", "max_steps_in_flight", "fsdp",
-              "grad_accum_steps"):
+  for key in (
+      "batch_size",
+      "num_train_steps",
+      "log_every_steps",
+      "eval_every_steps",
+      "checkpoint_every_steps",
+      "keep_checkpoints",
+      "max_steps_in_flight",
+      "fsdp",
+      "grad_accum_steps",
+  ):
     if config[key] <= 0:
       raise ConfigError(f"config.{key}={config[key]} must be a positive integer.")
   if config.profile_steps < 0:
     raise ConfigError(f"config.profile_steps={config.profile_steps} must be >= 0 (0: no trace).")
   if config.eval_batch_size < 0:
-    raise ConfigError(f"config.eval_batch_size={config.eval_batch_size} must be >= 0 (0: batch_size).")
+    raise ConfigError(
+        f"config.eval_batch_size={config.eval_batch_size} must be >= 0 (0: batch_size)."
+    )
   if not config.learning_rate > 0:
     raise ConfigError(f"config.learning_rate={config.learning_rate} must be > 0.")
   if config.warmup_steps < 0 or config.grad_clip_norm < 0 or config.weight_decay < 0:
-    raise ConfigError("config.warmup_steps, config.grad_clip_norm and config.weight_decay must be "
-                      f">= 0; got {config.warmup_steps}, {config.grad_clip_norm}, {config.weight_decay}.")
+    raise ConfigError(
+        "config.warmup_steps, config.grad_clip_norm and config.weight_decay must be "
+        f">= 0; got {config.warmup_steps}, {config.grad_clip_norm}, {config.weight_decay}."
+    )
   if config.parallelism != "none":
     for key in ("batch_size", "eval_batch_size"):
       if config[key] % num_devices:
         raise ConfigError(
             f"config.{key}={config[key]} does not divide across the {num_devices} devices of "
             f"parallelism='{config.parallelism}'; use a multiple of {num_devices}, set "
-            "JAXMODELS_HOST_DEVICES to a divisor, or --config.parallelism=none.")
+            "JAXMODELS_HOST_DEVICES to a divisor, or --config.parallelism=none."
+        )
   shards = 1 if config.parallelism == "none" else num_devices
   if config.batch_size % (shards * config.grad_accum_steps):
     raise ConfigError(
         f"config.batch_size={config.batch_size} does not split into config.grad_accum_steps="
         f"{config.grad_accum_steps} micro-batches on each of {shards} device(s); use a batch_size "
-        f"that is a multiple of {shards * config.grad_accum_steps}.")
+        f"that is a multiple of {shards * config.grad_accum_steps}."
+    )
   if config.parallelism == "mesh" and num_devices % config.fsdp:
     raise ConfigError(f"config.fsdp={config.fsdp} must divide the {num_devices} devices.")
 
 
 def _choice(config: ml_collections.ConfigDict, key: str, valid: Sequence[str]) -> None:
   if config[key] not in valid:
-    raise ConfigError(f"config.{key}={config[key]!r} is not valid; choose one of: {', '.join(valid)}.")
+    raise ConfigError(
+        f"config.{key}={config[key]!r} is not valid; choose one of: {', '.join(valid)}."
+    )
 
 
 def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
@@ -113,13 +140,17 @@ def check_overrides(argv: Sequence[str], config: ml_collections.ConfigDict) -> N
   for arg in argv:
     if not arg.startswith("--config."):
       continue
-    key, _, value = arg[len("--config."):].partition("=")
+    key, _, value = arg[len("--config.") :].partition("=")
     if key not in leaves:
-      raise ConfigError(f"--config.{key}: unknown config key. Valid keys: {', '.join(sorted(leaves))}.")
+      raise ConfigError(
+          f"--config.{key}: unknown config key. Valid keys: {', '.join(sorted(leaves))}."
+      )
     default = leaves[key]
     if not _parses_as(value, default):
-      raise ConfigError(f"--config.{key}={value!r}: expected a value of type "
-                        f"{type(default).__name__} (default {default!r}).")
+      raise ConfigError(
+          f"--config.{key}={value!r}: expected a value of type "
+          f"{type(default).__name__} (default {default!r})."
+      )
 
 
 def _parses_as(value: str, default: Any) -> bool:

@@ -1,23 +1,32 @@
 """The one training loop: every experiment runs through `train_and_evaluate`."""
+
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 import json
 import os
 import signal
 import time
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
+from etils import epath
 import jax
 import ml_collections
 import numpy as np
-from etils import epath
 
 from jaxmodels import tasks
 from jaxmodels.models.common import HasFlops
-from jaxmodels.train import checkpoint, config as config_lib, metrics as metrics_lib, optim
-from jaxmodels.train import parallel, perf, steps
+from jaxmodels.train import (
+    checkpoint,
+    config as config_lib,
+    metrics as metrics_lib,
+    optim,
+    parallel,
+    perf,
+    steps,
+)
 
 # config.profile_steps traces steps after this many, so compilation and warm-up stay out of it.
 PROFILE_AFTER_STEPS = 10
@@ -52,8 +61,10 @@ def prepare_workdir(workdir: str) -> None:
       f.write("ok")
     os.remove(probe)
   except OSError as e:
-    raise WorkdirError(f"--workdir={workdir} is not writable ({e.strerror}); choose a directory "
-                       "you can write to, or fix its permissions or free disk space.") from e
+    raise WorkdirError(
+        f"--workdir={workdir} is not writable ({e.strerror}); choose a directory "
+        "you can write to, or fix its permissions or free disk space."
+    ) from e
 
 
 def check_resume_config(workdir: str, config: ml_collections.ConfigDict, allow: bool) -> None:
@@ -63,11 +74,14 @@ def check_resume_config(workdir: str, config: ml_collections.ConfigDict, allow: 
   saved = json.loads(epath.Path(path).read_text())
   diff = config_lib.differing_keys(saved, config)
   if diff:
-    shown = ", ".join(f"{k} (saved {config_lib.flat_keys(ml_collections.ConfigDict(saved)).get(k)!r})"
-                      for k in diff)
+    shown = ", ".join(
+        f"{k} (saved {config_lib.flat_keys(ml_collections.ConfigDict(saved)).get(k)!r})"
+        for k in diff
+    )
     raise config_lib.ConfigError(
         f"{path} was written by a run with a different config: {shown}. Resume with the same "
-        "values, use a new --workdir, or pass --allow_config_change to resume anyway.")
+        "values, use a new --workdir, or pass --allow_config_change to resume anyway."
+    )
 
 
 class _Signals:
@@ -86,6 +100,7 @@ class _Signals:
     """The signal to stop on after `step`, or 0; every process must call it at every step."""
     if self._multi and not self.signum:
       from jax.experimental import multihost_utils
+
       try:
         if multihost_utils.reached_preemption_sync_point(step):
           self.signum = signal.SIGTERM
@@ -110,8 +125,12 @@ class _Signals:
       signal.signal(sig, handler)
 
 
-def train_and_evaluate(experiment: ModuleType, config: ml_collections.ConfigDict, workdir: str,
-                       allow_config_change: bool = False) -> dict[str, Any]:
+def train_and_evaluate(
+    experiment: ModuleType,
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    allow_config_change: bool = False,
+) -> dict[str, Any]:
   """Trains `experiment` to config.num_train_steps in `workdir`, resuming if it can.
 
   The experiment module provides get_data(config), get_model(config, info) and
@@ -125,7 +144,8 @@ def train_and_evaluate(experiment: ModuleType, config: ml_collections.ConfigDict
   if config.parallelism == "none" and jax.process_count() > 1:
     raise config_lib.ConfigError(
         f"config.parallelism='none' trains on one device, but this run has {jax.process_count()} "
-        "processes; use --config.parallelism=pmap or mesh.")
+        "processes; use --config.parallelism=pmap or mesh."
+    )
   check_resume_config(workdir, config, allow_config_change)
   if config.compilation_cache_dir == "none":
     perf.disable_compilation_cache()
@@ -266,18 +286,21 @@ class _Run:
     compiled_steps: dict[Any, tuple[Callable, float | None]] = {}
     self._compiled_step(compiled_steps, train_fn, dstate, host_batch, batch)
     compile_s = time.time() - t
-    profile = perf.StepProfile(self.workdir, start + PROFILE_AFTER_STEPS, config.profile_steps,
-                               enabled=self.is_main)
+    profile = perf.StepProfile(
+        self.workdir, start + PROFILE_AFTER_STEPS, config.profile_steps, enabled=self.is_main
+    )
 
-    self.progress = metrics_lib.Progress(start, config.num_train_steps, config.progress_bar,
-                                         self.is_main)
+    self.progress = metrics_lib.Progress(
+        start, config.num_train_steps, config.progress_bar, self.is_main
+    )
     in_flight = InFlight(config.max_steps_in_flight)
     train_time, timed_steps, timed_flops = 0.0, 0, 0.0
     step = start
     with _Signals() as signals:
       while step < config.num_train_steps:
-        step_fn, flops, compiling_s = self._compiled_step(compiled_steps, train_fn, dstate,
-                                                          host_batch, batch)
+        step_fn, flops, compiling_s = self._compiled_step(
+            compiled_steps, train_fn, dstate, host_batch, batch
+        )
         compile_s += compiling_s
         t = time.time()
         profile.before_step(step)
@@ -306,11 +329,20 @@ class _Run:
           batch = strategy.put_batch(host_batch)
       jax.block_until_ready(dstate)
       profile.stop()
-    return dstate, step, {"compile_s": compile_s, "train_time": train_time,
-                          "timed_steps": timed_steps, "timed_flops": timed_flops}
+    return (
+        dstate,
+        step,
+        {
+            "compile_s": compile_s,
+            "train_time": train_time,
+            "timed_steps": timed_steps,
+            "timed_flops": timed_flops,
+        },
+    )
 
-  def _finish(self, dstate, step: int, start_time: float,
-              timing: dict[str, float]) -> dict[str, Any]:
+  def _finish(
+      self, dstate, step: int, start_time: float, timing: dict[str, float]
+  ) -> dict[str, Any]:
     """The final evaluation of every split and summary.json."""
     config, strategy = self.config, self.strategy
     compile_s, train_time = timing["compile_s"], timing["train_time"]
@@ -320,29 +352,42 @@ class _Run:
     if self.decode:
       self.eval_fn = strategy.eval_fn(self.task, True, self.host_state)
     for split in self.data.eval_splits:
-      final.update({f"{recorded_split(split)}_{k}": v
-                    for k, v in self.evaluate(dstate, step, (split,)).items()})
+      final.update(
+          {
+              f"{recorded_split(split)}_{k}": v
+              for k, v in self.evaluate(dstate, step, (split,)).items()
+          }
+      )
     wall_s = time.time() - start_time
     examples_per_s = timed_steps * config.batch_size / train_time if train_time else None
     summary = {f"train_{k}": v for k, v in self.last_train.items()}
     summary.update(final)
-    summary.update(steps=step, wall_s=wall_s, compile_s=compile_s,
-                   total_wall_s=wall_s + self.prior_wall_s,
-                   examples_per_s=examples_per_s, num_devices=strategy.num_devices,
-                   parallelism=strategy.name)
+    summary.update(
+        steps=step,
+        wall_s=wall_s,
+        compile_s=compile_s,
+        total_wall_s=wall_s + self.prior_wall_s,
+        examples_per_s=examples_per_s,
+        num_devices=strategy.num_devices,
+        parallelism=strategy.name,
+    )
     if timed_flops and train_time:
       achieved = timed_flops / train_time / jax.process_count()
-      summary.update(flops_per_step=timed_flops / timed_steps,
-                     mfu=achieved / perf.process_peak_flops())
+      summary.update(
+          flops_per_step=timed_flops / timed_steps, mfu=achieved / perf.process_peak_flops()
+      )
     if self.is_main:
       _write_json(os.path.join(self.workdir, "summary.json"), summary)
-      print(json.dumps({k: v for k, v in summary.items() if not k.startswith("train_")},
-                       indent=None), flush=True)
+      print(
+          json.dumps({k: v for k, v in summary.items() if not k.startswith("train_")}, indent=None),
+          flush=True,
+      )
     self.writer.flush()
     return summary
 
-  def _compiled_step(self, cache: dict, train_fn, dstate, host_batch,
-                     batch) -> tuple[Callable, float | None, float]:
+  def _compiled_step(
+      self, cache: dict, train_fn, dstate, host_batch, batch
+  ) -> tuple[Callable, float | None, float]:
     """(step callable, FLOPs, seconds spent compiling now) for this batch's shapes; compiles on
     first sight of the shapes, else the seconds are 0."""
     key = tuple((k, np.shape(v)) for k, v in sorted(host_batch.items()))
@@ -350,8 +395,10 @@ class _Run:
       return cache[key] + (0.0,)
     t = time.time()
     compiled = train_fn.lower(dstate, batch).compile()
-    cache[key] = (self.strategy.step_callable(train_fn, compiled),
-                  self._flops_per_step(host_batch, compiled))
+    cache[key] = (
+        self.strategy.step_callable(train_fn, compiled),
+        self._flops_per_step(host_batch, compiled),
+    )
     return cache[key] + (time.time() - t,)
 
   def _flops_per_step(self, host_batch, compiled) -> float | None:
@@ -377,7 +424,8 @@ class _Run:
         raise NonFiniteError(
             f"training {name} is {values[name]} at step {step} (the mean over steps since the "
             "last log); no checkpoint of this state was written. Lower config.learning_rate, set "
-            "config.grad_clip_norm, or check the data; the run can resume from the last checkpoint.")
+            "config.grad_clip_norm, or check the data; the run can resume from the last checkpoint."
+        )
     values = self.task.finalize(values)
     self.last_train = values
     self.writer.write(step, "train", values)
@@ -387,8 +435,10 @@ class _Run:
     values = {}
     for split in splits:
       in_flight = InFlight(self.config.max_steps_in_flight)
-      sums = [in_flight.add(self.eval_fn(dstate, self.strategy.put_batch(b)))
-              for b in self.data.eval_batches(split, self.eval_batch_size, **self.shard)]
+      sums = [
+          in_flight.add(self.eval_fn(dstate, self.strategy.put_batch(b)))
+          for b in self.data.eval_batches(split, self.eval_batch_size, **self.shard)
+      ]
       values = self.task.finalize(metrics_lib.reduce_sums([self.strategy.fetch(s) for s in sums]))
       name = recorded_split(split)
       self.writer.write(step, name, values)

@@ -1,4 +1,5 @@
 """Where metrics go: metrics.jsonl, TensorBoard event files, and a progress bar or log lines."""
+
 from __future__ import annotations
 
 import json
@@ -31,9 +32,9 @@ class MetricWriter:
     self._jsonl = None
     if enabled:
       from tensorboardX import SummaryWriter
+
       path = os.path.join(workdir, "metrics.jsonl")
-      self._jsonl = (_RewrittenFile(path) if "://" in path
-                     else open(path, "a", encoding="utf-8"))
+      self._jsonl = _RewrittenFile(path) if "://" in path else open(path, "a", encoding="utf-8")
       self._tb = SummaryWriter(logdir=workdir, flush_secs=30)
 
   def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
@@ -63,6 +64,7 @@ class _RewrittenFile:
 
   def __init__(self, path: str):
     from etils import epath
+
     self.path = epath.Path(path)
     self.text = self.path.read_text() if self.path.exists() else ""
     self.dirty = False
@@ -91,6 +93,7 @@ class Progress:
     self.start = start
     if enabled and is_main and sys.stderr.isatty():
       from tqdm import tqdm
+
       self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
 
   def update(self, step: int) -> None:
@@ -100,8 +103,7 @@ class Progress:
   def log(self, step: int, split: str, metrics: dict[str, float]) -> None:
     if self.quiet:
       return
-    shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()
-                      if k not in ("learning_rate",))
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k not in ("learning_rate",))
     if self.bar is not None:
       if split == "train":
         self.bar.set_postfix_str(shown, refresh=False)
@@ -112,8 +114,9 @@ class Progress:
     rate = (step - self.start) / elapsed if elapsed > 0 else 0.0
     eta = (self.total - step) / rate if rate > 0 else math.inf
     eta_s = f"{eta:.0f}s" if math.isfinite(eta) else "?"
-    print(f"step {step}/{self.total} {split}: {shown} ({rate:.1f} steps/s, ETA {eta_s})",
-          flush=True)
+    print(
+        f"step {step}/{self.total} {split}: {shown} ({rate:.1f} steps/s, ETA {eta_s})", flush=True
+    )
 
   def close(self) -> None:
     if self.bar is not None:

@@ -1,4 +1,5 @@
 """Optimizers and learning-rate schedules from a config, all through optax."""
+
 from __future__ import annotations
 
 import jax
@@ -44,8 +45,14 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   elif name == "adam":
     opt = optax.adam(lr, b1=config.b1, b2=config.b2, eps=config.eps)
   else:
-    opt = optax.adamw(lr, b1=config.b1, b2=config.b2, eps=config.eps,
-                      weight_decay=config.weight_decay, mask=decay_mask)
+    opt = optax.adamw(
+        lr,
+        b1=config.b1,
+        b2=config.b2,
+        eps=config.eps,
+        weight_decay=config.weight_decay,
+        mask=decay_mask,
+    )
   parts = []
   if config.grad_clip_norm:
     parts.append(optax.clip_by_global_norm(config.grad_clip_norm))

@@ -8,18 +8,19 @@ Each strategy moves the state and batches to devices and compiles the step funct
   mesh  jax.jit over a (data, fsdp) device mesh: the batch is split over all devices; with fsdp > 1
         each parameter and optimizer-state array is split along its largest divisible dimension.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Any
 
 import flax.jax_utils
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
-import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import numpy as np
 
 from jaxmodels.tasks import Task
 from jaxmodels.train import steps
@@ -36,6 +37,7 @@ def with_axis_name(model: nn.Module, axis_name: str) -> nn.Module:
 
 class Strategy:
   """Places data and compiles steps; subclasses decide how."""
+
   name = ""
 
   def __init__(self, model: nn.Module, grad_accum_steps: int = 1):
@@ -66,8 +68,15 @@ class Strategy:
 
   def _train_step(self, task: Task, tx: Any, schedule: Any, **kwargs: Any) -> Callable:
     """steps.train_step with everything but (state, batch) bound, for the strategy to compile."""
-    return functools.partial(steps.train_step, model=self.model, task=task, tx=tx,
-                             schedule=schedule, grad_accum_steps=self.grad_accum_steps, **kwargs)
+    return functools.partial(
+        steps.train_step,
+        model=self.model,
+        task=task,
+        tx=tx,
+        schedule=schedule,
+        grad_accum_steps=self.grad_accum_steps,
+        **kwargs,
+    )
 
   def fetch(self, tree: Any) -> Any:
     """Step outputs (metric sums) on the host, one copy."""
@@ -138,12 +147,17 @@ class Pmap(Strategy):
     return fn if jax.process_count() > 1 else compiled
 
   def train_fn(self, task, tx, schedule, state):
-    return jax.pmap(self._train_step(task, tx, schedule, axis_name=AXIS),
-                    axis_name=AXIS, donate_argnums=0)
+    return jax.pmap(
+        self._train_step(task, tx, schedule, axis_name=AXIS), axis_name=AXIS, donate_argnums=0
+    )
 
   def eval_fn(self, task, decode, state):
-    return jax.pmap(functools.partial(steps.eval_step, model=self.model, task=task,
-                                      axis_name=AXIS, decode=decode), axis_name=AXIS)
+    return jax.pmap(
+        functools.partial(
+            steps.eval_step, model=self.model, task=task, axis_name=AXIS, decode=decode
+        ),
+        axis_name=AXIS,
+    )
 
 
 class MeshStrategy(Strategy):
@@ -180,23 +194,30 @@ class MeshStrategy(Strategy):
   def get_state(self, state):
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
+
       return multihost_utils.process_allgather(state, tiled=True)
     return jax.device_get(state)
 
   def put_batch(self, batch):
-    return {k: jax.make_array_from_process_local_data(self.batch_sharding, v)
-            for k, v in batch.items()}
+    return {
+        k: jax.make_array_from_process_local_data(self.batch_sharding, v) for k, v in batch.items()
+    }
 
   def train_fn(self, task, tx, schedule, state):
     sharding = self.state_sharding(state)
-    return jax.jit(self._train_step(task, tx, schedule),
-                   in_shardings=(sharding, self.batch_sharding),
-                   out_shardings=(sharding, self.replicated), donate_argnums=0)
+    return jax.jit(
+        self._train_step(task, tx, schedule),
+        in_shardings=(sharding, self.batch_sharding),
+        out_shardings=(sharding, self.replicated),
+        donate_argnums=0,
+    )
 
   def eval_fn(self, task, decode, state):
-    return jax.jit(functools.partial(steps.eval_step, model=self.model, task=task, decode=decode),
-                   in_shardings=(self.state_sharding(state), self.batch_sharding),
-                   out_shardings=self.replicated)
+    return jax.jit(
+        functools.partial(steps.eval_step, model=self.model, task=task, decode=decode),
+        in_shardings=(self.state_sharding(state), self.batch_sharding),
+        out_shardings=self.replicated,
+    )
 
 
 def make(name: str, model: nn.Module, fsdp: int = 1, grad_accum_steps: int = 1) -> Strategy:

@@ -1,12 +1,13 @@
 """Throughput helpers: the in-run matmul peak and model FLOPs utilisation."""
+
 from __future__ import annotations
 
 import os
 import time
 
 import jax
-import jax.numpy as jnp
 from jax.experimental.compilation_cache import compilation_cache
+import jax.numpy as jnp
 
 
 def matmul_peak_flops(n: int = 1024, seconds: float = 0.3) -> float:
@@ -31,7 +32,7 @@ def process_peak_flops(seconds: float = 1.0) -> float:
 
 
 def compiled_flops(compiled) -> float | None:
-  """XLA's FLOP count of a compiled computation (counts a scan body once: prefer analytic counts)."""
+  """XLA's FLOP count of a compiled computation (a scan body counts once: prefer analytic ones)."""
   try:
     cost = compiled.cost_analysis()
     if isinstance(cost, (list, tuple)):
@@ -54,11 +55,17 @@ def enable_compilation_cache(cache_dir: str | None = None, min_compile_secs: flo
   `min_compile_secs` are not written (0 caches everything). A later call with another directory
   switches the cache for compilations still to come.
   """
-  cache_dir = (cache_dir or os.environ.get("JAXMODELS_CACHE_DIR")
-               or os.path.join(os.path.expanduser("~"), ".cache", "jaxmodels", "xla"))
+  cache_dir = (
+      cache_dir
+      or os.environ.get("JAXMODELS_CACHE_DIR")
+      or os.path.join(os.path.expanduser("~"), ".cache", "jaxmodels", "xla")
+  )
   if "://" not in cache_dir:
     os.makedirs(cache_dir, exist_ok=True)
-  if jax.config.jax_compilation_cache_dir != cache_dir or not jax.config.jax_enable_compilation_cache:
+  if (
+      jax.config.jax_compilation_cache_dir != cache_dir
+      or not jax.config.jax_enable_compilation_cache
+  ):
     compilation_cache.reset_cache()  # jax opens the cache once, at the first compilation
   jax.config.update("jax_enable_compilation_cache", True)
   jax.config.update("jax_compilation_cache_dir", cache_dir)
@@ -74,6 +81,7 @@ def disable_compilation_cache() -> None:
   """Compilations from now on neither read nor write the persistent cache."""
   jax.config.update("jax_enable_compilation_cache", False)
   compilation_cache.reset_cache()
+
 
 class StepProfile:
   """A jax.profiler trace of `num_steps` training steps from step `first`, written under

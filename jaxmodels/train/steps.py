@@ -4,6 +4,7 @@ With `axis_name` set (pmap), each device holds part of the batch: the loss is no
 global weight and gradients and metric sums are summed across devices, so the update equals the
 one-device update on the global batch.
 """
+
 from __future__ import annotations
 
 import functools
@@ -27,8 +28,9 @@ class TrainState:
   rng: jax.Array
 
 
-def init_state(model: nn.Module, task: Task, tx: optax.GradientTransformation, batch: Any,
-               seed: int) -> TrainState:
+def init_state(
+    model: nn.Module, task: Task, tx: optax.GradientTransformation, batch: Any, seed: int
+) -> TrainState:
   """Initialises parameters from one batch's shapes; pure in (seed, shapes).
 
   Runs as one compiled computation: op by op, a model's initialisers compile dozens of small
@@ -39,22 +41,35 @@ def init_state(model: nn.Module, task: Task, tx: optax.GradientTransformation, b
 
 def _init_state(model, task, tx, seed, batch):
   init_rng, params_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(seed), 3)
-  variables = model.init({"params": params_rng, "dropout": dropout_rng},
-                         *task.model_args(batch), train=False)
+  variables = model.init(
+      {"params": params_rng, "dropout": dropout_rng}, *task.model_args(batch), train=False
+  )
   params = variables["params"]
   model_state = {k: v for k, v in variables.items() if k not in ("params", "cache")}
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
-                    opt_state=tx.init(params), rng=init_rng)
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      model_state=model_state,
+      opt_state=tx.init(params),
+      rng=init_rng,
+  )
 
 
 def _psum(tree: Any, axis_name: str | None) -> Any:
   return jax.lax.psum(tree, axis_name) if axis_name else tree
 
 
-def train_step(state: TrainState, batch: Any, *, model: nn.Module, task: Task,
-               tx: optax.GradientTransformation, schedule: optax.Schedule,
-               axis_name: str | None = None, grad_accum_steps: int = 1
-               ) -> tuple[TrainState, dict[str, Any]]:
+def train_step(
+    state: TrainState,
+    batch: Any,
+    *,
+    model: nn.Module,
+    task: Task,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    axis_name: str | None = None,
+    grad_accum_steps: int = 1,
+) -> tuple[TrainState, dict[str, Any]]:
   """One optimizer step; returns the new state and metric sums {name: (sum, weight)}.
 
   With grad_accum_steps = k > 1 the batch is processed as k micro-batches (examples i, i+k,
@@ -72,8 +87,13 @@ def train_step(state: TrainState, batch: Any, *, model: nn.Module, task: Task,
 
     def loss_fn(params):
       variables = {"params": params, **model_state}
-      out = model.apply(variables, *task.model_args(micro_batch), train=True,
-                        rngs={"dropout": micro_rng}, mutable=mutable or False)
+      out = model.apply(
+          variables,
+          *task.model_args(micro_batch),
+          train=True,
+          rngs={"dropout": micro_rng},
+          mutable=mutable or False,
+      )
       outputs, new_model_state = out if mutable else (out, {})
       losses, sums = task.losses(outputs, micro_batch)
       return jnp.sum(losses) / jnp.maximum(total_weight, 1e-9), (sums, new_model_state)
@@ -83,28 +103,36 @@ def train_step(state: TrainState, batch: Any, *, model: nn.Module, task: Task,
   if grad_accum_steps == 1:
     grads, (sums, new_model_state) = grads_of(state.model_state, batch, rng)
   else:
-    grads, sums, new_model_state = _accumulate(grads_of, state.model_state, batch, rng,
-                                               grad_accum_steps)
+    grads, sums, new_model_state = _accumulate(
+        grads_of, state.model_state, batch, rng, grad_accum_steps
+    )
   grads, sums = _psum((grads, sums), axis_name)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   one = jnp.ones((), jnp.float32)
-  sums = dict(sums, grad_norm=(optax.tree.norm(grads), one),
-              learning_rate=(jnp.asarray(schedule(state.step), jnp.float32), one))
-  new_state = state.replace(step=state.step + 1, params=params, model_state=new_model_state,
-                            opt_state=opt_state)
+  sums = dict(
+      sums,
+      grad_norm=(optax.tree.norm(grads), one),
+      learning_rate=(jnp.asarray(schedule(state.step), jnp.float32), one),
+  )
+  new_state = state.replace(
+      step=state.step + 1, params=params, model_state=new_model_state, opt_state=opt_state
+  )
   return new_state, sums
 
 
 def _accumulate(grads_of, model_state, batch, rng, k):
   """Sums gradients and metric sums over k strided micro-batches with a scan."""
+
   def split(x):
     return jnp.moveaxis(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 1, 0)
+
   micro_batches = jax.tree_util.tree_map(split, batch)
   first = jax.tree_util.tree_map(lambda x: x[0], micro_batches)
   shapes = jax.eval_shape(grads_of, model_state, first, rng)
-  zeros, zero_sums = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype),
-                                            (shapes[0], shapes[1][0]))
+  zeros, zero_sums = jax.tree_util.tree_map(
+      lambda x: jnp.zeros(x.shape, x.dtype), (shapes[0], shapes[1][0])
+  )
 
   def body(carry, xs):
     grads, sums, ms = carry
@@ -113,7 +141,8 @@ def _accumulate(grads_of, model_state, batch, rng, k):
     return (_add(grads, g), _add(sums, s), ms), None
 
   (grads, sums, model_state), _ = jax.lax.scan(
-      body, (zeros, zero_sums, model_state), (jnp.arange(k), micro_batches))
+      body, (zeros, zero_sums, model_state), (jnp.arange(k), micro_batches)
+  )
   return grads, sums, model_state
 
 
@@ -121,8 +150,15 @@ def _add(a: Any, b: Any) -> Any:
   return jax.tree_util.tree_map(jnp.add, a, b)
 
 
-def eval_step(state: TrainState, batch: Any, *, model: nn.Module, task: Task,
-              axis_name: str | None = None, decode: bool = False) -> dict[str, Any]:
+def eval_step(
+    state: TrainState,
+    batch: Any,
+    *,
+    model: nn.Module,
+    task: Task,
+    axis_name: str | None = None,
+    decode: bool = False,
+) -> dict[str, Any]:
   """Metric sums for one evaluation batch (padding carries zero weight); with `decode`, also the
   task's decode metrics (the task is then a `DecodingTask`)."""
   variables = {"params": state.params, **state.model_state}

