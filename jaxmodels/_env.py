@@ -6,6 +6,7 @@ importing any jaxmodels module leaves the process environment alone.
 """
 
 import ctypes.util
+import importlib.util
 import os
 import sys
 
@@ -32,6 +33,7 @@ def configure_process() -> None:
   """The XLA settings of an entry point: host devices split per core, then the CPU defaults."""
   configure_host_devices()
   configure_xla_cpu()
+  configure_platforms()
 
 
 def configure_host_devices() -> None:
@@ -48,6 +50,32 @@ def configure_host_devices() -> None:
   count = os.environ.get("JAXMODELS_HOST_DEVICES") or str(os.cpu_count() or 1)
   if int(count) > 1:
     os.environ["XLA_FLAGS"] = f"{flags} {_FLAG}={int(count)}".strip()
+
+
+def configure_platforms() -> None:
+  """Keeps jax off the TPU backend on a host without TPUs or GPUs when libtpu is installed.
+
+  With the `tpu` extra (libtpu, also used by `python -m jaxmodels.aot` on any host), jax would
+  otherwise load libtpu at its first device query on every CPU host: 0.15 s and a page of libtpu
+  warnings. An explicit JAX_PLATFORMS wins.
+  """
+  if "JAX_PLATFORMS" in os.environ or importlib.util.find_spec("libtpu") is None:
+    return
+  try:
+    from jax._src import hardware_utils
+
+    if hardware_utils.num_available_tpu_chips_and_device_id()[0] or (
+        hardware_utils.has_visible_nvidia_gpu()
+    ):
+      return
+  except Exception:  # pragma: no cover - private API moved: leave jax's choice alone
+    return
+  if _backends_ready():
+    return
+  os.environ["JAX_PLATFORMS"] = "cpu"
+  import jax
+
+  jax.config.update("jax_platforms", "cpu")
 
 
 def configure_xla_cpu() -> None:

@@ -163,9 +163,15 @@ class Pmap(Strategy):
 class MeshStrategy(Strategy):
   name = "mesh"
 
-  def __init__(self, model: nn.Module, fsdp: int = 1, grad_accum_steps: int = 1):
+  def __init__(
+      self,
+      model: nn.Module,
+      fsdp: int = 1,
+      grad_accum_steps: int = 1,
+      devices: Any = None,
+  ):
     super().__init__(model, grad_accum_steps)
-    devices = np.asarray(jax.devices()).reshape(-1, fsdp)
+    devices = np.asarray(jax.devices() if devices is None else devices).reshape(-1, fsdp)
     self.mesh = Mesh(devices, ("data", "fsdp"))
     self.fsdp = fsdp
     self.batch_sharding = NamedSharding(self.mesh, P(("data", "fsdp")))
