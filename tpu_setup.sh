@@ -19,7 +19,12 @@ usage() {
 Usage: $PROG <create|setup|run|ssh|tensorboard|delete> [options] [-- ...]
 
 Subcommands:
-  create        create the TPU VM (single host or pod slice)
+  create        create the TPU VM (single host or pod slice); with
+                --preflight=MODULE, first compile MODULE's train step for
+                --accelerator-type on this machine and stop if it does not
+                fit (flags after -- go to the experiment):
+                  $PROG create --accelerator-type=v5p-128 \\
+                    --preflight=experiments.gpt3 -- --config.fsdp=64
   setup         copy the code to every worker (or git clone --repo there),
                 make a virtual environment, pip install -e '.[tpu]'
   run           run one experiment on all workers at once:
@@ -42,6 +47,12 @@ Settings (flag, then environment variable, then default):
   --version=RUNTIME        \$TPU_VERSION (create), a TPU VM runtime such as
                            tpu-ubuntu2204-base
   --spot | --preemptible   create a Spot (or preemptible) TPU VM
+  --preflight=MODULE       create: run 'python -m jaxmodels.aot MODULE
+                           --topology=TYPE FLAGS...' here first (libtpu, no
+                           TPU needed); its failure stops the create
+  --preflight-python=PY    \$TPU_PREFLIGHT_PYTHON, the interpreter for
+                           --preflight (default: .venv/bin/python next to
+                           this script, else python3)
   --repo=URL               \$TPU_REPO: setup git-clones URL on every worker
   --branch=BRANCH          branch or tag for --repo
   --source=PATH            setup copies this checkout directory or tarball
@@ -134,6 +145,8 @@ set_option() {
     --name) OPT_NAME=$value ;;
     --accelerator-type) OPT_TYPE=$value ;;
     --version) OPT_VERSION=$value ;;
+    --preflight) OPT_PREFLIGHT=$value ;;
+    --preflight-python) OPT_PREFLIGHT_PYTHON=$value ;;
     --repo) OPT_REPO=$value ;;
     --branch) OPT_BRANCH=$value ;;
     --source) OPT_SOURCE=$value ;;
@@ -161,6 +174,7 @@ parse_args() {
       --) shift; EXTRA=("$@"); return 0 ;;
       --*=*) set_option "${1%%=*}" "${1#*=}" ;;
       --project | --zone | --name | --accelerator-type | --version | --repo | \
+        --preflight | --preflight-python | \
         --branch | --source | --remote-dir | --python | --prepare | \
         --data-dir | --workdir | --log | --worker | --command | --port)
         (($# >= 2)) || die_usage "option $1 needs a value"
@@ -187,6 +201,11 @@ resolve_settings() {
   PYTHON=${OPT_PYTHON:-${TPU_PYTHON:-}}
   DATA_DIR=${OPT_DATA_DIR:-${TPU_DATA_DIR:-"~/tensorflow_datasets"}}
   WORKDIR=${OPT_WORKDIR:-${TPU_WORKDIR:-}}
+  PREFLIGHT_PYTHON=${OPT_PREFLIGHT_PYTHON:-${TPU_PREFLIGHT_PYTHON:-}}
+  if [[ -z $PREFLIGHT_PYTHON ]]; then
+    PREFLIGHT_PYTHON=python3
+    [[ ! -x $SCRIPT_DIR/.venv/bin/python ]] || PREFLIGHT_PYTHON=$SCRIPT_DIR/.venv/bin/python
+  fi
 }
 
 require() {
@@ -200,7 +219,10 @@ validate() {
     die_usage "unknown subcommand '$SUBCOMMAND' (one of: $SUBCOMMANDS)"
   require "$ZONE" --zone TPU_ZONE
   require "$NAME" --name TPU_NAME
-  if [[ $SUBCOMMAND != run && $SUBCOMMAND != ssh && ${#EXTRA[@]} -gt 0 ]]; then
+  local takes_extra=0
+  [[ $SUBCOMMAND != run && $SUBCOMMAND != ssh ]] || takes_extra=1
+  [[ $SUBCOMMAND != create || -z $OPT_PREFLIGHT ]] || takes_extra=1
+  if ((!takes_extra && ${#EXTRA[@]} > 0)); then
     die_usage "unexpected arguments after --: ${EXTRA[*]}"
   fi
   case $SUBCOMMAND in
@@ -216,6 +238,8 @@ validate_create() {
   require "$ACCELERATOR_TYPE" --accelerator-type TPU_TYPE
   require "$VERSION" --version TPU_VERSION
   ! ((SPOT && PREEMPTIBLE)) || die_usage "choose one of --spot and --preemptible"
+  [[ -z $OPT_PREFLIGHT || $OPT_PREFLIGHT =~ ^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$ ]] ||
+    die_usage "--preflight '$OPT_PREFLIGHT' is not a Python module name (e.g. experiments.gpt3)"
 }
 
 validate_setup() {
@@ -263,7 +287,18 @@ tpu_ssh() {
     --worker="$worker" --command="$command" "$@"
 }
 
+# Compiles the experiment's train step for the accelerator type on this
+# machine (python -m jaxmodels.aot); a step that does not fit stops here.
+preflight() {
+  (
+    cd "$SCRIPT_DIR"
+    run_cmd "$PREFLIGHT_PYTHON" -m jaxmodels.aot "$OPT_PREFLIGHT" \
+      --topology="$ACCELERATOR_TYPE" "${EXTRA[@]}"
+  )
+}
+
 cmd_create() {
+  [[ -z $OPT_PREFLIGHT ]] || preflight
   local args=(--accelerator-type="$ACCELERATOR_TYPE" --version="$VERSION")
   if ((SPOT)); then args+=(--spot); fi
   if ((PREEMPTIBLE)); then args+=(--preemptible); fi
@@ -409,6 +444,7 @@ main() {
   OPT_PROJECT="" OPT_ZONE="" OPT_NAME="" OPT_TYPE="" OPT_VERSION="" OPT_REPO=""
   OPT_BRANCH="" OPT_SOURCE="" OPT_REMOTE_DIR="" OPT_PYTHON="" OPT_PREPARE=""
   OPT_DATA_DIR="" OPT_WORKDIR="" OPT_LOG="" OPT_WORKER=0 OPT_COMMAND="" OPT_PORT=6006
+  OPT_PREFLIGHT="" OPT_PREFLIGHT_PYTHON=""
   EXTRA=() TEMP_FILE="" SOURCE=""
   parse_args "$@"
   resolve_settings

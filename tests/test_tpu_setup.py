@@ -620,3 +620,80 @@ def test_shellcheck_is_clean():
       [found[0], "--severity=style", str(SCRIPT)], capture_output=True, text=True, timeout=60
   )
   assert result.returncode == 0, result.stdout + result.stderr
+
+
+PREFLIGHT = ["create", "--accelerator-type=v5p-128", "--version=v2-alpha-tpuv5"]
+
+
+def test_preflight_compiles_the_experiment_here_before_create(h):
+  result = h.run(
+      *PREFLIGHT,
+      "--preflight=experiments.gpt3",
+      f"--preflight-python={h.venv_python}",
+      "--",
+      "--config.model.size=gpt3-xl",
+      "--config.fsdp=64",
+  )
+  assert result.returncode == 0, result.stderr
+  (record,) = read_jsonl(h.py_log)
+  assert record["argv"] == [
+      "-m",
+      "jaxmodels.aot",
+      "experiments.gpt3",
+      "--topology=v5p-128",
+      "--config.model.size=gpt3-xl",
+      "--config.fsdp=64",
+  ]
+  assert record["cwd"] == str(REPO)
+  assert [c[3] for c in h.calls()] == ["create"]
+  assert "--config.fsdp=64" not in " ".join(h.calls()[0]), "experiment flags stay local"
+
+
+def test_a_failing_preflight_creates_nothing(h):
+  result = h.run(
+      *PREFLIGHT,
+      "--preflight=experiments.gpt3",
+      FAKE_PY_STATUS="1",
+      TPU_PREFLIGHT_PYTHON=str(h.venv_python),
+  )
+  assert result.returncode == 1
+  assert len(read_jsonl(h.py_log)) == 1 and h.calls() == []
+
+
+def test_dry_run_prints_the_preflight_before_the_create(h):
+  result = h.run(*PREFLIGHT, "--dry-run", "--preflight=experiments.gpt3", "--", "--config.fsdp=8")
+  assert result.returncode == 0, result.stderr
+  lines = result.stdout.splitlines()
+  assert lines[0].endswith("-m jaxmodels.aot experiments.gpt3 --topology=v5p-128 --config.fsdp=8")
+  assert lines[1].startswith("gcloud compute tpus tpu-vm create my-tpu")
+  assert h.calls() == [] and read_jsonl(h.py_log) == []
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--", "--config.fsdp=8"], "unexpected arguments after --"),
+        (["--preflight=not a module"], "is not a Python module name"),
+    ],
+)
+def test_bad_preflight_input_is_a_usage_error(h, args, needle):
+  result = h.run(*PREFLIGHT, *args)
+  assert result.returncode == 2 and needle in result.stderr
+  assert h.calls() == []
+
+
+def test_preflight_runs_the_real_check(h):
+  pytest.importorskip("libtpu", reason="the preflight compiles with libtpu (the tpu extra)")
+  small = ["--config.batch_size=8", "--config.block_size=32", "--config.model.num_layers=1"]
+  result = h.run(
+      "create",
+      "--accelerator-type=v5litepod-4",
+      "--version=v2-alpha-tpuv5-lite",
+      "--preflight=experiments.shakespeare_gpt",
+      f"--preflight-python={sys.executable}",
+      "--",
+      "--config.fsdp=4",
+      *small,
+  )
+  assert result.returncode == 0, result.stderr
+  assert "fits" in result.stdout and [c[3] for c in h.calls()] == ["create"]
