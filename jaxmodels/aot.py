@@ -129,17 +129,6 @@ def _mesh_config(config: Any) -> Any:
   return config
 
 
-def _check_mesh(config: Any, num_devices: int) -> tuple[int, int, int]:
-  fsdp, tensor = config.fsdp, config.get("tensor", 1)
-  if tensor < 1 or num_devices % (fsdp * tensor):
-    raise config_lib.ConfigError(
-        f"config.fsdp={fsdp} x config.tensor={tensor} = {fsdp * tensor} does not divide the "
-        f"{num_devices} devices; the data axis takes num_devices / (fsdp * tensor), so choose "
-        f"fsdp and tensor whose product divides {num_devices}."
-    )
-  return num_devices // (fsdp * tensor), fsdp, tensor
-
-
 def _abstract_batch(data: Any, config: Any, sharding: Any) -> dict[str, Any]:
   """The global batch's shapes from one synthetic example, as ShapeDtypeStructs."""
   import jax
@@ -241,27 +230,25 @@ def plan(experiment: ModuleType, config: Any, target: Target) -> dict[str, Any]:
   """Compiles the experiment's mesh train step for `target`; returns the report's numbers."""
   import jax
 
-  from jaxmodels.train import optim, parallel, steps
+  from jaxmodels.train import optim, parallel
 
   config = _mesh_config(config)
   n = len(target.devices)
-  data_size, fsdp, tensor = _check_mesh(config, n)
   config_lib.check(config, n)
   data = experiment.get_data(config)
   model = experiment.get_model(config, data.info)
   task = experiment.get_task(config, data.info)
   tx = optim.make_optimizer(config)
   schedule = optim.learning_rate_schedule(config)
-  mesh_sizes = {"tensor": tensor} if "tensor" in config else {}
   strategy = parallel.MeshStrategy(
       model,
-      fsdp=fsdp,
+      fsdp=config.fsdp,
+      tensor=config.tensor,
       grad_accum_steps=config.grad_accum_steps,
       devices=target.devices,
-      **mesh_sizes,
   )
   batch = _abstract_batch(data, config, strategy.batch_sharding)
-  state = jax.eval_shape(lambda b: steps.init_state(model, task, tx, b, config.seed), batch)
+  state = strategy.abstract_state(task, tx, batch, config.seed)
   train_fn = strategy.train_fn(task, tx, schedule, state)
   compiled, compile_s = _compile(train_fn, state, batch)
   if isinstance(compiled, int):
@@ -276,7 +263,7 @@ def plan(experiment: ModuleType, config: Any, target: Target) -> dict[str, Any]:
       topology=target.name,
       num_devices=n,
       device_kind=target.devices[0].device_kind,
-      mesh=dict(data=data_size, fsdp=fsdp, tensor=tensor),
+      mesh=dict(strategy.mesh.shape),
       num_params=int(num_params),
       batch_size=config.batch_size,
       grad_accum_steps=config.grad_accum_steps,

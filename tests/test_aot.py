@@ -121,7 +121,7 @@ def _main(argv, capsys):
     "args, says",
     [
         (["--topology=v9-8"], "unknown TPU generation 'v9'"),
-        (["--topology=v5e:2x2", "--config.fsdp=3"], "does not divide the 4 devices"),
+        (["--topology=v5e:2x2", "--config.fsdp=3"], "must divide the 4 devices"),
         (["--topology=v5e:2x2", "--config.batch_size=6"], "batch_size=6"),
         (["--topology=v5e:2x2", "--config.no_such_key=1"], "unknown config key"),
         (["--topology=local", "--num_slices=2"], "needs a TPU topology"),

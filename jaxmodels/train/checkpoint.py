@@ -44,8 +44,15 @@ class Checkpoints:
     )
     self.manager.wait_until_finished()
 
-  def restore_latest(self, target: TrainState) -> tuple[TrainState, dict[str, Any]] | None:
-    """The newest checkpoint that restores, warning about each newer one that does not."""
+  def restore_latest(
+      self, target: TrainState, on_devices: bool = False
+  ) -> tuple[TrainState, dict[str, Any]] | None:
+    """The newest checkpoint that restores, warning about each newer one that does not.
+
+    `target` (arrays or jax.ShapeDtypeStruct) gives the shapes and shardings to restore into,
+    whatever mesh wrote the checkpoint. With `on_devices` the state stays in those shardings;
+    otherwise it comes back as host arrays.
+    """
     steps = self.steps()
     if not steps:
       return None
@@ -76,6 +83,8 @@ class Checkpoints:
         continue
       if failures:
         self._set_aside(failures)
+      if on_devices:
+        return out["state"], dict(out["meta"])
       # Host arrays, like a fresh state: with several processes, arrays committed to one local
       # device cannot be put on a mesh that spans other processes' devices.
       return jax.device_get(out["state"]), dict(out["meta"])

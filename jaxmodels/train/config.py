@@ -23,6 +23,9 @@ RESUMABLE_KEYS = (
     "profile_steps",
     "data_dir",
     "compilation_cache_dir",
+    # The mesh shape changes the layout, not the values (equal to one device within 1e-5).
+    "fsdp",
+    "tensor",
 )
 
 
@@ -56,7 +59,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
   c.parallelism = "pmap"
-  c.fsdp = 1  # mesh only: size of the axis that shards parameters and optimizer state
+  c.fsdp = 1  # mesh only: size of the axis that shards parameters, optimizer state and batch
+  c.tensor = 1  # mesh only: size of the axis that shards heads, MLP width and vocabulary
   c.max_steps_in_flight = 2
   c.synthetic_data = False
   c.data_dir = ""  # "": $TFDS_DATA_DIR or ~/tensorflow_datasets
@@ -80,6 +84,7 @@ def check(config: ml_collections.ConfigDict, num_devices: int) -> None:
       "keep_checkpoints",
       "max_steps_in_flight",
       "fsdp",
+      "tensor",
       "grad_accum_steps",
   ):
     if config[key] <= 0:
@@ -97,23 +102,42 @@ def check(config: ml_collections.ConfigDict, num_devices: int) -> None:
         "config.warmup_steps, config.grad_clip_norm and config.weight_decay must be "
         f">= 0; got {config.warmup_steps}, {config.grad_clip_norm}, {config.weight_decay}."
     )
+  if config.parallelism == "mesh" and num_devices % (config.fsdp * config.tensor):
+    valid = [d for d in range(1, num_devices + 1) if num_devices % d == 0]
+    raise ConfigError(
+        f"config.fsdp={config.fsdp} x config.tensor={config.tensor} = "
+        f"{config.fsdp * config.tensor} must divide the {num_devices} devices; valid products: "
+        f"{', '.join(map(str, valid))}."
+    )
+  shards = batch_shards(config, num_devices)
   if config.parallelism != "none":
+    where = f"the {num_devices} devices of parallelism='{config.parallelism}'"
+    if shards != num_devices:
+      where = (
+          f"the data x fsdp = {shards} batch shards of parallelism='mesh' "
+          f"({num_devices} devices / tensor={config.tensor})"
+      )
     for key in ("batch_size", "eval_batch_size"):
-      if config[key] % num_devices:
+      if config[key] % shards:
         raise ConfigError(
-            f"config.{key}={config[key]} does not divide across the {num_devices} devices of "
-            f"parallelism='{config.parallelism}'; use a multiple of {num_devices}, set "
-            "JAXMODELS_HOST_DEVICES to a divisor, or --config.parallelism=none."
+            f"config.{key}={config[key]} does not divide across {where}; use a multiple of "
+            f"{shards}, set JAXMODELS_HOST_DEVICES to a divisor, or --config.parallelism=none."
         )
-  shards = 1 if config.parallelism == "none" else num_devices
   if config.batch_size % (shards * config.grad_accum_steps):
     raise ConfigError(
         f"config.batch_size={config.batch_size} does not split into config.grad_accum_steps="
         f"{config.grad_accum_steps} micro-batches on each of {shards} device(s); use a batch_size "
         f"that is a multiple of {shards * config.grad_accum_steps}."
     )
-  if config.parallelism == "mesh" and num_devices % config.fsdp:
-    raise ConfigError(f"config.fsdp={config.fsdp} must divide the {num_devices} devices.")
+
+
+def batch_shards(config: ml_collections.ConfigDict, num_devices: int) -> int:
+  """How many parts the global batch is split into: 1, all devices, or mesh data x fsdp."""
+  if config.parallelism == "none":
+    return 1
+  if config.parallelism == "mesh":
+    return num_devices // config.tensor
+  return num_devices
 
 
 def _choice(config: ml_collections.ConfigDict, key: str, valid: Sequence[str]) -> None:

@@ -25,7 +25,6 @@ from jaxmodels.train import (
     optim,
     parallel,
     perf,
-    steps,
 )
 
 # config.profile_steps traces steps after this many, so compilation and warm-up stay out of it.
@@ -160,18 +159,16 @@ def train_and_evaluate(
   task: tasks.Task = experiment.get_task(config, data.info)
   tx = optim.make_optimizer(config)
   schedule = optim.learning_rate_schedule(config)
-  strategy = parallel.make(config.parallelism, model, config.fsdp, config.grad_accum_steps)
+  strategy = parallel.make(
+      config.parallelism, model, config.fsdp, config.grad_accum_steps, config.tensor
+  )
   shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
 
   batches = data.train_batches(config.batch_size, config.seed, 0, **shard)
   init_batch = next(batches)
   _close(batches)
-  state = steps.init_state(model, task, tx, init_batch, config.seed)
   ckpts = checkpoint.Checkpoints(workdir, config.keep_checkpoints)
-  restored = ckpts.restore_latest(state)
-  meta = {}
-  if restored:
-    state, meta = restored
+  state, meta = _initial_state(strategy, ckpts, task, tx, init_batch, config.seed)
   start = int(state.step)
   summary_path = os.path.join(workdir, "summary.json")
   if start >= config.num_train_steps and epath.Path(summary_path).exists():
@@ -191,6 +188,17 @@ def train_and_evaluate(
     summary.update(experiment.on_finish(model, variables, data.info, config))
     _write_json(summary_path, summary)
   return summary
+
+
+def _initial_state(strategy, ckpts, task, tx, batch, seed) -> tuple[Any, dict[str, Any]]:
+  """(state, checkpoint meta): the latest checkpoint's, else a fresh state ({} meta). A mesh
+  state restores straight into its shardings, whatever mesh wrote the checkpoint, and a fresh
+  one is created sharded: neither is ever whole on one device."""
+  if isinstance(strategy, parallel.MeshStrategy):
+    restored = ckpts.restore_latest(strategy.abstract_state(task, tx, batch, seed), True)
+    return restored or (strategy.init_state(task, tx, batch, seed), {})
+  state = strategy.init_state(task, tx, batch, seed)
+  return ckpts.restore_latest(state) or (state, {})
 
 
 def _close(batches: Any) -> None:

@@ -5,8 +5,10 @@ Each strategy moves the state and batches to devices and compiles the step funct
   pmap  state replicated on every local device; the host batch reshaped to
         (local devices, per-device batch, ...); gradients, metrics and BatchNorm statistics are
         summed/averaged over the 'batch' axis.
-  mesh  jax.jit over a (data, fsdp) device mesh: the batch is split over all devices; with fsdp > 1
-        each parameter and optimizer-state array is split along its largest divisible dimension.
+  mesh  jax.jit over a (data, fsdp, tensor) device mesh: the batch is split over data * fsdp;
+        parameters and optimizer state follow the model's logical axis names through
+        sharding.RULES (heads, MLP and vocabulary over 'tensor', the model width over 'fsdp');
+        arrays without names are split over 'fsdp' along their largest divisible dimension.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ from typing import Any
 import flax.jax_utils
 import flax.linen as nn
 import jax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
 from jaxmodels.tasks import Task
-from jaxmodels.train import steps
+from jaxmodels.train import sharding, steps
+from jaxmodels.train.config import ConfigError
 
 AXIS = "batch"
 
@@ -47,6 +50,10 @@ class Strategy:
   @property
   def num_devices(self) -> int:
     return jax.device_count()
+
+  def init_state(self, task: Task, tx: Any, batch: Any, seed: int) -> steps.TrainState:
+    """The initial state (from `batch`'s shapes), ready for `put_state`."""
+    return steps.init_state(self.model, task, tx, batch, seed)
 
   def put_state(self, state: steps.TrainState) -> Any:
     raise NotImplementedError
@@ -161,38 +168,73 @@ class Pmap(Strategy):
 
 
 class MeshStrategy(Strategy):
+  """jax.jit over a (data, fsdp, tensor) mesh; data = len(devices) // (fsdp * tensor).
+
+  Parameters and optimizer state are laid out by sharding.RULES from the model's logical axis
+  names (the largest-dimension FSDP split for unnamed ones); the step runs under the rules and
+  the mesh, so the models' activation constraints apply.
+  """
+
   name = "mesh"
 
   def __init__(
       self,
       model: nn.Module,
       fsdp: int = 1,
+      tensor: int = 1,
       grad_accum_steps: int = 1,
       devices: Any = None,
   ):
     super().__init__(model, grad_accum_steps)
-    devices = np.asarray(jax.devices() if devices is None else devices).reshape(-1, fsdp)
-    self.mesh = Mesh(devices, ("data", "fsdp"))
-    self.fsdp = fsdp
+    self.mesh = sharding.make_mesh(fsdp, tensor, devices)
+    sharding.check_model(model, tensor)
+    self.fsdp, self.tensor = fsdp, tensor
+    if self.batch_shards % jax.process_count():
+      raise ConfigError(
+          f"config.fsdp={fsdp} and config.tensor={tensor} leave data x fsdp = "
+          f"{self.batch_shards} batch shards, which the {jax.process_count()} processes (each "
+          "reading its own part of the batch) cannot share; use a smaller config.tensor."
+      )
     self.batch_sharding = NamedSharding(self.mesh, P(("data", "fsdp")))
     self.replicated = NamedSharding(self.mesh, P())
     self._state_sharding = None
+    self._structure = None
+
+  @property
+  def num_devices(self) -> int:
+    return self.mesh.size
+
+  @property
+  def batch_shards(self) -> int:
+    """How many parts the batch is split into: data * fsdp."""
+    return self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+
+  def abstract_state(self, task: Task, tx: Any, batch: Any, seed: int) -> steps.TrainState:
+    """The state's shapes with their shardings (jax.ShapeDtypeStruct leaves); `batch` may hold
+    arrays or shape structs. Fixes the layout `state_sharding` gives this state from now on."""
+    boxed = steps.boxed_abstract_state(self.model, task, tx, batch, seed)
+    shardings = sharding.tree_shardings(boxed, self.mesh)
+    abstract = nn.meta.unbox(boxed)
+    if jax.tree_util.tree_structure(abstract) != jax.tree_util.tree_structure(shardings):
+      raise ValueError("the boxed state does not unbox to the state's structure")
+    self._state_sharding, self._structure = shardings, jax.tree_util.tree_structure(abstract)
+    return jax.tree_util.tree_map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings
+    )
+
+  def init_state(self, task: Task, tx: Any, batch: Any, seed: int) -> steps.TrainState:
+    """The initial state created in its sharded layout (never whole on one device)."""
+    self.abstract_state(task, tx, batch, seed)
+    return steps.init_state(self.model, task, tx, batch, seed, out_shardings=self._state_sharding)
 
   def state_sharding(self, state: Any) -> Any:
-    if self._state_sharding is None:
-      self._state_sharding = jax.tree_util.tree_map(self._leaf_sharding, state)
+    """The layout of `state` (arrays or shape structs): the one `abstract_state` fixed for a
+    state of this structure, else the FSDP rule for every leaf."""
+    structure = jax.tree_util.tree_structure(state)
+    if self._state_sharding is None or structure != self._structure:
+      self._state_sharding = sharding.tree_shardings(state, self.mesh)
+      self._structure = structure
     return self._state_sharding
-
-  def _leaf_sharding(self, x: Any) -> NamedSharding:
-    shape = np.shape(x)
-    if self.fsdp == 1 or not shape:
-      return self.replicated
-    dims = [d for d in np.argsort(shape)[::-1] if shape[d] % self.fsdp == 0]
-    if not dims:
-      return self.replicated
-    spec = [None] * len(shape)
-    spec[dims[0]] = "fsdp"
-    return NamedSharding(self.mesh, P(*spec))
 
   def put_state(self, state):
     return jax.device_put(state, self.state_sharding(state))
@@ -209,26 +251,40 @@ class MeshStrategy(Strategy):
         k: jax.make_array_from_process_local_data(self.batch_sharding, v) for k, v in batch.items()
     }
 
+  def _in_context(self, fn: Callable) -> Callable:
+    """`fn` traced under the mesh and the logical axis rules."""
+
+    @functools.wraps(fn)
+    def wrapped(*args):
+      with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh):
+        with nn.logical_axis_rules(sharding.RULES):
+          return fn(*args)
+
+    return wrapped
+
   def train_fn(self, task, tx, schedule, state):
-    sharding = self.state_sharding(state)
+    state_sharding = self.state_sharding(state)
     return jax.jit(
-        self._train_step(task, tx, schedule),
-        in_shardings=(sharding, self.batch_sharding),
-        out_shardings=(sharding, self.replicated),
+        self._in_context(self._train_step(task, tx, schedule)),
+        in_shardings=(state_sharding, self.batch_sharding),
+        out_shardings=(state_sharding, self.replicated),
         donate_argnums=0,
     )
 
   def eval_fn(self, task, decode, state):
+    step = functools.partial(steps.eval_step, model=self.model, task=task, decode=decode)
     return jax.jit(
-        functools.partial(steps.eval_step, model=self.model, task=task, decode=decode),
+        self._in_context(step),
         in_shardings=(self.state_sharding(state), self.batch_sharding),
         out_shardings=self.replicated,
     )
 
 
-def make(name: str, model: nn.Module, fsdp: int = 1, grad_accum_steps: int = 1) -> Strategy:
+def make(
+    name: str, model: nn.Module, fsdp: int = 1, grad_accum_steps: int = 1, tensor: int = 1
+) -> Strategy:
   if name == "pmap":
     return Pmap(model, grad_accum_steps)
   if name == "mesh":
-    return MeshStrategy(model, fsdp, grad_accum_steps)
+    return MeshStrategy(model, fsdp, tensor, grad_accum_steps)
   return Single(model, grad_accum_steps)

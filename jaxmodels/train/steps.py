@@ -29,21 +29,47 @@ class TrainState:
 
 
 def init_state(
-    model: nn.Module, task: Task, tx: optax.GradientTransformation, batch: Any, seed: int
+    model: nn.Module,
+    task: Task,
+    tx: optax.GradientTransformation,
+    batch: Any,
+    seed: int,
+    out_shardings: Any = None,
 ) -> TrainState:
   """Initialises parameters from one batch's shapes; pure in (seed, shapes).
 
   Runs as one compiled computation: op by op, a model's initialisers compile dozens of small
-  computations and dominate the time to the first step.
+  computations and dominate the time to the first step. With `out_shardings` (a tree like the
+  state) every array is created in its layout and never whole on one device; the batch is then
+  only read for its shapes.
   """
-  return jax.jit(functools.partial(_init_state, model, task, tx, seed))(batch)
+  if out_shardings is None:
+    return jax.jit(functools.partial(_init_state, model, task, tx, seed))(batch)
+  shapes = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch)
+
+  def init():
+    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    return _init_state(model, task, tx, seed, zeros)
+
+  return jax.jit(init, out_shardings=out_shardings)()
 
 
-def _init_state(model, task, tx, seed, batch):
+def boxed_abstract_state(
+    model: nn.Module, task: Task, tx: optax.GradientTransformation, batch: Any, seed: int
+) -> TrainState:
+  """The state's shapes, with parameters and their optimizer state in the model's
+  `nn.Partitioned` boxes (logical axis names); `flax.linen.meta.unbox` of it has the structure
+  of `init_state`'s result."""
+  return jax.eval_shape(functools.partial(_init_state, model, task, tx, seed, unbox=False), batch)
+
+
+def _init_state(model, task, tx, seed, batch, unbox=True):
   init_rng, params_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(seed), 3)
   variables = model.init(
       {"params": params_rng, "dropout": dropout_rng}, *task.model_args(batch), train=False
   )
+  if unbox:
+    variables = nn.meta.unbox(variables)
   params = variables["params"]
   model_state = {k: v for k, v in variables.items() if k not in ("params", "cache")}
   return TrainState(
