@@ -38,7 +38,6 @@ from typing import Any
 import jax
 
 from benchmarks import jax_side, shapes as shapes_lib
-import jaxmodels  # noqa: F401  (host devices are configured before jax starts)
 from jaxmodels import _env
 from jaxmodels.train import perf
 
@@ -466,7 +465,10 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
   if argv is None:
     _env.restart_with_allocator()  # the torch side runs under the same allocator
-  _env.configure_process()
+  try:
+    _env.configure_process()
+  except _env.EnvError as e:
+    sys.exit(f"error: {e}")
   args = parse_args(argv)
   load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
   records = run(args)

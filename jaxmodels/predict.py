@@ -135,7 +135,11 @@ def main(argv: list[str]) -> None:
 def cli() -> None:
   from absl import app, flags
 
-  _env.configure_process()
+  try:
+    _env.configure_process()
+  except _env.EnvError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   flags.DEFINE_string("workdir", None, "A training run's workdir.", required=True)
   flags.DEFINE_string("split", "test", "Split to take examples from (classifiers).")
   flags.DEFINE_integer("num_examples", 8, "Examples to predict (classifiers).")

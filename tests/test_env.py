@@ -1,5 +1,6 @@
 """Process-level settings: XLA:CPU default flags and the jemalloc restart of entry points."""
 
+import json
 import os
 import pathlib
 import subprocess
@@ -53,15 +54,52 @@ def test_importing_the_package_leaves_the_environment_alone():
   assert out.strip() == "None"
 
 
-def test_the_experiment_entry_point_configures_the_process_first(monkeypatch):
-  from experiments import digits_mlp
-  from jaxmodels.train import cli
+def _experiment(workdir, *flags, **env):
+  base = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAXMODELS_HOST_DEVICES")}
+  command = [sys.executable, "-m", "experiments.digits_mlp", f"--workdir={workdir}"]
+  command += ["--config.synthetic_data=True", "--config.num_train_steps=2", *flags]
+  return subprocess.run(
+      command, cwd=ROOT, env=dict(base, **env), capture_output=True, text=True, timeout=300
+  )
 
-  calls = []
-  monkeypatch.setattr(_env, "configure_process", lambda: calls.append("configured"))
-  with pytest.raises(SystemExit):  # a bad key: it fails right after the configuration
-    cli.run_experiment(digits_mlp, ["digits_mlp", "--config.no_such_key=1"])
-  assert calls == ["configured"]
+
+def test_the_default_host_split_divides_the_batch(tmp_path):
+  # A batch of 3 on a 2-core machine: one device per core would not divide it.
+  proc = _experiment(tmp_path, "--config.batch_size=3", "--config.eval_batch_size=3")
+  assert proc.returncode == 0, proc.stderr
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert 3 % summary["num_devices"] == 0
+  if _env.usable_cpus() > summary["num_devices"]:
+    assert "the largest count that divides the batch sizes [3]" in proc.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "abc"])
+def test_a_bad_host_device_count_is_an_error_naming_the_variable(tmp_path, value):
+  proc = _experiment(tmp_path, JAXMODELS_HOST_DEVICES=value)
+  assert proc.returncode == 2
+  assert f"error: JAXMODELS_HOST_DEVICES={value!r}: give a positive number" in proc.stderr
+  assert not (tmp_path / "checkpoints").exists()
+
+
+def test_host_device_count_takes_the_largest_divisor_of_every_batch():
+  assert _env.host_device_count(None, 2, [128, 128]) == 2
+  assert _env.host_device_count(None, 6, [128]) == 4
+  assert _env.host_device_count(None, 12, [128, 64]) == 8
+  assert _env.host_device_count(None, 24, [128, 100]) == 4
+  assert _env.host_device_count(None, 3, [100]) == 2
+  assert _env.host_device_count(None, 7, []) == 7
+  assert _env.host_device_count("3", 2, [128]) == 3  # the user's choice stands
+
+
+def test_usable_cpus_reads_a_cgroup_quota(tmp_path, monkeypatch):
+  quota = tmp_path / "cpu.max"
+  quota.write_text("150000 100000\n")
+  assert _env._cgroup_cpu_quota(str(quota)) == 2
+  quota.write_text("max 100000\n")
+  assert _env._cgroup_cpu_quota(str(quota)) is None
+  assert _env._cgroup_cpu_quota(str(tmp_path / "missing")) is None
+  monkeypatch.setattr(_env, "_cgroup_cpu_quota", lambda path: 1)
+  assert _env.usable_cpus() == 1
 
 
 def test_configure_process_splits_the_host_and_adds_the_defaults(monkeypatch):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from types import ModuleType
+from typing import Any
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -42,7 +43,6 @@ def run_experiment(experiment: ModuleType, argv: list[str] | None = None) -> Non
       _env.restart_with_allocator()
     except ValueError as e:  # a bad JAXMODELS_ALLOCATOR
       _fail(str(e))
-  _env.configure_process()
   argv = list(sys.argv if argv is None else argv)
   base = experiment.get_config()
   try:
@@ -75,6 +75,10 @@ def run_experiment(experiment: ModuleType, argv: list[str] | None = None) -> Non
   def main(_):
     if not fv["verbosity"].present:
       logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    try:
+      _env.configure_process(_batch_sizes(config_flag.value, fv.num_processes))
+    except _env.EnvError as e:
+      _fail(str(e))
     _init_distributed(fv)
     try:
       loop.train_and_evaluate(
@@ -93,6 +97,13 @@ def run_experiment(experiment: ModuleType, argv: list[str] | None = None) -> Non
       _fail(str(e))
 
   app.run(main, argv=argv)
+
+
+def _batch_sizes(config: Any, num_processes: int | None) -> list[int]:
+  """The per-process batch sizes the host devices must divide: train micro-batch and eval."""
+  processes = num_processes or 1
+  micro = config.batch_size // max(config.grad_accum_steps, 1)
+  return [micro // processes, (config.eval_batch_size or config.batch_size) // processes]
 
 
 def _init_distributed(fv: flags.FlagValues) -> None:
