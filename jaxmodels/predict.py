@@ -14,6 +14,7 @@ import sys
 from types import ModuleType
 from typing import Any
 
+from etils import epath
 import jax
 import ml_collections
 import numpy as np
@@ -40,6 +41,8 @@ def load(workdir: str) -> Trained:
         f"{run_path} does not exist: --workdir must be the directory of a "
         "training run (python -m experiments.<name> --workdir=DIR)."
     )
+  if not epath.Path(workdir, "checkpoints").exists():  # Checkpoints() would create it
+    raise FileNotFoundError(f"{workdir} holds no checkpoints/ yet; train first.")
   with open(run_path, encoding="utf-8") as f:
     experiment = importlib.import_module(json.load(f)["experiment"])
   with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
@@ -98,12 +101,30 @@ def print_sample(
   return text
 
 
+def check_flags(num_examples: int, num_tokens: int, temperature: float, top_k: int) -> None:
+  """Raises ValueError naming the first flag outside its range."""
+  for name, value, low, meaning in (
+      ("num_examples", num_examples, 1, "examples to predict"),
+      ("num_tokens", num_tokens, 1, "tokens to sample"),
+      ("temperature", temperature, 0, "0 is greedy"),
+      ("top_k", top_k, 0, "0 samples among all tokens"),
+  ):
+    if value < low:
+      raise ValueError(f"--{name}={value}: must be >= {low} ({meaning}).")
+
+
 def main(argv: list[str]) -> None:
   from absl import flags
 
   del argv
   fv = flags.FLAGS
+  check_flags(fv.num_examples, fv.num_tokens, fv.temperature, fv.top_k)
   trained = load(fv.workdir)
+  if fv.prompt is None and hasattr(trained.experiment, "generate"):
+    raise ValueError(
+        f"{trained.experiment.__name__} is a language model: give --prompt=TEXT to continue "
+        "(with --num_tokens, --temperature, --top_k)."
+    )
   if fv.prompt is not None:
     if not hasattr(trained.experiment, "generate"):
       raise ValueError(
@@ -123,7 +144,11 @@ def main(argv: list[str]) -> None:
     )
     print("".join(vocab[i] for i in np.asarray(out)[0]))
     return
-  batch = next(trained.data.eval_batches(fv.split, fv.num_examples))
+  try:
+    available = trained.data.num_examples(fv.split)
+  except KeyError as e:  # the dataset's message names its splits
+    raise ValueError(f"--split={fv.split}: {e.args[0]}") from e
+  batch = next(trained.data.eval_batches(fv.split, min(fv.num_examples, available)))
   probs, classes = predict_classes(trained, batch["inputs"])
   for i in range(int(batch["mask"].sum())):
     print(

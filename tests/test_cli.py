@@ -166,3 +166,35 @@ def test_prompt_outside_the_vocabulary_names_the_characters():
     encode_prompt("abZé", ["a", "b", "c"])
   with pytest.raises(ValueError, match="empty"):
     encode_prompt("", ["a"])
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--temperature=-1", "--temperature=-1.0: must be >= 0 (0 is greedy)."),
+        ("--top_k=-3", "--top_k=-3: must be >= 0"),
+        ("--num_tokens=-5", "--num_tokens=-5: must be >= 1"),
+        ("--num_examples=0", "--num_examples=0: must be >= 1"),
+        ("--split=dev", "--split=dev: synthetic data has no split 'dev'; its splits: train,"),
+    ],
+)
+def test_predict_refuses_out_of_range_flags(trained, flag, message):
+  result = run([f"--workdir={trained}", flag], module="jaxmodels.predict")
+  assert result.returncode == 2
+  assert result.stderr.startswith("error: ") and message in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_predict_caps_the_examples_at_the_split_size(trained):
+  result = run([f"--workdir={trained}", "--num_examples=1000000000"], module="jaxmodels.predict")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.count("predicted") == 100  # the synthetic eval split holds 100
+
+
+def test_predict_on_a_run_without_checkpoints_creates_nothing(trained, tmp_path):
+  workdir = tmp_path / "w"
+  shutil.copytree(trained, workdir)
+  shutil.rmtree(workdir / "checkpoints")
+  result = run([f"--workdir={workdir}"], module="jaxmodels.predict")
+  assert result.returncode == 2 and "holds no checkpoints/ yet; train first" in result.stderr
+  assert not (workdir / "checkpoints").exists()

@@ -10,6 +10,7 @@ import numpy as np
 from jaxmodels.data.base import Batch, Dataset
 
 KINDS = ("image_classification", "sequence_classification", "language_model", "seq2seq")
+_SPLITS = ("train", "validation", "test")
 _EVAL_EXAMPLES = 100  # not a multiple of common batch sizes, so padding is exercised
 
 
@@ -81,12 +82,15 @@ class SyntheticDataset(Dataset):
       step += 1
 
   def num_examples(self, split: str) -> int:
+    if split not in _SPLITS:
+      raise KeyError(f"synthetic data has no split {split!r}; its splits: {', '.join(_SPLITS)}")
     return _EVAL_EXAMPLES if split != "train" else 10**9
 
   def eval_batches(
       self, split: str, batch_size: int, *, process_index: int = 0, process_count: int = 1
   ) -> Iterator[Batch]:
-    split_id = {"train": 0, "validation": 1, "test": 2}[split]
+    self.num_examples(split)  # a clear KeyError for an unknown split
+    split_id = _SPLITS.index(split)
     data = self._batch(np.random.default_rng([12345, split_id]), _EVAL_EXAMPLES)
     yield from pad_and_batch(data, batch_size, process_index, process_count)
 
