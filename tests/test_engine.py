@@ -199,6 +199,18 @@ def test_resume_with_different_config_is_refused(tmp_path):
   assert out["steps"] == 20
 
 
+def test_a_new_horizon_for_a_decaying_schedule_is_refused_on_resume(tmp_path):
+  cosine = dict(schedule="cosine", num_train_steps=10)
+  loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(**cosine), str(tmp_path))
+  longer = dict(cosine, num_train_steps=20)
+  with pytest.raises(config_lib.ConfigError, match="horizon of the 'cosine' learning-rate"):
+    loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(**longer), str(tmp_path))
+  constant = tmp_path / "constant"  # a constant learning rate does not depend on it
+  loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(num_train_steps=10), str(constant))
+  out = loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(num_train_steps=20), str(constant))
+  assert out["steps"] == 20
+
+
 def test_non_finite_loss_stops_without_checkpoint(tmp_path):
   with pytest.raises(loop.NonFiniteError, match="step 10"):
     loop.train_and_evaluate(

@@ -200,8 +200,12 @@ def to_json(config: ml_collections.ConfigDict) -> str:
 
 
 def differing_keys(saved: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:
-  """Keys whose value differs from a saved config.json, ignoring run-length and logging keys."""
+  """Keys whose value differs from a saved config.json, ignoring run-length and logging keys
+  (num_train_steps only under a constant learning rate: the other schedules are built on it)."""
   now = flat_keys(ml_collections.ConfigDict(json.loads(to_json(config))))
   before = flat_keys(ml_collections.ConfigDict(saved))
   keys = sorted(set(now) | set(before))
-  return [k for k in keys if k not in RESUMABLE_KEYS and now.get(k) != before.get(k)]
+  resumable = set(RESUMABLE_KEYS)
+  if now.get("schedule") != "constant" or before.get("schedule") != "constant":
+    resumable.discard("num_train_steps")  # the schedule's horizon: a new one bends the lr
+  return [k for k in keys if k not in resumable and now.get(k) != before.get(k)]

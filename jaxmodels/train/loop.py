@@ -77,9 +77,15 @@ def check_resume_config(workdir: str, config: ml_collections.ConfigDict, allow: 
         f"{k} (saved {config_lib.flat_keys(ml_collections.ConfigDict(saved)).get(k)!r})"
         for k in diff
     )
+    why = ""
+    if "num_train_steps" in diff:
+      why = (
+          f" num_train_steps is the horizon of the {config.schedule!r} learning-rate schedule: "
+          "resumed with another one, the learning rate would jump."
+      )
     raise config_lib.ConfigError(
-        f"{path} was written by a run with a different config: {shown}. Resume with the same "
-        "values, use a new --workdir, or pass --allow_config_change to resume anyway."
+        f"{path} was written by a run with a different config: {shown}.{why} Resume with the "
+        "same values, use a new --workdir, or pass --allow_config_change to resume anyway."
     )
 
 
@@ -432,7 +438,8 @@ class _Run:
         raise NonFiniteError(
             f"training {name} is {values[name]} at step {step} (the mean over steps since the "
             "last log); no checkpoint of this state was written. Lower config.learning_rate, set "
-            "config.grad_clip_norm, or check the data; the run can resume from the last checkpoint."
+            "config.grad_clip_norm, or check the data; the run resumes from the last checkpoint "
+            "with the same command (add --allow_config_change to resume with changed values)."
         )
     values = self.task.finalize(values)
     self.last_train = values
