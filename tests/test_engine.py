@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import threading
 import time
 import types
@@ -209,6 +210,35 @@ def test_a_new_horizon_for_a_decaying_schedule_is_refused_on_resume(tmp_path):
   loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(num_train_steps=10), str(constant))
   out = loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(num_train_steps=20), str(constant))
   assert out["steps"] == 20
+
+
+def _records(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    return [json.loads(line) for line in f]
+
+
+def test_resume_drops_records_past_the_checkpoint_and_a_cut_off_line(tmp_path):
+  loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(num_train_steps=20), str(tmp_path))
+  with open(tmp_path / "metrics.jsonl", "a", encoding="utf-8") as f:
+    f.write('{"step": 25, "split": "train", "loss": 9.0}\n{"step": 3')  # killed mid-write
+  loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(num_train_steps=40), str(tmp_path))
+  whole = tmp_path / "whole"
+  loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(num_train_steps=40), str(whole))
+  keys = [(r["step"], r["split"]) for r in _records(tmp_path)]
+  assert len(keys) == len(set(keys)) and (25, "train") not in keys
+  assert {(r["step"], r["split"]) for r in _records(whole)} <= set(keys)
+
+
+def test_a_run_without_checkpoints_moves_the_old_records_aside(tmp_path, capsys):
+  loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(num_train_steps=20), str(tmp_path))
+  before = (tmp_path / "metrics.jsonl").read_text()
+  shutil.rmtree(tmp_path / "checkpoints")
+  loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(num_train_steps=20), str(tmp_path))
+  assert "no checkpoint to resume from: training starts over" in capsys.readouterr().out
+  (aside,) = tmp_path.glob("metrics.jsonl.before-step-0.*")
+  assert aside.read_text() == before
+  keys = [(r["step"], r["split"]) for r in _records(tmp_path)]
+  assert len(keys) == len(set(keys))
 
 
 def test_non_finite_loss_stops_without_checkpoint(tmp_path):

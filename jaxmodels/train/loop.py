@@ -184,7 +184,7 @@ def train_and_evaluate(
       print(f"{workdir} already finished {start} steps; nothing to do. Summary: {summary_path}")
     return summary
 
-  run = _Run(config, workdir, data, task, strategy, ckpts, is_main, shard)
+  run = _Run(config, workdir, data, task, strategy, ckpts, is_main, shard, start)
   try:
     summary = run.train(state, start, tx, schedule, meta, start_time)
   finally:
@@ -258,10 +258,10 @@ class InFlight:
 class _Run:
   """State of one invocation of the loop: writers, compiled steps, timers."""
 
-  def __init__(self, config, workdir, data, task, strategy, ckpts, is_main, shard):
+  def __init__(self, config, workdir, data, task, strategy, ckpts, is_main, shard, start):
     self.config, self.workdir, self.data, self.task = config, workdir, data, task
     self.strategy, self.ckpts, self.is_main, self.shard = strategy, ckpts, is_main, shard
-    self.writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
+    self.writer = metrics_lib.MetricWriter(workdir, enabled=is_main, start_step=start)
     self.pending: list[Any] = []
     self.last_train: dict[str, float] = {}
     self.eval_batch_size = config.eval_batch_size or config.batch_size

@@ -24,9 +24,15 @@ def reduce_sums(sums_list: list[dict[str, Any]]) -> dict[str, float]:
 
 
 class MetricWriter:
-  """Writes on process 0 only; other processes get a writer that drops everything."""
+  """Writes on process 0 only; other processes get a writer that drops everything.
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  A run that starts at `start_step` keeps the metrics.jsonl records up to that step and drops
+  the rest, so no step appears twice: records written after the checkpoint it resumes from, and
+  a last line cut off mid-write. A run that starts from scratch over records of an earlier one
+  (its checkpoints gone) moves that file aside first.
+  """
+
+  def __init__(self, workdir: str, enabled: bool = True, start_step: int = 0):
     self.enabled = enabled
     self._tb = None
     self._jsonl = None
@@ -34,6 +40,7 @@ class MetricWriter:
       from tensorboardX import SummaryWriter
 
       path = os.path.join(workdir, "metrics.jsonl")
+      _resume_records(path, start_step)
       self._jsonl = _RewrittenFile(path) if "://" in path else open(path, "a", encoding="utf-8")
       self._tb = SummaryWriter(logdir=workdir, flush_secs=30)
 
@@ -56,6 +63,39 @@ class MetricWriter:
     if self.enabled:
       self._jsonl.close()
       self._tb.close()
+
+
+def _resume_records(path: str, start_step: int) -> None:
+  """Rewrites metrics.jsonl to its whole records of steps <= start_step (see MetricWriter)."""
+  from etils import epath
+
+  file = epath.Path(path)
+  if not file.exists():
+    return
+  text = file.read_text()
+  records, kept = [], []
+  for line in text.splitlines(keepends=True):
+    try:
+      record = json.loads(line) if line.endswith("\n") else None
+    except json.JSONDecodeError:
+      record = None
+    if isinstance(record, dict) and isinstance(record.get("step"), int):
+      records.append(record)
+      if record["step"] <= start_step:
+        kept.append(line)
+  if start_step == 0 and any(r["step"] > 0 for r in records):
+    aside = epath.Path(f"{path}.before-step-0.{time.strftime('%Y%m%d-%H%M%S')}")
+    file.rename(aside)
+    print(
+        f"{path} held records up to step {max(r['step'] for r in records)} but there is no "
+        f"checkpoint to resume from: training starts over, the old records are in {aside}",
+        flush=True,
+    )
+    return
+  if "".join(kept) != text:
+    tmp = epath.Path(path + ".tmp")
+    tmp.write_text("".join(kept))
+    tmp.replace(file)
 
 
 class _RewrittenFile:
