@@ -57,7 +57,15 @@ def _env(devices: int, cache_dir: str, extra=None) -> dict:
   return env
 
 
-def _launch(workdir, parallelism: str, processes: int, extra=(), env=None) -> list:
+def _launch(
+    workdir,
+    parallelism: str,
+    processes: int,
+    extra=(),
+    env=None,
+    experiment="experiments.fashion_mnist_cnn",
+    flags=FLAGS,
+) -> list:
   """Starts the run's processes; with 2 devices each when processes > 1, else 4 in one.
   `env` adds environment variables."""
   os.makedirs(workdir, exist_ok=True)
@@ -69,11 +77,11 @@ def _launch(workdir, parallelism: str, processes: int, extra=(), env=None) -> li
       [
           sys.executable,
           "-m",
-          "experiments.fashion_mnist_cnn",
+          experiment,
           f"--workdir={workdir}",
           f"--config.parallelism={parallelism}",
       ]
-      + FLAGS
+      + list(flags)
       + list(extra)
   )
   if processes == 1:
@@ -241,6 +249,50 @@ def test_two_processes_train_like_one_and_resume_after_both_are_killed(tmp_path)
   assert sum(r["step"] == 5 and r["split"] == "train" for r in _records(workdir)) == 1
   _assert_same_run(workdir, runs[("mesh", 2)], atol=1e-6)
   _assert_same_run(workdir, runs[("mesh", 1)])
+
+
+GPT_FLAGS = [
+    "--config.synthetic_data=True",
+    "--config.model.model_dim=32",
+    "--config.model.num_layers=2",
+    "--config.model.num_heads=4",
+    "--config.model.mlp_dim=64",
+    "--config.block_size=16",
+    "--config.batch_size=8",
+    "--config.schedule=constant",
+    "--config.warmup_steps=0",
+    "--config.num_train_steps=6",
+    "--config.log_every_steps=2",
+    "--config.eval_every_steps=1000",
+    "--config.checkpoint_every_steps=3",
+    "--config.sample_tokens=4",
+    "--config.progress_bar=False",
+    "--config.tensor=2",
+]
+
+
+def test_a_tensor_parallel_gpt_on_two_processes_trains_like_one(tmp_path):
+  """A (data, fsdp, tensor) = (2, 1, 2) mesh: the data axis spans the processes, the tensor axis
+  each process's 2 devices."""
+  workdirs = {n: str(tmp_path / "runs" / f"gpt_{n}") for n in (1, 2)}
+  for processes in (1, 2):
+    procs = _launch(
+        workdirs[processes],
+        "mesh",
+        processes,
+        experiment="experiments.shakespeare_gpt",
+        flags=GPT_FLAGS,
+    )
+    try:
+      _wait(procs)
+    finally:
+      _kill(procs)
+  two, one = _summary(workdirs[2]), _summary(workdirs[1])
+  assert two["steps"] == one["steps"] == 6 and two["num_devices"] == one["num_devices"] == 4
+  for key in ("train_loss", "eval_loss", "test_loss"):
+    np.testing.assert_allclose(two[key], one[key], rtol=0, atol=1e-5, err_msg=key)
+  records = [r for r in _records(workdirs[1]) if r["split"] == "train"]
+  assert abs(records[0]["loss"] - records[-1]["loss"]) > 1e-3
 
 
 def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):

@@ -4,7 +4,7 @@ restores into another, and bad mesh sizes are clear errors."""
 
 import flax.linen as nn
 import jax
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
 import numpy as np
 import pytest
 
@@ -121,8 +121,17 @@ def _reference(case, num_steps=3):
   return _REFERENCE[(case, num_steps)]
 
 
-@pytest.mark.parametrize("mesh", MESHES, ids=lambda m: "x".join(map(str, m)))
-@pytest.mark.parametrize("case", list(CASES))
+def _cases_and_meshes():
+  """Every mesh for the tiny model; for GPT and the encoder-decoder the meshes that use all
+  three axes by default and the single-axis ones under -m slow (compiling dominates)."""
+  for case in CASES:
+    for mesh in MESHES:
+      slow = case != "tiny_annotated" and sorted(mesh)[:2] == [1, 1]
+      marks = [pytest.mark.slow] if slow else []
+      yield pytest.param(case, mesh, marks=marks, id=f"{case}-{'x'.join(map(str, mesh))}")
+
+
+@pytest.mark.parametrize("case,mesh", list(_cases_and_meshes()))
 def test_every_mesh_trains_like_one_device(case, mesh):
   losses, _, _ = _train(case, mesh)
   np.testing.assert_allclose(losses, _reference(case), rtol=1e-5, atol=1e-5)
@@ -134,38 +143,49 @@ def test_pmap_is_unaffected_by_the_annotations():
   np.testing.assert_allclose(losses, _reference("tiny_annotated"), rtol=1e-5, atol=1e-5)
 
 
+def _shape(x):
+  return jax.ShapeDtypeStruct(x.shape, x.dtype)
+
+
 def _split(spec, mesh):
   """How many parts a PartitionSpec splits an array into on `mesh`."""
   names = [a for axes in spec if axes for a in ((axes,) if isinstance(axes, str) else axes)]
   return int(np.prod([mesh.shape[a] for a in names]))
 
 
-@pytest.mark.parametrize("case", ["tiny_annotated"])
+@pytest.mark.parametrize("case", list(CASES))
 def test_parameters_and_optimizer_state_are_split_by_the_rules(case):
+  """Each array holds 1/(product of its mesh axes) of the bytes on a device; the weight matrices
+  (named embed and one of vocab/heads/mlp) 1/(fsdp * tensor) in all. Unnamed arrays follow the
+  FSDP rule."""
   model, task, data = CASES[case]
   tx, _ = _optimizer()
   strategy = _strategy(model, (2, 2, 2))
   state = strategy.init_state(task, tx, next(data.train_batches(BATCH, 0)), seed=0)
-  boxed = nn.get_partition_spec(
-      strategy.model.init(jax.random.PRNGKey(0), *task.model_args(next(data.train_batches(2, 0))))
-  )["params"]
+  batch = jax.tree_util.tree_map(_shape, next(data.train_batches(2, 0)))
+  variables = jax.eval_shape(
+      lambda b: model.init(jax.random.PRNGKey(0), *task.model_args(b)), batch
+  )
+  boxed = jax.tree_util.tree_leaves(variables["params"], is_leaf=sharding.is_boxed)
   total = per_device = everything = 0
-  specs = jax.tree_util.tree_leaves(boxed, is_leaf=lambda x: isinstance(x, P))
-  for (path, x), logical in zip(
-      jax.tree_util.tree_leaves_with_path(state.params), specs, strict=True
-  ):
-    spec = nn.logical_to_mesh_axes(logical, sharding.RULES)
+  for (path, x), box in zip(jax.tree_util.tree_leaves_with_path(state.params), boxed, strict=True):
+    logical = box.names if sharding.is_boxed(box) else ()
+    spec = nn.logical_to_mesh_axes(logical, sharding.RULES) if logical else None
+    if spec is None:
+      spec = sharding.leaf_sharding(x, strategy.mesh).spec
     assert x.sharding.is_equivalent_to(NamedSharding(strategy.mesh, spec), x.ndim), path
     shard_bytes = x.addressable_shards[0].data.nbytes
     assert shard_bytes == x.nbytes // _split(spec, strategy.mesh), path
     everything += x.nbytes
-    if "embed" in logical and {"vocab", "heads", "mlp"} & set(logical):  # the weight matrices
+    if "embed" in logical and {"vocab", "heads", "mlp"} & set(logical):
       total, per_device = total + x.nbytes, per_device + shard_bytes
-  assert per_device == total // 4 and total > 0.9 * everything
   # Adam's moments are laid out like their parameters.
   for moments in (state.opt_state[0].mu, state.opt_state[0].nu):
     for p, m in zip(jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(moments)):
       assert m.sharding == p.sharding
+  if not total:
+    pytest.xfail(f"{type(model).__name__} has no logical axis names (FSDP rule only)")
+  assert per_device == total // 4 and total > 0.85 * everything
 
 
 def test_the_step_constrains_activations_only_on_the_mesh():
@@ -180,6 +200,11 @@ def test_the_step_constrains_activations_only_on_the_mesh():
     texts[mesh] = fn.lower(strategy.put_state(state), strategy.put_batch(batch)).as_text()
   assert "sharding_constraint" in texts[(2, 2, 2)]
   assert "sharding_constraint" not in texts["none"]
+  # Shapes alone (as an ahead-of-time compile has them) lower to the same program.
+  shapes = jax.tree_util.tree_map(_shape, batch)
+  abstract = strategy.abstract_state(task, tx, shapes, seed=0)
+  fn = strategy.train_fn(task, tx, schedule, abstract)
+  assert fn.lower(abstract, shapes).as_text() == texts[(2, 2, 2)]
 
 
 def test_a_checkpoint_restores_into_another_mesh_and_continues_the_same(tmp_path):
