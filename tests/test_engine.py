@@ -19,7 +19,16 @@ from jaxmodels.data import pipeline
 from jaxmodels.data.synthetic import SyntheticDataset
 from jaxmodels.models.mlp import MLP
 from jaxmodels.models.resnet import BasicBlock, ResNet
-from jaxmodels.train import base_config, config as config_lib, loop, metrics, optim, parallel, steps
+from jaxmodels.train import (
+    base_config,
+    config as config_lib,
+    lock,
+    loop,
+    metrics,
+    optim,
+    parallel,
+    steps,
+)
 
 DATA = SyntheticDataset("image_classification", image_shape=(8, 8, 1), num_classes=10)
 TINY_RESNET = ResNet(stage_sizes=(1, 1), block_cls=BasicBlock, num_filters=4, stem="cifar")
@@ -239,6 +248,20 @@ def test_a_run_without_checkpoints_moves_the_old_records_aside(tmp_path, capsys)
   assert aside.read_text() == before
   keys = [(r["step"], r["split"]) for r in _records(tmp_path)]
   assert len(keys) == len(set(keys))
+
+
+def test_a_second_writer_of_a_workdir_is_refused(tmp_path, capsys):
+  with lock.WorkdirLock(str(tmp_path)):
+    with pytest.raises(lock.LockError, match=rf"in use by another run \(pid {os.getpid()} on host"):
+      loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(num_train_steps=10), str(tmp_path))
+  assert not (tmp_path / "config.json").exists()  # refused before writing anything
+  # A lock file left by a process that died (no flock held) is taken over, with a message.
+  (tmp_path / ".lock").write_text('{"host": "h", "pid": 999999, "since": "2026-01-01 00:00:00"}')
+  out = loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(num_train_steps=10), str(tmp_path))
+  assert out["steps"] == 10
+  assert "taking over from a run that ended without releasing it (pid 999999" in (
+      capsys.readouterr().out
+  )
 
 
 def test_non_finite_loss_stops_without_checkpoint(tmp_path):

@@ -10,12 +10,13 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxmodels import _env
-from jaxmodels.train import checkpoint, config as config_lib, loop
+from jaxmodels.train import checkpoint, config as config_lib, lock, loop
 
 # Errors a user can fix: printed as one paragraph, exit status 2 (1 for a diverged run).
 USER_ERRORS: tuple[type[BaseException], ...] = (
     config_lib.ConfigError,
     loop.WorkdirError,
+    lock.LockError,
     checkpoint.CheckpointError,
     FileNotFoundError,
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable
+import contextlib
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ from jaxmodels.models.common import HasFlops
 from jaxmodels.train import (
     checkpoint,
     config as config_lib,
+    lock,
     metrics as metrics_lib,
     optim,
     parallel,
@@ -145,6 +147,17 @@ def train_and_evaluate(
   config = ml_collections.FrozenConfigDict(config)
   is_main = jax.process_index() == 0
   prepare_workdir(workdir)
+  with _workdir_lock(workdir, is_main):
+    return _train_and_evaluate(experiment, config, workdir, allow_config_change, start_time)
+
+
+def _workdir_lock(workdir: str, is_main: bool) -> contextlib.AbstractContextManager:
+  """Process 0 holds the workdir's lock for the run; the other processes of a job share it."""
+  return lock.WorkdirLock(workdir) if is_main else contextlib.nullcontext()
+
+
+def _train_and_evaluate(experiment, config, workdir, allow_config_change, start_time):
+  is_main = jax.process_index() == 0
   config_lib.check(config, jax.device_count())
   if config.parallelism == "none" and jax.process_count() > 1:
     raise config_lib.ConfigError(
