@@ -21,6 +21,7 @@ from jaxmodels.models.mlp import MLP
 from jaxmodels.models.resnet import BasicBlock, ResNet
 from jaxmodels.train import (
     base_config,
+    checkpoint,
     config as config_lib,
     lock,
     loop,
@@ -262,6 +263,24 @@ def test_a_second_writer_of_a_workdir_is_refused(tmp_path, capsys):
   assert "taking over from a run that ended without releasing it (pid 999999" in (
       capsys.readouterr().out
   )
+
+
+def test_a_resume_that_cannot_restore_leaves_the_workdir_as_it_was(tmp_path):
+  loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(num_train_steps=10), str(tmp_path))
+  before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+  checkpoints = sorted(os.listdir(tmp_path / "checkpoints"))
+  with pytest.raises(checkpoint.CheckpointError, match="holds a state of another structure"):
+    loop.train_and_evaluate(
+        fashion_mnist_cnn,
+        _tiny_config(num_train_steps=20, optimizer="sgd"),
+        str(tmp_path),
+        allow_config_change=True,
+    )
+  for name in ("config.json", "run.json", "summary.json"):
+    assert (tmp_path / name).read_bytes() == before[name]
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == checkpoints  # nothing set aside
+  out = loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(num_train_steps=20), str(tmp_path))
+  assert out["steps"] == 20
 
 
 def test_non_finite_loss_stops_without_checkpoint(tmp_path):

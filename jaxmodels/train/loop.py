@@ -169,9 +169,6 @@ def _train_and_evaluate(experiment, config, workdir, allow_config_change, start_
     perf.disable_compilation_cache()
   else:
     perf.enable_compilation_cache(config.compilation_cache_dir or None)
-  if is_main:
-    _write_json(os.path.join(workdir, "config.json"), json.loads(config_lib.to_json(config)))
-    _write_json(os.path.join(workdir, "run.json"), {"experiment": experiment_name(experiment)})
 
   data = experiment.get_data(config)
   model = experiment.get_model(config, data.info)
@@ -189,6 +186,9 @@ def _train_and_evaluate(experiment, config, workdir, allow_config_change, start_
   ckpts = checkpoint.Checkpoints(workdir, config.keep_checkpoints)
   state, meta = _initial_state(strategy, ckpts, task, tx, init_batch, config.seed)
   start = int(state.step)
+  if is_main:  # only now: a config that cannot build or restore leaves the workdir as it was
+    _write_json(os.path.join(workdir, "config.json"), json.loads(config_lib.to_json(config)))
+    _write_json(os.path.join(workdir, "run.json"), {"experiment": experiment_name(experiment)})
   summary_path = os.path.join(workdir, "summary.json")
   if start >= config.num_train_steps and epath.Path(summary_path).exists():
     ckpts.close()
