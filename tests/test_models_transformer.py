@@ -4,6 +4,8 @@ loops, single compilation of the decoders, finite-difference gradients and FLOP 
 import contextlib
 import functools
 
+from flax import traverse_util
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.test_util import check_grads
@@ -31,7 +33,7 @@ def ids(seed, shape, low=1, high=VOCAB):
 def random_params(model, *args, seed=0, scale=0.3):
   """Random parameters of the model's shapes from NumPy: no compiled init needed, and non-trivial
   biases and LayerNorm parameters exercise every term."""
-  shapes = jax.eval_shape(model.init, jax.random.key(0), *args)["params"]
+  shapes = nn.meta.unbox(jax.eval_shape(model.init, jax.random.key(0), *args))["params"]
   rng = np.random.default_rng(seed)
   return jax.tree.map(lambda s: jnp.asarray(scale * rng.standard_normal(s.shape), s.dtype), shapes)
 
@@ -380,11 +382,11 @@ def test_scan_over_layers_equals_the_unrolled_gpt():
   kw = dict(vocab_size=VOCAB, model_dim=16, num_layers=3, num_heads=2, mlp_dim=32, max_len=16)
   ids = jax.random.randint(jax.random.PRNGKey(1), (2, 8), 0, VOCAB)
   unrolled, scanned = GPT(**kw), GPT(**kw, scan_layers=True)
-  variables = unrolled.init(jax.random.PRNGKey(0), ids)
+  variables = nn.meta.unbox(unrolled.init(jax.random.PRNGKey(0), ids))
   params = dict(variables["params"])
   layers = [params.pop(f"block{i}") for i in range(3)]
   params["blocks"] = {"block": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}
-  shapes = jax.eval_shape(scanned.init, jax.random.PRNGKey(0), ids)["params"]
+  shapes = nn.meta.unbox(jax.eval_shape(scanned.init, jax.random.PRNGKey(0), ids))["params"]
   assert jax.tree.map(jnp.shape, shapes) == jax.tree.map(jnp.shape, params)
   want = unrolled.apply(variables, ids)
   np.testing.assert_allclose(scanned.apply({"params": params}, ids), want, atol=1e-5)
@@ -397,3 +399,87 @@ def test_scan_over_layers_equals_the_unrolled_gpt():
       transformer.generate(scanned, {"params": params}, prompt, 5, jax.random.PRNGKey(0), 0.0),
       transformer.generate(unrolled, variables, prompt, 5, jax.random.PRNGKey(0), 0.0),
   )
+
+
+# ---------- logical axis annotations
+
+PARAM_AXES = {"vocab", "embed", "heads", "kv", "mlp", "pos", "layers", "norm", None}
+# The contract's rule table; "embed" is taken by "batch" first in activations ([batch, ..., embed]).
+RULES = (
+    ("batch", ("data", "fsdp")),
+    ("vocab", "tensor"),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+    ("embed", "fsdp"),
+)
+
+
+def logical_specs(model, *args):
+  boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), *args))
+  specs = traverse_util.flatten_dict(nn.get_partition_spec(boxed)["params"], sep="/")
+  return {path: tuple(spec) for path, spec in specs.items()}
+
+
+def annotated_models(vocab=VOCAB, tgt_vocab=11):
+  kw = dict(max_len=16, **TINY)
+  src = ids(0, (2, 8))
+  return [
+      (GPT(vocab, **kw), (src,)),
+      (GPT(vocab, **kw, tie_embeddings=True), (src,)),
+      (GPT(vocab, **kw, scan_layers=True, remat=True), (src,)),
+      (TransformerEncoder(vocab, 3, **kw), (src,)),
+      (EncoderDecoder(vocab, tgt_vocab, **kw), (src, ids(1, (2, 6)))),
+  ]
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_every_parameter_has_one_logical_name_per_dimension(index):
+  model, args = annotated_models()[index]
+  shapes = traverse_util.flatten_dict(
+      nn.meta.unbox(jax.eval_shape(model.init, jax.random.key(0), *args))["params"], sep="/"
+  )
+  specs = logical_specs(model, *args)
+  assert specs.keys() == shapes.keys()
+  for path, spec in specs.items():
+    assert len(spec) == len(shapes[path].shape), path
+    assert set(spec) <= PARAM_AXES, (path, spec)
+    assert any(name is not None for name in spec) or path == "head/bias", path  # classes
+
+
+def test_gpt_logical_names():
+  specs = logical_specs(GPT(VOCAB, max_len=16, **TINY), ids(0, (2, 8)))
+  assert specs["token_embed/embedding"] == ("vocab", "embed")
+  assert specs["token_pos/embedding"] == ("pos", "embed")
+  assert specs["block0/self_attn/qkv/kernel"] == ("embed", None, "heads", "kv")
+  assert specs["block0/self_attn/out/kernel"] == ("heads", "embed")
+  assert specs["block0/mlp/fc1/kernel"] == ("embed", "mlp")
+  assert specs["block0/mlp/fc2/kernel"] == ("mlp", "embed")
+  assert specs["block1/ln2/scale"] == ("norm",)
+  assert specs["head/kernel"] == ("embed", "vocab")
+  scanned = logical_specs(GPT(VOCAB, max_len=16, scan_layers=True, **TINY), ids(0, (2, 8)))
+  assert scanned["blocks/block/self_attn/qkv/kernel"] == ("layers", "embed", None, "heads", "kv")
+  assert scanned["blocks/block/ln1/bias"] == ("layers", "norm")
+  assert scanned["token_embed/embedding"] == ("vocab", "embed")
+
+
+def test_boxed_and_unboxed_variables_give_the_same_logits():
+  model, (src,) = annotated_models()[0]
+  boxed = model.init(jax.random.key(0), src)
+  assert isinstance(boxed["params"]["head"]["kernel"], nn.Partitioned)
+  np.testing.assert_array_equal(model.apply(boxed, src), model.apply(nn.meta.unbox(boxed), src))
+
+
+@pytest.mark.parametrize("index", [0, 2, 3, 4])
+def test_logical_constraints_under_a_mesh_and_rules_keep_the_numbers(index):
+  # Vocabularies that the tensor axis divides: jit outputs (the initialised parameters) must
+  # split evenly.
+  model, args = annotated_models(vocab=16, tgt_vocab=12)[index]
+  variables = nn.meta.unbox(model.init(jax.random.key(0), *args))
+  want = model.apply(variables, *args)
+  mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(2, 2, 2), ("data", "fsdp", "tensor"))
+  with jax.set_mesh(mesh), nn.logical_axis_rules(RULES):
+    assert "sharding_constraint" in jax.jit(model.apply).lower(variables, *args).as_text()
+    got = jax.jit(model.apply)(variables, *args)
+    initialised = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), *args))
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  jax.tree.map(functools.partial(np.testing.assert_allclose, atol=1e-6), initialised, variables)

@@ -5,6 +5,13 @@ Every block is pre-LayerNorm (x + f(LayerNorm(x))), with a final LayerNorm after
 residual path stays an identity, so training is stable without learning-rate warm-up tricks and
 deep stacks keep well-scaled gradients (Xiong et al. 2020, GPT-2). Token 0 is padding for the
 encoder and the encoder-decoder; attention never looks at padding keys.
+
+Parameters carry logical axis names (nn.with_logical_partitioning: "vocab", "embed", "heads",
+"kv", "mlp", "pos", "norm", and "layers" on scanned stacks), so `init` returns nn.Partitioned
+boxes (`flax.linen.meta.unbox` gives the plain arrays; `apply` takes either) and
+`nn.get_partition_spec` of them gives the logical specs. The residual stream, MLP hidden, heads
+and logits are constrained by "batch", "length", "embed", "mlp", "heads", "kv", "vocab"; those
+constraints act only under `nn.logical_axis_rules` and a mesh (`jax.set_mesh`).
 """
 
 from collections.abc import Sequence
@@ -16,16 +23,46 @@ import jax
 import jax.numpy as jnp
 
 from jaxmodels.models.attention import (
+    RESIDUAL,
     LearnedPositionalEmbedding,
     MultiHeadAttention,
     causal_mask,
     combine_masks,
     key_padding_mask,
 )
-from jaxmodels.models.common import logits_dtype, sample_logits
+from jaxmodels.models.common import constrain, logits_dtype, sample_logits
 
 Array = jax.Array
 _EMBED_INIT = nn.initializers.normal(stddev=0.02)
+_LOGITS = ("batch", "length", "vocab")
+
+
+def _dense(
+    features: int,
+    names: tuple[str | None, str | None],
+    kw: dict[str, Any],
+    name: str | None = None,
+    use_bias: bool = True,
+) -> nn.Dense:
+  """nn.Dense whose kernel has the logical axes `names` (in, out) and whose bias has (out,)."""
+  return nn.Dense(
+      features,
+      use_bias=use_bias,
+      kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), names),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), names[1:]),
+      **kw,
+      name=name,
+  )
+
+
+def _layer_norm(kw: dict[str, Any], name: str | None = None) -> nn.LayerNorm:
+  """nn.LayerNorm whose scale and bias have the logical axis "norm"."""
+  return nn.LayerNorm(
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)),
+      **kw,
+      name=name,
+  )
 
 
 class MLPBlock(nn.Module):
@@ -39,10 +76,11 @@ class MLPBlock(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     width = x.shape[-1]
-    x = nn.Dense(self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype, name="fc1")(x)
-    x = nn.gelu(x)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    x = _dense(self.mlp_dim, ("embed", "mlp"), kw, "fc1")(x)
+    x = constrain(nn.gelu(x), ("batch", "length", "mlp"))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype, name="fc2")(x)
+    return constrain(_dense(width, ("mlp", "embed"), kw, "fc2")(x), RESIDUAL)
 
 
 class EncoderBlock(nn.Module):
@@ -60,7 +98,7 @@ class EncoderBlock(nn.Module):
   @nn.compact
   def __call__(self, x: Array, mask: Array | None = None, train: bool = False) -> Array:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    h = nn.LayerNorm(**kw, name="ln1")(x)
+    h = _layer_norm(kw, "ln1")(x)
     h = MultiHeadAttention(
         self.num_heads,
         self.model_dim,
@@ -71,11 +109,11 @@ class EncoderBlock(nn.Module):
         **kw,
         name="attn",
     )(h, mask=mask, train=train)
-    x = x + nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+    x = constrain(x + nn.Dropout(self.dropout_rate, deterministic=not train)(h), RESIDUAL)
     h = MLPBlock(self.mlp_dim, self.dropout_rate, **kw, name="mlp")(
-        nn.LayerNorm(**kw, name="ln2")(x), train
+        _layer_norm(kw, "ln2")(x), train
     )
-    return x + nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+    return constrain(x + nn.Dropout(self.dropout_rate, deterministic=not train)(h), RESIDUAL)
 
 
 class DecoderBlock(nn.Module):
@@ -116,8 +154,8 @@ class DecoderBlock(nn.Module):
         implementation=self.implementation,
         **kw,
         name="self_attn",
-    )(nn.LayerNorm(**kw, name="ln1")(x), mask=self_mask, train=train)
-    x = x + drop(h)
+    )(_layer_norm(kw, "ln1")(x), mask=self_mask, train=train)
+    x = constrain(x + drop(h), RESIDUAL)
     if encoded is not None:
       h = MultiHeadAttention(
           self.num_heads,
@@ -127,12 +165,12 @@ class DecoderBlock(nn.Module):
           implementation=self.implementation,
           **kw,
           name="cross_attn",
-      )(nn.LayerNorm(**kw, name="ln_cross")(x), encoded, mask=cross_mask, train=train)
-      x = x + drop(h)
+      )(_layer_norm(kw, "ln_cross")(x), encoded, mask=cross_mask, train=train)
+      x = constrain(x + drop(h), RESIDUAL)
     h = MLPBlock(self.mlp_dim, self.dropout_rate, **kw, name="mlp")(
-        nn.LayerNorm(**kw, name="ln2")(x), train
+        _layer_norm(kw, "ln2")(x), train
     )
-    return x + drop(h)
+    return constrain(x + drop(h), RESIDUAL)
 
 
 class _ScannedBlock(DecoderBlock):
@@ -167,9 +205,13 @@ def _embed(
     offset: Array | int = 0,
 ) -> tuple[nn.Embed, Array]:
   kw = dict(dtype=module.dtype, param_dtype=module.param_dtype)
-  embed = nn.Embed(vocab, dim, embedding_init=_EMBED_INIT, **kw, name=f"{name}_embed")
+  embed = nn.Embed(vocab, dim, embedding_init=_embed_init(), **kw, name=f"{name}_embed")
   x = LearnedPositionalEmbedding(max_len, dim, **kw, name=f"{name}_pos")(embed(ids), offset=offset)
-  return embed, x
+  return embed, constrain(x, RESIDUAL)
+
+
+def _embed_init() -> nn.initializers.Initializer:
+  return nn.with_logical_partitioning(_EMBED_INIT, ("vocab", "embed"))
 
 
 class DecodePosition(nn.Module):
@@ -231,16 +273,15 @@ class TransformerEncoder(nn.Module):
           param_dtype=self.param_dtype,
           name=f"block{i}",
       )(x, mask, train)
-    x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="ln_final")(x)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    x = _layer_norm(kw, "ln_final")(x)
     if self.pooling == "mean":
       w = valid.astype(x.dtype)[..., None]
       pooled = jnp.sum(x * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)
     else:
       pooled = x[:, 0]
-    logits = nn.Dense(
-        self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head"
-    )(pooled)
-    return logits.astype(logits_dtype(self.dtype))
+    logits = _dense(self.num_classes, ("embed", None), kw, "head")(pooled)
+    return constrain(logits, ("batch", None)).astype(logits_dtype(self.dtype))
 
   @nn.nowrap
   def flops_per_example(self, input_shape: Sequence[int], *unused: Sequence[int]) -> float:
@@ -285,9 +326,9 @@ class EncoderDecoder(nn.Module):
         **kw,
     )
     dim = self.model_dim
-    self.src_embed = nn.Embed(self.src_vocab_size, dim, embedding_init=_EMBED_INIT, **kw)
+    self.src_embed = nn.Embed(self.src_vocab_size, dim, embedding_init=_embed_init(), **kw)
     self.src_pos = LearnedPositionalEmbedding(self.max_len, dim, **kw)
-    self.tgt_embed = nn.Embed(self.tgt_vocab_size, dim, embedding_init=_EMBED_INIT, **kw)
+    self.tgt_embed = nn.Embed(self.tgt_vocab_size, dim, embedding_init=_embed_init(), **kw)
     self.tgt_pos = LearnedPositionalEmbedding(self.max_len, dim, **kw)
     self.encoder = [
         EncoderBlock(dim, self.num_heads, self.mlp_dim, **block) for _ in range(self.num_layers)
@@ -296,9 +337,9 @@ class EncoderDecoder(nn.Module):
         DecoderBlock(dim, self.num_heads, self.mlp_dim, decode=self.use_cache, **block)
         for _ in range(self.num_layers)
     ]
-    self.encoder_ln = nn.LayerNorm(**kw)
-    self.decoder_ln = nn.LayerNorm(**kw)
-    self.head = nn.Dense(self.tgt_vocab_size, **kw)
+    self.encoder_ln = _layer_norm(kw)
+    self.decoder_ln = _layer_norm(kw)
+    self.head = _dense(self.tgt_vocab_size, ("embed", "vocab"), kw)
     self.dropout = nn.Dropout(self.dropout_rate)
     self.position = DecodePosition()
 
@@ -307,7 +348,8 @@ class EncoderDecoder(nn.Module):
 
   def encode(self, src_ids: Array, train: bool = False) -> Array:
     """Encoder states [B,S,model_dim]; padding positions are never attended to."""
-    x = self.dropout(self.src_pos(self.src_embed(src_ids)), deterministic=not train)
+    x = constrain(self.src_pos(self.src_embed(src_ids)), RESIDUAL)
+    x = self.dropout(x, deterministic=not train)
     mask = key_padding_mask(src_ids != 0)
     for block in self.encoder:
       x = block(x, mask, train)
@@ -321,7 +363,7 @@ class EncoderDecoder(nn.Module):
     """
     length = tgt_ids.shape[1]
     offset = self.position(length) if self.use_cache else 0
-    x = self.tgt_pos(self.tgt_embed(tgt_ids), offset=offset)
+    x = constrain(self.tgt_pos(self.tgt_embed(tgt_ids), offset=offset), RESIDUAL)
     x = self.dropout(x, deterministic=not train)
     self_mask = None
     if not self.use_cache:
@@ -329,7 +371,7 @@ class EncoderDecoder(nn.Module):
     cross_mask = key_padding_mask(src_ids != 0)
     for block in self.decoder:
       x = block(x, self_mask, encoded, cross_mask, train)
-    logits = self.head(self.decoder_ln(x))
+    logits = constrain(self.head(self.decoder_ln(x)), _LOGITS)
     return logits.astype(logits_dtype(self.dtype))
 
   @nn.nowrap
@@ -414,24 +456,20 @@ class GPT(nn.Module):
           split_rngs={"params": True, "dropout": True},
           in_axes=(nn.broadcast, nn.broadcast),
           length=self.num_layers,
+          metadata_params={nn.PARTITION_NAME: "layers"},
       )
       x, _ = stack(**block, name="blocks")(x, mask, train)
     else:
       block_cls = nn.remat(DecoderBlock, static_argnums=(5,)) if self.remat else DecoderBlock
       for i in range(self.num_layers):
         x = block_cls(**block, name=f"block{i}")(x, mask, None, None, train)
-    x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="ln_final")(x)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    x = _layer_norm(kw, "ln_final")(x)
     if self.tie_embeddings:
       logits = embed.attend(x)
     else:
-      logits = nn.Dense(
-          self.vocab_size,
-          use_bias=False,
-          dtype=self.dtype,
-          param_dtype=self.param_dtype,
-          name="head",
-      )(x)
-    return logits.astype(logits_dtype(self.dtype))
+      logits = _dense(self.vocab_size, ("embed", "vocab"), kw, "head", use_bias=False)(x)
+    return constrain(logits, _LOGITS).astype(logits_dtype(self.dtype))
 
   @nn.nowrap
   def flops_per_example(self, input_shape: Sequence[int], *unused: Sequence[int]) -> float:

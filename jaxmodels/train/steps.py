@@ -12,6 +12,7 @@ from typing import Any, cast
 
 import flax
 import flax.linen as nn
+from flax.linen import meta
 import jax
 import jax.numpy as jnp
 import optax
@@ -44,6 +45,7 @@ def _init_state(model, task, tx, seed, batch):
   variables = model.init(
       {"params": params_rng, "dropout": dropout_rng}, *task.model_args(batch), train=False
   )
+  variables = meta.unbox(variables)  # logical-axis boxes (nn.Partitioned) -> plain arrays
   params = variables["params"]
   model_state = {k: v for k, v in variables.items() if k not in ("params", "cache")}
   return TrainState(
