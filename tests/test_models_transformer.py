@@ -3,6 +3,7 @@ loops, single compilation of the decoders, finite-difference gradients and FLOP 
 
 import contextlib
 import functools
+import math
 
 from flax import traverse_util
 import flax.linen as nn
@@ -10,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from jax.test_util import check_grads
 import numpy as np
+import optax
 import pytest
 
 from jaxmodels.models import transformer
@@ -207,17 +209,134 @@ def test_generate_past_max_len_slides_the_window():
   np.testing.assert_array_equal(got, seq)
 
 
-def test_gpt_remat_gives_the_same_logits_and_gradients():
+def stack_layers(params, num_layers):
+  """Unrolled GPT parameters (block0, block1, ...) in scan_layers=True form."""
+  params = dict(params)
+  layers = [params.pop(f"block{i}") for i in range(num_layers)]
+  return {**params, "blocks": {"block": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}}
+
+
+def lm_loss_and_grads(model, params, x):
+  def loss(p):
+    logits = model.apply({"params": p}, x[:, :-1])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, x[:, 1:]).mean()
+
+  return jax.jit(jax.value_and_grad(loss))(params)
+
+
+@functools.cache
+def float32_reference():
+  """The plain float32 GPT's loss and gradients on one batch."""
+  model, variables, _ = gpt()
+  return lm_loss_and_grads(model, variables["params"], ids(8, (2, 12)))
+
+
+# remat=True means "full"; ("none", unrolled) is the reference itself.
+REMAT_SCAN = [
+    ("full", False),
+    ("dots_saveable", False),
+    ("dots_with_no_batch_dims_saveable", False),
+    (True, False),
+    ("none", True),
+    ("full", True),
+    ("dots_saveable", True),
+]
+
+
+@pytest.mark.parametrize("remat,scan", REMAT_SCAN)
+def test_remat_and_scan_give_the_float32_loss_and_gradients(remat, scan):
   model, variables, _ = gpt()
   x = ids(8, (2, 12))
+  want_loss, want = float32_reference()
+  params = stack_layers(variables["params"], 2) if scan else variables["params"]
+  variant = model.clone(remat=remat, scan_layers=scan)
+  jaxpr = str(jax.make_jaxpr(variant.apply)({"params": params}, x))
+  assert ("remat" in jaxpr) == (remat != "none")
+  loss, grads = lm_loss_and_grads(variant, params, x)
+  np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+  want = stack_layers(want, 2) if scan else want
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), grads, want)
 
-  def grads(m):
-    loss = lambda p: jnp.sum(m.apply({"params": p}, x) ** 2)
-    return jax.jit(jax.value_and_grad(loss))(variables["params"])
 
-  (l0, g0), (l1, g1) = grads(model), grads(model.clone(remat=True))
-  np.testing.assert_allclose(l1, l0, rtol=1e-6)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), g1, g0)
+def test_bfloat16_compute_on_float32_weights_is_close_to_float32():
+  model, variables, _ = gpt()
+  x = ids(8, (2, 12))
+  want_loss, want = float32_reference()
+  params = variables["params"]
+  bf16 = model.clone(dtype=jnp.bfloat16, param_dtype=jnp.float32)
+  assert jax.eval_shape(bf16.apply, {"params": params}, x).dtype == jnp.float32
+  loss, grads = lm_loss_and_grads(bf16, params, x)
+  np.testing.assert_allclose(loss, want_loss, rtol=2e-2)
+  for got, ref in zip(jax.tree.leaves(grads), jax.tree.leaves(want), strict=True):
+    assert got.dtype == jnp.float32
+    assert np.linalg.norm(got - ref) <= 2e-2 * np.linalg.norm(ref) + 1e-6
+
+
+def test_a_bad_remat_names_the_valid_ones():
+  model, variables, _ = gpt()
+  with pytest.raises(ValueError, match="dots_saveable") as error:
+    model.clone(remat="some").apply(variables, ids(1, (2, 12)))
+  assert "'some'" in str(error.value) and "'full'" in str(error.value)
+
+
+def np_layer_norm(x, p, eps):
+  mean = x.mean(-1, keepdims=True)
+  return (x - mean) / np.sqrt(x.var(-1, keepdims=True) + eps) * p["scale"] + p.get("bias", 0.0)
+
+
+def np_gelu(x, approximate):
+  if approximate:
+    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+  return 0.5 * x * (1 + np.vectorize(math.erf)(x / np.sqrt(2)))
+
+
+def np_dense(p, x, axes=1):
+  return np.tensordot(x, p["kernel"], axes) + p.get("bias", 0.0)
+
+
+def np_gpt(model, params, x):
+  """A NumPy GPT-2 forward pass (float64) from the parameter tree."""
+  params = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+  eps, length = model.layer_norm_epsilon, x.shape[1]
+  h = params["token_embed"]["embedding"][x] + params["token_pos"]["embedding"][:length]
+  causal = np.tril(np.ones((length, length), bool))
+  for i in range(model.num_layers):
+    block = params[f"block{i}"]
+    qkv = np_dense(block["self_attn"]["qkv"], np_layer_norm(h, block["ln1"], eps))
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    scores = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
+    weights = np.exp(np.where(causal, scores, -np.inf) - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    heads = np.einsum("bhqk,bkhd->bqhd", weights, v).reshape(h.shape[:2] + (-1,))
+    h = h + np_dense(block["self_attn"]["out"], heads)
+    hidden = np_gelu(
+        np_dense(block["mlp"]["fc1"], np_layer_norm(h, block["ln2"], eps)), model.gelu_approximate
+    )
+    h = h + np_dense(block["mlp"]["fc2"], hidden)
+  h = np_layer_norm(h, params["ln_final"], eps)
+  if model.tie_embeddings:
+    return h @ params["token_embed"]["embedding"].T
+  return np_dense(params["head"], h)
+
+
+GPT2_LIKE = dict(tie_embeddings=True, use_bias=True, layer_norm_epsilon=1e-5, gelu_approximate=True)
+NO_BIAS_EXACT_GELU = dict(
+    tie_embeddings=False, use_bias=False, layer_norm_epsilon=0.5, gelu_approximate=False
+)
+
+
+@pytest.mark.parametrize("options", [GPT2_LIKE, NO_BIAS_EXACT_GELU], ids=["gpt2", "other"])
+def test_gpt2_architecture_options_match_numpy(options):
+  model = GPT(VOCAB, max_len=12, **TINY, **options)
+  x = ids(3, (2, 12))
+  params = random_params(model, x, seed=4)
+  kernels = [k for k in traverse_util.flatten_dict(params) if k[-1] == "bias" and "ln" not in k[-2]]
+  assert bool(kernels) == options["use_bias"]
+  got = jax.jit(model.apply)({"params": params}, x)
+  np.testing.assert_allclose(got, np_gpt(model, params, np.asarray(x)), rtol=1e-4, atol=1e-4)
+  default = model.clone(layer_norm_epsilon=1e-6, gelu_approximate=True)
+  differs = np.abs(jax.jit(default.apply)({"params": params}, x) - got).max()
+  assert differs > (1e-2 if options is NO_BIAS_EXACT_GELU else 0.0)
 
 
 def test_dropout_only_in_training():

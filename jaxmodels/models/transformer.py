@@ -55,9 +55,10 @@ def _dense(
   )
 
 
-def _layer_norm(kw: dict[str, Any], name: str | None = None) -> nn.LayerNorm:
+def _layer_norm(kw: dict[str, Any], name: str | None = None, epsilon: float = 1e-6) -> nn.LayerNorm:
   """nn.LayerNorm whose scale and bias have the logical axis "norm"."""
   return nn.LayerNorm(
+      epsilon=epsilon,
       scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)),
       **kw,
@@ -66,10 +67,13 @@ def _layer_norm(kw: dict[str, Any], name: str | None = None) -> nn.LayerNorm:
 
 
 class MLPBlock(nn.Module):
-  """Dense(mlp_dim) -> GELU (tanh approximation) -> dropout -> Dense(back to input width)."""
+  """Dense(mlp_dim) -> GELU (tanh approximation unless `gelu_approximate=False`) -> dropout ->
+  Dense(back to input width)."""
 
   mlp_dim: int
   dropout_rate: float = 0.0
+  use_bias: bool = True
+  gelu_approximate: bool = True
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -77,10 +81,10 @@ class MLPBlock(nn.Module):
   def __call__(self, x: Array, train: bool = False) -> Array:
     width = x.shape[-1]
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    x = _dense(self.mlp_dim, ("embed", "mlp"), kw, "fc1")(x)
-    x = constrain(nn.gelu(x), ("batch", "length", "mlp"))
+    x = _dense(self.mlp_dim, ("embed", "mlp"), kw, "fc1", self.use_bias)(x)
+    x = constrain(nn.gelu(x, approximate=self.gelu_approximate), ("batch", "length", "mlp"))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return constrain(_dense(width, ("mlp", "embed"), kw, "fc2")(x), RESIDUAL)
+    return constrain(_dense(width, ("mlp", "embed"), kw, "fc2", self.use_bias)(x), RESIDUAL)
 
 
 class EncoderBlock(nn.Module):
@@ -120,7 +124,8 @@ class DecoderBlock(nn.Module):
   """Pre-LN block: causal self-attention, then cross-attention to `encoded` when given, then MLP.
 
   `self_mask` should contain the causal mask (outside decode mode); in decode mode the
-  self-attention's cache supplies causality. `cross_mask` hides encoder padding.
+  self-attention's cache supplies causality. `cross_mask` hides encoder padding. `use_bias`
+  switches the biases of the attention and MLP Dense layers (LayerNorms keep theirs).
   """
 
   model_dim: int
@@ -130,6 +135,9 @@ class DecoderBlock(nn.Module):
   head_dim: int | None = None
   decode: bool = False
   implementation: str | None = None
+  use_bias: bool = True
+  layer_norm_epsilon: float = 1e-6
+  gelu_approximate: bool = True
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -143,34 +151,47 @@ class DecoderBlock(nn.Module):
       train: bool = False,
   ) -> Array:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    eps = self.layer_norm_epsilon
     drop = nn.Dropout(self.dropout_rate, deterministic=not train)
-    h = MultiHeadAttention(
+    attention = functools.partial(
+        MultiHeadAttention,
         self.num_heads,
         self.model_dim,
         self.head_dim,
         self.dropout_rate,
-        decode=self.decode,
-        fused_qkv=True,
+        use_bias=self.use_bias,
         implementation=self.implementation,
         **kw,
-        name="self_attn",
-    )(_layer_norm(kw, "ln1")(x), mask=self_mask, train=train)
+    )
+    h = attention(decode=self.decode, fused_qkv=True, name="self_attn")(
+        _layer_norm(kw, "ln1", eps)(x), mask=self_mask, train=train
+    )
     x = constrain(x + drop(h), RESIDUAL)
     if encoded is not None:
-      h = MultiHeadAttention(
-          self.num_heads,
-          self.model_dim,
-          self.head_dim,
-          self.dropout_rate,
-          implementation=self.implementation,
-          **kw,
-          name="cross_attn",
-      )(_layer_norm(kw, "ln_cross")(x), encoded, mask=cross_mask, train=train)
+      h = attention(name="cross_attn")(
+          _layer_norm(kw, "ln_cross", eps)(x), encoded, mask=cross_mask, train=train
+      )
       x = constrain(x + drop(h), RESIDUAL)
-    h = MLPBlock(self.mlp_dim, self.dropout_rate, **kw, name="mlp")(
-        _layer_norm(kw, "ln2")(x), train
-    )
+    h = MLPBlock(
+        self.mlp_dim, self.dropout_rate, self.use_bias, self.gelu_approximate, **kw, name="mlp"
+    )(_layer_norm(kw, "ln2", eps)(x), train)
     return constrain(x + drop(h), RESIDUAL)
+
+
+_BLOCK_FIELDS = (
+    "model_dim",
+    "num_heads",
+    "mlp_dim",
+    "dropout_rate",
+    "head_dim",
+    "decode",
+    "implementation",
+    "use_bias",
+    "layer_norm_epsilon",
+    "gelu_approximate",
+    "dtype",
+    "param_dtype",
+)
 
 
 class _ScannedBlock(DecoderBlock):
@@ -178,20 +199,7 @@ class _ScannedBlock(DecoderBlock):
 
   @nn.compact
   def __call__(self, x: Array, mask: Array | None, train: bool) -> tuple[Array, None]:
-    fields = {
-        f: getattr(self, f)
-        for f in (
-            "model_dim",
-            "num_heads",
-            "mlp_dim",
-            "dropout_rate",
-            "head_dim",
-            "decode",
-            "implementation",
-            "dtype",
-            "param_dtype",
-        )
-    }
+    fields = {f: getattr(self, f) for f in _BLOCK_FIELDS}
     return DecoderBlock(**fields, name="block")(x, mask, None, None, train), None
 
 
@@ -399,10 +407,21 @@ class GPT(nn.Module):
   `__call__(input_ids [B,T], attention_mask [B,T] (1 real, 0 pad) or None, train)` -> float32
   logits [B,T,vocab_size]; the padding mask is combined with the causal mask. With `decode=True`
   the blocks keep key/value caches and positions continue from the cached length (see
-  `generate`); attention_mask is not supported then. `remat=True` recomputes each block's
-  activations in the backward pass (nn.remat) to save memory. `scan_layers=True` runs the blocks
-  as one nn.scan over stacked parameters (params['blocks'] with a leading layer axis): the
-  compiled program holds one block, so deep models compile in the time of a shallow one.
+  `generate`); attention_mask is not supported then.
+
+  `remat` picks what each block keeps for the backward pass (nn.remat): "none" keeps every
+  activation, "full" recomputes the block, "dots_saveable" and "dots_with_no_batch_dims_saveable"
+  keep the matmul outputs (the latter only the weight matmuls, not the attention scores) and
+  recompute the rest (jax.checkpoint_policies); True and False mean "full" and "none".
+  `scan_layers=True` runs the blocks as one nn.scan over stacked parameters (params['blocks']
+  with a leading layer axis, logical name "layers"): the compiled program holds one block, so
+  deep models compile in the time of a shallow one. `dtype=jnp.bfloat16` with
+  `param_dtype=jnp.float32` computes in bfloat16 on float32 master weights; attention softmax,
+  LayerNorm statistics and the logits stay float32.
+
+  GPT-2's architecture options: `tie_embeddings`, `use_bias` (attention and MLP Dense biases),
+  `layer_norm_epsilon` (GPT-2: 1e-5) and `gelu_approximate` (tanh GELU, as GPT-2; False: exact
+  erf). `GPT(**GPT_SIZES[name])` builds a published size.
   """
 
   vocab_size: int
@@ -414,10 +433,13 @@ class GPT(nn.Module):
   dropout_rate: float = 0.0
   decode: bool = False
   tie_embeddings: bool = False
-  remat: bool = False
+  remat: str | bool = "none"
   scan_layers: bool = False
   head_dim: int | None = None
   implementation: str | None = None
+  use_bias: bool = True
+  layer_norm_epsilon: float = 1e-6
+  gelu_approximate: bool = True
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -437,19 +459,10 @@ class GPT(nn.Module):
     if not self.decode:
       valid = None if attention_mask is None else key_padding_mask(attention_mask.astype(bool))
       mask = combine_masks(causal_mask(length), valid)
-    block = dict(
-        model_dim=self.model_dim,
-        num_heads=self.num_heads,
-        mlp_dim=self.mlp_dim,
-        dropout_rate=self.dropout_rate,
-        head_dim=self.head_dim,
-        decode=self.decode,
-        implementation=self.implementation,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-    )
+    block = {f: getattr(self, f) for f in _BLOCK_FIELDS}
     if self.scan_layers:
-      cls = nn.remat(_ScannedBlock, static_argnums=(3,)) if self.remat else _ScannedBlock
+      # Inside a scan the loop already keeps XLA from merging the recomputation away.
+      cls = _rematerialised(_ScannedBlock, self.remat, static_argnums=(3,), prevent_cse=False)
       stack = nn.scan(
           cls,
           variable_axes={"params": 0, "cache": 0},
@@ -460,11 +473,11 @@ class GPT(nn.Module):
       )
       x, _ = stack(**block, name="blocks")(x, mask, train)
     else:
-      block_cls = nn.remat(DecoderBlock, static_argnums=(5,)) if self.remat else DecoderBlock
+      block_cls = _rematerialised(DecoderBlock, self.remat, static_argnums=(5,))
       for i in range(self.num_layers):
         x = block_cls(**block, name=f"block{i}")(x, mask, None, None, train)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    x = _layer_norm(kw, "ln_final")(x)
+    x = _layer_norm(kw, "ln_final", self.layer_norm_epsilon)(x)
     if self.tie_embeddings:
       logits = embed.attend(x)
     else:
@@ -484,6 +497,81 @@ class GPT(nn.Module):
         self.num_layers * _self_attention_layer_flops(self, seq_len)
         + 2.0 * seq_len * self.model_dim * self.vocab_size
     )
+
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": None,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _rematerialised(
+    cls: type[nn.Module],
+    remat: str | bool,
+    static_argnums: tuple[int, ...],
+    prevent_cse: bool = True,
+) -> type[nn.Module]:
+  """`cls` wrapped in nn.remat with the policy that `remat` names (see `GPT`)."""
+  if isinstance(remat, bool):
+    remat = "full" if remat else "none"
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"remat must be one of {list(REMAT_POLICIES)} (or a bool), got {remat!r}")
+  if remat == "none":
+    return cls
+  return nn.remat(
+      cls, static_argnums=static_argnums, policy=REMAT_POLICIES[remat], prevent_cse=prevent_cse
+  )
+
+
+# ---------- published sizes
+
+# GPT-2 (Radford et al. 2019, as released): tied embeddings, Dense biases, LayerNorm epsilon
+# 1e-5, tanh GELU. GPT-3 (Brown et al. 2020) uses the same architecture; its alternating
+# locally banded sparse attention is not modelled here (every layer is dense).
+GPT2_OPTIONS = dict(
+    tie_embeddings=True, use_bias=True, layer_norm_epsilon=1e-5, gelu_approximate=True
+)
+
+
+def _size(num_layers: int, model_dim: int, num_heads: int, max_len: int) -> dict[str, Any]:
+  return dict(
+      vocab_size=50257,
+      model_dim=model_dim,
+      num_layers=num_layers,
+      num_heads=num_heads,
+      mlp_dim=4 * model_dim,
+      max_len=max_len,
+      **GPT2_OPTIONS,
+  )
+
+
+# GPT(**GPT_SIZES[name]). GPT-3 rows are Table 2.1 of the paper (n_layers, d_model, n_heads;
+# d_head = d_model / n_heads) with two corrections that its n_params imply: 'gpt3-xl' lists 24
+# heads of 128 (3072 != d_model 2048; 16 x 128 gives the stated 1.3B) and 'gpt3-13b' lists
+# d_model 5140 (40 heads x 128 = 5120).
+GPT_SIZES: dict[str, dict[str, Any]] = {
+    "gpt2": _size(12, 768, 12, 1024),
+    "gpt2-medium": _size(24, 1024, 16, 1024),
+    "gpt2-large": _size(36, 1280, 20, 1024),
+    "gpt2-xl": _size(48, 1600, 25, 1024),
+    "gpt3-small": _size(12, 768, 12, 2048),
+    "gpt3-medium": _size(24, 1024, 16, 2048),
+    "gpt3-large": _size(24, 1536, 16, 2048),
+    "gpt3-xl": _size(24, 2048, 16, 2048),
+    "gpt3-2.7b": _size(32, 2560, 32, 2048),
+    "gpt3-6.7b": _size(32, 4096, 32, 2048),
+    "gpt3-13b": _size(40, 5120, 40, 2048),
+    "gpt3-175b": _size(96, 12288, 96, 2048),
+}
+
+
+def gpt_size(name: str) -> dict[str, Any]:
+  """The GPT keyword arguments of a published size (a copy of GPT_SIZES[name])."""
+  if name not in GPT_SIZES:
+    raise ValueError(f"unknown GPT size {name!r}; valid sizes: {', '.join(GPT_SIZES)}")
+  return dict(GPT_SIZES[name])
 
 
 # ---------- decoding
