@@ -1,5 +1,6 @@
 """Published GPT sizes: parameter counts from shapes alone (jax.eval_shape, nothing allocated)
-equal Hugging Face's GPT-2 checkpoints exactly and the GPT-3 paper's Table 2.1 within 3%."""
+equal Hugging Face's GPT-2 checkpoints exactly and the GPT-3 paper's Table 2.1 within 3%; the
+gpt3 experiment builds them from --config.model.size."""
 
 import math
 
@@ -9,7 +10,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from experiments import gpt3
 from jaxmodels.models.transformer import GPT, GPT_SIZES, gpt_size
+from jaxmodels.train.config import ConfigError
 
 # Parameter counts of Hugging Face's gpt2, gpt2-medium, gpt2-large and gpt2-xl (tied head).
 HUGGING_FACE = {
@@ -81,3 +84,43 @@ def test_an_unknown_size_names_the_valid_ones():
   size = gpt_size("gpt2")
   size["num_layers"] = 1
   assert GPT_SIZES["gpt2"]["num_layers"] == 12
+
+
+def gpt3_config(**model):
+  config = gpt3.get_config()
+  config.update(dict(synthetic_data=True))
+  config.model.update(model)
+  return config
+
+
+def test_the_gpt3_experiment_fills_a_named_size():
+  config = gpt3_config(size="gpt3-xl", scan_layers=True, remat="full", dtype="bfloat16")
+  data = gpt3.get_data(config)
+  assert data.info["vocab_size"] == 50257 and data.info["block_size"] == 2048
+  model = gpt3.get_model(config, data.info)
+  for key, value in GPT_SIZES["gpt3-xl"].items():
+    assert getattr(model, key) == value, key
+  assert model.scan_layers and model.remat == "full"
+  assert model.dtype == jnp.bfloat16 and model.param_dtype == jnp.float32
+  small = gpt3.get_model(gpt3_config(), {"vocab_size": 84})
+  assert (small.num_layers, small.model_dim, small.max_len) == (4, 128, 128)
+
+
+@pytest.mark.parametrize(
+    "model,match",
+    [
+        (dict(size="gpt4"), "gpt3-175b"),
+        (dict(dtype="float16"), "bfloat16"),
+        (dict(remat="some"), "dots_saveable"),
+    ],
+)
+def test_the_gpt3_experiment_names_what_is_valid(model, match):
+  with pytest.raises(ConfigError, match=match):
+    gpt3.get_model(gpt3_config(**model), {"vocab_size": 84})
+
+
+def test_the_gpt3_context_is_at_most_max_len():
+  config = gpt3_config()
+  config.block_size = 256
+  with pytest.raises(ConfigError, match="max_len=128"):
+    gpt3.get_data(config)
