@@ -29,6 +29,16 @@ TINY = {
         "model.mlp_dim": 32,
         "sample_tokens": 5,
     },
+    "gpt3": {
+        "block_size": 12,
+        "model.model_dim": 16,
+        "model.num_layers": 2,
+        "model.num_heads": 2,
+        "model.mlp_dim": 32,
+        "model.scan_layers": True,
+        "model.remat": "dots_saveable",
+        "sample_tokens": 5,
+    },
     "cmudict_transformer": {
         "model.model_dim": 16,
         "model.num_layers": 1,

@@ -3,6 +3,7 @@
 import functools
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,7 +29,7 @@ attend = jax.jit(dot_product_attention, static_argnames=("dropout_rate", "implem
 
 
 def jit_init(model, *args, **kwargs):
-  return jax.jit(model.init)(jax.random.key(1), *args, **kwargs)
+  return nn.meta.unbox(jax.jit(model.init)(jax.random.key(1), *args, **kwargs))
 
 
 def jit_apply(model, **static):
@@ -228,6 +229,22 @@ def test_multi_head_cross_attention_matches_numpy():
     model.clone(fused_qkv=True).init(jax.random.key(2), xq, xkv)
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_multi_head_attention_parameters_carry_logical_axes(fused):
+  x = normal(0, B, 3, 8)
+  model = MultiHeadAttention(num_heads=4, model_dim=8, fused_qkv=fused)
+  specs = nn.get_partition_spec(jax.eval_shape(model.init, jax.random.key(0), x))["params"]
+  if fused:
+    assert tuple(specs["qkv"]["kernel"]) == ("embed", None, "heads", "kv")
+    assert tuple(specs["qkv"]["bias"]) == (None, "heads", "kv")
+  else:
+    for name in ("query", "key", "value"):
+      assert tuple(specs[name]["kernel"]) == ("embed", "heads", "kv")
+      assert tuple(specs[name]["bias"]) == ("heads", "kv")
+  assert tuple(specs["out"]["kernel"]) == ("heads", "embed")
+  assert tuple(specs["out"]["bias"]) == ("embed",)
+
+
 @pytest.mark.parametrize("chunks", [(1,) * 6, (3, 1, 2)])
 def test_decode_cache_equals_full_causal_attention(chunks):
   x = normal(0, B, 6, 8)
@@ -297,7 +314,7 @@ def test_sinusoidal_module_offsets_and_positions():
 def test_learned_positional_embedding_offsets_and_positions():
   x = normal(0, 2, 3, 4)
   module = LearnedPositionalEmbedding(max_len=8, dim=4)
-  variables = module.init(jax.random.key(1), x)
+  variables = nn.meta.unbox(module.init(jax.random.key(1), x))
   table = np.asarray(variables["params"]["embedding"])
   assert table.shape == (8, 4)
   np.testing.assert_allclose(module.apply(variables, x), x + table[:3], rtol=1e-6)

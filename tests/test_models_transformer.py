@@ -3,11 +3,15 @@ loops, single compilation of the decoders, finite-difference gradients and FLOP 
 
 import contextlib
 import functools
+import math
 
+from flax import traverse_util
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.test_util import check_grads
 import numpy as np
+import optax
 import pytest
 
 from jaxmodels.models import transformer
@@ -31,7 +35,7 @@ def ids(seed, shape, low=1, high=VOCAB):
 def random_params(model, *args, seed=0, scale=0.3):
   """Random parameters of the model's shapes from NumPy: no compiled init needed, and non-trivial
   biases and LayerNorm parameters exercise every term."""
-  shapes = jax.eval_shape(model.init, jax.random.key(0), *args)["params"]
+  shapes = nn.meta.unbox(jax.eval_shape(model.init, jax.random.key(0), *args))["params"]
   rng = np.random.default_rng(seed)
   return jax.tree.map(lambda s: jnp.asarray(scale * rng.standard_normal(s.shape), s.dtype), shapes)
 
@@ -205,17 +209,134 @@ def test_generate_past_max_len_slides_the_window():
   np.testing.assert_array_equal(got, seq)
 
 
-def test_gpt_remat_gives_the_same_logits_and_gradients():
+def stack_layers(params, num_layers):
+  """Unrolled GPT parameters (block0, block1, ...) in scan_layers=True form."""
+  params = dict(params)
+  layers = [params.pop(f"block{i}") for i in range(num_layers)]
+  return {**params, "blocks": {"block": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}}
+
+
+def lm_loss_and_grads(model, params, x):
+  def loss(p):
+    logits = model.apply({"params": p}, x[:, :-1])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, x[:, 1:]).mean()
+
+  return jax.jit(jax.value_and_grad(loss))(params)
+
+
+@functools.cache
+def float32_reference():
+  """The plain float32 GPT's loss and gradients on one batch."""
+  model, variables, _ = gpt()
+  return lm_loss_and_grads(model, variables["params"], ids(8, (2, 12)))
+
+
+# remat=True means "full"; ("none", unrolled) is the reference itself.
+REMAT_SCAN = [
+    ("full", False),
+    ("dots_saveable", False),
+    ("dots_with_no_batch_dims_saveable", False),
+    (True, False),
+    ("none", True),
+    ("full", True),
+    ("dots_saveable", True),
+]
+
+
+@pytest.mark.parametrize("remat,scan", REMAT_SCAN)
+def test_remat_and_scan_give_the_float32_loss_and_gradients(remat, scan):
   model, variables, _ = gpt()
   x = ids(8, (2, 12))
+  want_loss, want = float32_reference()
+  params = stack_layers(variables["params"], 2) if scan else variables["params"]
+  variant = model.clone(remat=remat, scan_layers=scan)
+  jaxpr = str(jax.make_jaxpr(variant.apply)({"params": params}, x))
+  assert ("remat" in jaxpr) == (remat != "none")
+  loss, grads = lm_loss_and_grads(variant, params, x)
+  np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+  want = stack_layers(want, 2) if scan else want
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), grads, want)
 
-  def grads(m):
-    loss = lambda p: jnp.sum(m.apply({"params": p}, x) ** 2)
-    return jax.jit(jax.value_and_grad(loss))(variables["params"])
 
-  (l0, g0), (l1, g1) = grads(model), grads(model.clone(remat=True))
-  np.testing.assert_allclose(l1, l0, rtol=1e-6)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), g1, g0)
+def test_bfloat16_compute_on_float32_weights_is_close_to_float32():
+  model, variables, _ = gpt()
+  x = ids(8, (2, 12))
+  want_loss, want = float32_reference()
+  params = variables["params"]
+  bf16 = model.clone(dtype=jnp.bfloat16, param_dtype=jnp.float32)
+  assert jax.eval_shape(bf16.apply, {"params": params}, x).dtype == jnp.float32
+  loss, grads = lm_loss_and_grads(bf16, params, x)
+  np.testing.assert_allclose(loss, want_loss, rtol=2e-2)
+  for got, ref in zip(jax.tree.leaves(grads), jax.tree.leaves(want), strict=True):
+    assert got.dtype == jnp.float32
+    assert np.linalg.norm(got - ref) <= 2e-2 * np.linalg.norm(ref) + 1e-6
+
+
+def test_a_bad_remat_names_the_valid_ones():
+  model, variables, _ = gpt()
+  with pytest.raises(ValueError, match="dots_saveable") as error:
+    model.clone(remat="some").apply(variables, ids(1, (2, 12)))
+  assert "'some'" in str(error.value) and "'full'" in str(error.value)
+
+
+def np_layer_norm(x, p, eps):
+  mean = x.mean(-1, keepdims=True)
+  return (x - mean) / np.sqrt(x.var(-1, keepdims=True) + eps) * p["scale"] + p.get("bias", 0.0)
+
+
+def np_gelu(x, approximate):
+  if approximate:
+    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+  return 0.5 * x * (1 + np.vectorize(math.erf)(x / np.sqrt(2)))
+
+
+def np_dense(p, x, axes=1):
+  return np.tensordot(x, p["kernel"], axes) + p.get("bias", 0.0)
+
+
+def np_gpt(model, params, x):
+  """A NumPy GPT-2 forward pass (float64) from the parameter tree."""
+  params = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+  eps, length = model.layer_norm_epsilon, x.shape[1]
+  h = params["token_embed"]["embedding"][x] + params["token_pos"]["embedding"][:length]
+  causal = np.tril(np.ones((length, length), bool))
+  for i in range(model.num_layers):
+    block = params[f"block{i}"]
+    qkv = np_dense(block["self_attn"]["qkv"], np_layer_norm(h, block["ln1"], eps))
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    scores = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
+    weights = np.exp(np.where(causal, scores, -np.inf) - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    heads = np.einsum("bhqk,bkhd->bqhd", weights, v).reshape(h.shape[:2] + (-1,))
+    h = h + np_dense(block["self_attn"]["out"], heads)
+    hidden = np_gelu(
+        np_dense(block["mlp"]["fc1"], np_layer_norm(h, block["ln2"], eps)), model.gelu_approximate
+    )
+    h = h + np_dense(block["mlp"]["fc2"], hidden)
+  h = np_layer_norm(h, params["ln_final"], eps)
+  if model.tie_embeddings:
+    return h @ params["token_embed"]["embedding"].T
+  return np_dense(params["head"], h)
+
+
+GPT2_LIKE = dict(tie_embeddings=True, use_bias=True, layer_norm_epsilon=1e-5, gelu_approximate=True)
+NO_BIAS_EXACT_GELU = dict(
+    tie_embeddings=False, use_bias=False, layer_norm_epsilon=0.5, gelu_approximate=False
+)
+
+
+@pytest.mark.parametrize("options", [GPT2_LIKE, NO_BIAS_EXACT_GELU], ids=["gpt2", "other"])
+def test_gpt2_architecture_options_match_numpy(options):
+  model = GPT(VOCAB, max_len=12, **TINY, **options)
+  x = ids(3, (2, 12))
+  params = random_params(model, x, seed=4)
+  kernels = [k for k in traverse_util.flatten_dict(params) if k[-1] == "bias" and "ln" not in k[-2]]
+  assert bool(kernels) == options["use_bias"]
+  got = jax.jit(model.apply)({"params": params}, x)
+  np.testing.assert_allclose(got, np_gpt(model, params, np.asarray(x)), rtol=1e-4, atol=1e-4)
+  default = model.clone(layer_norm_epsilon=1e-6, gelu_approximate=True)
+  differs = np.abs(jax.jit(default.apply)({"params": params}, x) - got).max()
+  assert differs > (1e-2 if options is NO_BIAS_EXACT_GELU else 0.0)
 
 
 def test_dropout_only_in_training():
@@ -380,11 +501,11 @@ def test_scan_over_layers_equals_the_unrolled_gpt():
   kw = dict(vocab_size=VOCAB, model_dim=16, num_layers=3, num_heads=2, mlp_dim=32, max_len=16)
   ids = jax.random.randint(jax.random.PRNGKey(1), (2, 8), 0, VOCAB)
   unrolled, scanned = GPT(**kw), GPT(**kw, scan_layers=True)
-  variables = unrolled.init(jax.random.PRNGKey(0), ids)
+  variables = nn.meta.unbox(unrolled.init(jax.random.PRNGKey(0), ids))
   params = dict(variables["params"])
   layers = [params.pop(f"block{i}") for i in range(3)]
   params["blocks"] = {"block": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}
-  shapes = jax.eval_shape(scanned.init, jax.random.PRNGKey(0), ids)["params"]
+  shapes = nn.meta.unbox(jax.eval_shape(scanned.init, jax.random.PRNGKey(0), ids))["params"]
   assert jax.tree.map(jnp.shape, shapes) == jax.tree.map(jnp.shape, params)
   want = unrolled.apply(variables, ids)
   np.testing.assert_allclose(scanned.apply({"params": params}, ids), want, atol=1e-5)
@@ -397,3 +518,87 @@ def test_scan_over_layers_equals_the_unrolled_gpt():
       transformer.generate(scanned, {"params": params}, prompt, 5, jax.random.PRNGKey(0), 0.0),
       transformer.generate(unrolled, variables, prompt, 5, jax.random.PRNGKey(0), 0.0),
   )
+
+
+# ---------- logical axis annotations
+
+PARAM_AXES = {"vocab", "embed", "heads", "kv", "mlp", "pos", "layers", "norm", None}
+# The contract's rule table; "embed" is taken by "batch" first in activations ([batch, ..., embed]).
+RULES = (
+    ("batch", ("data", "fsdp")),
+    ("vocab", "tensor"),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+    ("embed", "fsdp"),
+)
+
+
+def logical_specs(model, *args):
+  boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), *args))
+  specs = traverse_util.flatten_dict(nn.get_partition_spec(boxed)["params"], sep="/")
+  return {path: tuple(spec) for path, spec in specs.items()}
+
+
+def annotated_models(vocab=VOCAB, tgt_vocab=11):
+  kw = dict(max_len=16, **TINY)
+  src = ids(0, (2, 8))
+  return [
+      (GPT(vocab, **kw), (src,)),
+      (GPT(vocab, **kw, tie_embeddings=True), (src,)),
+      (GPT(vocab, **kw, scan_layers=True, remat=True), (src,)),
+      (TransformerEncoder(vocab, 3, **kw), (src,)),
+      (EncoderDecoder(vocab, tgt_vocab, **kw), (src, ids(1, (2, 6)))),
+  ]
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_every_parameter_has_one_logical_name_per_dimension(index):
+  model, args = annotated_models()[index]
+  shapes = traverse_util.flatten_dict(
+      nn.meta.unbox(jax.eval_shape(model.init, jax.random.key(0), *args))["params"], sep="/"
+  )
+  specs = logical_specs(model, *args)
+  assert specs.keys() == shapes.keys()
+  for path, spec in specs.items():
+    assert len(spec) == len(shapes[path].shape), path
+    assert set(spec) <= PARAM_AXES, (path, spec)
+    assert any(name is not None for name in spec) or path == "head/bias", path  # classes
+
+
+def test_gpt_logical_names():
+  specs = logical_specs(GPT(VOCAB, max_len=16, **TINY), ids(0, (2, 8)))
+  assert specs["token_embed/embedding"] == ("vocab", "embed")
+  assert specs["token_pos/embedding"] == ("pos", "embed")
+  assert specs["block0/self_attn/qkv/kernel"] == ("embed", None, "heads", "kv")
+  assert specs["block0/self_attn/out/kernel"] == ("heads", "embed")
+  assert specs["block0/mlp/fc1/kernel"] == ("embed", "mlp")
+  assert specs["block0/mlp/fc2/kernel"] == ("mlp", "embed")
+  assert specs["block1/ln2/scale"] == ("norm",)
+  assert specs["head/kernel"] == ("embed", "vocab")
+  scanned = logical_specs(GPT(VOCAB, max_len=16, scan_layers=True, **TINY), ids(0, (2, 8)))
+  assert scanned["blocks/block/self_attn/qkv/kernel"] == ("layers", "embed", None, "heads", "kv")
+  assert scanned["blocks/block/ln1/bias"] == ("layers", "norm")
+  assert scanned["token_embed/embedding"] == ("vocab", "embed")
+
+
+def test_boxed_and_unboxed_variables_give_the_same_logits():
+  model, (src,) = annotated_models()[0]
+  boxed = model.init(jax.random.key(0), src)
+  assert isinstance(boxed["params"]["head"]["kernel"], nn.Partitioned)
+  np.testing.assert_array_equal(model.apply(boxed, src), model.apply(nn.meta.unbox(boxed), src))
+
+
+@pytest.mark.parametrize("index", [0, 2, 3, 4])
+def test_logical_constraints_under_a_mesh_and_rules_keep_the_numbers(index):
+  # Vocabularies that the tensor axis divides: jit outputs (the initialised parameters) must
+  # split evenly.
+  model, args = annotated_models(vocab=16, tgt_vocab=12)[index]
+  variables = nn.meta.unbox(model.init(jax.random.key(0), *args))
+  want = model.apply(variables, *args)
+  mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(2, 2, 2), ("data", "fsdp", "tensor"))
+  with jax.set_mesh(mesh), nn.logical_axis_rules(RULES):
+    assert "sharding_constraint" in jax.jit(model.apply).lower(variables, *args).as_text()
+    got = jax.jit(model.apply)(variables, *args)
+    initialised = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), *args))
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  jax.tree.map(functools.partial(np.testing.assert_allclose, atol=1e-6), initialised, variables)

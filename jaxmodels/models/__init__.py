@@ -29,6 +29,7 @@ from jaxmodels.models.resnet import (
 from jaxmodels.models.rnn import Recurrent, RNNClassifier, RNNLanguageModel, SimpleRNNCell, sample
 from jaxmodels.models.transformer import (
     GPT,
+    GPT_SIZES,
     EncoderDecoder,
     TransformerEncoder,
     generate,
@@ -45,6 +46,7 @@ __all__ = [
     "CNN",
     "EncoderDecoder",
     "GPT",
+    "GPT_SIZES",
     "GRUCell",
     "HasFlops",
     "LSTMCell",

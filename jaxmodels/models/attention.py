@@ -14,7 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmodels.models.common import constrain
+
 Array = jax.Array
+HEADS = ("batch", "length", "heads", "kv")
+RESIDUAL = ("batch", "length", "embed")
 _IMPLEMENTATIONS = (None, "native", "xla", "cudnn")
 
 
@@ -187,26 +191,34 @@ class MultiHeadAttention(nn.Module):
       train: bool = False,
   ) -> Array:
     head_dim = self.head_dim or self.model_dim // self.num_heads
-    q, k, v = self._project(inputs_q, inputs_kv, head_dim)
+    q, k, v = (constrain(t, HEADS) for t in self._project(inputs_q, inputs_kv, head_dim))
     if self.decode:
       if inputs_kv is not None:
         raise ValueError("decode=True caches self-attention only; give inputs_kv=None")
       k, v, mask = self._update_cache(k, v, mask)
     rng = self.make_rng("dropout") if train and self.dropout_rate > 0.0 else None
     out = dot_product_attention(q, k, v, mask, rng, self.dropout_rate, self.implementation)
+    out = constrain(out, HEADS)
     out = out.reshape(out.shape[:-2] + (self.num_heads * head_dim,))
-    return nn.Dense(
+    # The kernel's rows are the flattened (heads, kv) features, heads major: sharding them like
+    # "heads" keeps each device's rows on its own heads.
+    out = nn.Dense(
         self.model_dim,
         use_bias=self.use_bias,
-        kernel_init=self.kernel_init,
+        kernel_init=nn.with_logical_partitioning(self.kernel_init, ("heads", "embed")),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
         dtype=self.dtype,
         param_dtype=self.param_dtype,
         name="out",
     )(out)
+    return constrain(out, RESIDUAL)
 
-  def _dense(self, features: tuple[int, ...], name: str) -> nn.DenseGeneral:
-    return nn.DenseGeneral(
+  def _dense(
+      self, features: tuple[int, ...], name: str, names: tuple[str | None, ...]
+  ) -> "Projection":
+    return Projection(
         features,
+        names,
         use_bias=self.use_bias,
         kernel_init=self.kernel_init,
         dtype=self.dtype,
@@ -221,13 +233,14 @@ class MultiHeadAttention(nn.Module):
     if self.fused_qkv:
       if inputs_kv is not None:
         raise ValueError("fused_qkv=True is for self-attention: give inputs_kv=None")
-      qkv = self._dense((3,) + shape, "qkv")(inputs_q)
+      qkv = self._dense((3,) + shape, "qkv", ("embed", None, "heads", "kv"))(inputs_q)
       return qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
     inputs_kv = inputs_q if inputs_kv is None else inputs_kv
+    names = ("embed", "heads", "kv")
     return (
-        self._dense(shape, "query")(inputs_q),
-        self._dense(shape, "key")(inputs_kv),
-        self._dense(shape, "value")(inputs_kv),
+        self._dense(shape, "query", names)(inputs_q),
+        self._dense(shape, "key", names)(inputs_kv),
+        self._dense(shape, "value", names)(inputs_kv),
     )
 
   def _update_cache(
@@ -246,6 +259,41 @@ class MultiHeadAttention(nn.Module):
     index.value = i + steps
     visible = jnp.arange(length)[None, :] <= i + jnp.arange(steps)[:, None]
     return cached_k.value, cached_v.value, combine_masks(mask, visible[None, None])
+
+
+class Projection(nn.Module):
+  """nn.DenseGeneral from the last input axis to `features` (same parameters, same initial
+  values) with logical axis `names` on the kernel [in, *features] and names[1:] on the bias.
+
+  flax's DenseGeneral reshapes a boxed kernel from its flattened init and applies the box's
+  sharding constraint to the flat array, which fails once axis rules and a mesh are in context;
+  here the initialiser sees the flat shape and the box holds the real one.
+  """
+
+  features: tuple[int, ...]
+  names: tuple[str | None, ...]
+  use_bias: bool = True
+  kernel_init: Callable[..., Array] = nn.initializers.xavier_uniform()
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    shape = (x.shape[-1],) + tuple(self.features)
+
+    def flat_init(key: Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
+      return self.kernel_init(key, (shape[0], int(np.prod(shape[1:]))), dtype).reshape(shape)
+
+    kernel = self.param(
+        "kernel", nn.with_logical_partitioning(flat_init, self.names), shape, self.param_dtype
+    )
+    bias = None
+    if self.use_bias:
+      zeros = nn.with_logical_partitioning(nn.initializers.zeros_init(), self.names[1:])
+      bias = self.param("bias", zeros, shape[1:], self.param_dtype)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    out = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+    return out if bias is None else out + bias
 
 
 # ---------- positional encodings
@@ -320,7 +368,8 @@ class LearnedPositionalEmbedding(nn.Module):
     length = inputs.shape[-2]
     if inputs.shape[-1] != self.dim:
       raise ValueError(f"inputs have {inputs.shape[-1]} features, embedding dim is {self.dim}")
-    table = self.param("embedding", self.embedding_init, (self.max_len, self.dim), self.param_dtype)
+    init = nn.with_logical_partitioning(self.embedding_init, ("pos", "embed"))
+    table = self.param("embedding", init, (self.max_len, self.dim), self.param_dtype)
     if positions is not None:
       emb = jnp.take(table, jnp.asarray(positions), axis=0)
     elif isinstance(offset, int):

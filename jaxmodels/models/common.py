@@ -1,11 +1,12 @@
-"""What the model families share: the logits dtype, token sampling for generation, and the
-protocol of a model that counts its own FLOPs."""
+"""What the model families share: the logits dtype, token sampling for generation, logical-axis
+sharding constraints, and the protocol of a model that counts its own FLOPs."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -13,6 +14,15 @@ import jax.numpy as jnp
 def logits_dtype(dtype: Any) -> Any:
   """float32 for float32 and narrower compute dtypes, float64 when computing in float64."""
   return jnp.promote_types(dtype, jnp.float32)
+
+
+def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
+  """Asks for activation `x` to be laid out by the logical axis `names` (one per dimension).
+
+  A no-op unless logical axis rules (`nn.logical_axis_rules`) and a mesh are in context, so the
+  models run unchanged on one device, under pmap and under a mesh without rules.
+  """
+  return nn.with_logical_constraint(x, names)
 
 
 def sample_logits(

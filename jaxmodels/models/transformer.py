@@ -5,6 +5,13 @@ Every block is pre-LayerNorm (x + f(LayerNorm(x))), with a final LayerNorm after
 residual path stays an identity, so training is stable without learning-rate warm-up tricks and
 deep stacks keep well-scaled gradients (Xiong et al. 2020, GPT-2). Token 0 is padding for the
 encoder and the encoder-decoder; attention never looks at padding keys.
+
+Parameters carry logical axis names (nn.with_logical_partitioning: "vocab", "embed", "heads",
+"kv", "mlp", "pos", "norm", and "layers" on scanned stacks), so `init` returns nn.Partitioned
+boxes (`flax.linen.meta.unbox` gives the plain arrays; `apply` takes either) and
+`nn.get_partition_spec` of them gives the logical specs. The residual stream, MLP hidden, heads
+and logits are constrained by "batch", "length", "embed", "mlp", "heads", "kv", "vocab"; those
+constraints act only under `nn.logical_axis_rules` and a mesh (`jax.set_mesh`).
 """
 
 from collections.abc import Sequence
@@ -16,33 +23,68 @@ import jax
 import jax.numpy as jnp
 
 from jaxmodels.models.attention import (
+    RESIDUAL,
     LearnedPositionalEmbedding,
     MultiHeadAttention,
     causal_mask,
     combine_masks,
     key_padding_mask,
 )
-from jaxmodels.models.common import logits_dtype, sample_logits
+from jaxmodels.models.common import constrain, logits_dtype, sample_logits
 
 Array = jax.Array
 _EMBED_INIT = nn.initializers.normal(stddev=0.02)
+_LOGITS = ("batch", "length", "vocab")
+
+
+def _dense(
+    features: int,
+    names: tuple[str | None, str | None],
+    kw: dict[str, Any],
+    name: str | None = None,
+    use_bias: bool = True,
+) -> nn.Dense:
+  """nn.Dense whose kernel has the logical axes `names` (in, out) and whose bias has (out,)."""
+  return nn.Dense(
+      features,
+      use_bias=use_bias,
+      kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), names),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), names[1:]),
+      **kw,
+      name=name,
+  )
+
+
+def _layer_norm(kw: dict[str, Any], name: str | None = None, epsilon: float = 1e-6) -> nn.LayerNorm:
+  """nn.LayerNorm whose scale and bias have the logical axis "norm"."""
+  return nn.LayerNorm(
+      epsilon=epsilon,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)),
+      **kw,
+      name=name,
+  )
 
 
 class MLPBlock(nn.Module):
-  """Dense(mlp_dim) -> GELU (tanh approximation) -> dropout -> Dense(back to input width)."""
+  """Dense(mlp_dim) -> GELU (tanh approximation unless `gelu_approximate=False`) -> dropout ->
+  Dense(back to input width)."""
 
   mlp_dim: int
   dropout_rate: float = 0.0
+  use_bias: bool = True
+  gelu_approximate: bool = True
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     width = x.shape[-1]
-    x = nn.Dense(self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype, name="fc1")(x)
-    x = nn.gelu(x)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    x = _dense(self.mlp_dim, ("embed", "mlp"), kw, "fc1", self.use_bias)(x)
+    x = constrain(nn.gelu(x, approximate=self.gelu_approximate), ("batch", "length", "mlp"))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype, name="fc2")(x)
+    return constrain(_dense(width, ("mlp", "embed"), kw, "fc2", self.use_bias)(x), RESIDUAL)
 
 
 class EncoderBlock(nn.Module):
@@ -60,7 +102,7 @@ class EncoderBlock(nn.Module):
   @nn.compact
   def __call__(self, x: Array, mask: Array | None = None, train: bool = False) -> Array:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    h = nn.LayerNorm(**kw, name="ln1")(x)
+    h = _layer_norm(kw, "ln1")(x)
     h = MultiHeadAttention(
         self.num_heads,
         self.model_dim,
@@ -71,18 +113,19 @@ class EncoderBlock(nn.Module):
         **kw,
         name="attn",
     )(h, mask=mask, train=train)
-    x = x + nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+    x = constrain(x + nn.Dropout(self.dropout_rate, deterministic=not train)(h), RESIDUAL)
     h = MLPBlock(self.mlp_dim, self.dropout_rate, **kw, name="mlp")(
-        nn.LayerNorm(**kw, name="ln2")(x), train
+        _layer_norm(kw, "ln2")(x), train
     )
-    return x + nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+    return constrain(x + nn.Dropout(self.dropout_rate, deterministic=not train)(h), RESIDUAL)
 
 
 class DecoderBlock(nn.Module):
   """Pre-LN block: causal self-attention, then cross-attention to `encoded` when given, then MLP.
 
   `self_mask` should contain the causal mask (outside decode mode); in decode mode the
-  self-attention's cache supplies causality. `cross_mask` hides encoder padding.
+  self-attention's cache supplies causality. `cross_mask` hides encoder padding. `use_bias`
+  switches the biases of the attention and MLP Dense layers (LayerNorms keep theirs).
   """
 
   model_dim: int
@@ -92,6 +135,9 @@ class DecoderBlock(nn.Module):
   head_dim: int | None = None
   decode: bool = False
   implementation: str | None = None
+  use_bias: bool = True
+  layer_norm_epsilon: float = 1e-6
+  gelu_approximate: bool = True
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -105,34 +151,47 @@ class DecoderBlock(nn.Module):
       train: bool = False,
   ) -> Array:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    eps = self.layer_norm_epsilon
     drop = nn.Dropout(self.dropout_rate, deterministic=not train)
-    h = MultiHeadAttention(
+    attention = functools.partial(
+        MultiHeadAttention,
         self.num_heads,
         self.model_dim,
         self.head_dim,
         self.dropout_rate,
-        decode=self.decode,
-        fused_qkv=True,
+        use_bias=self.use_bias,
         implementation=self.implementation,
         **kw,
-        name="self_attn",
-    )(nn.LayerNorm(**kw, name="ln1")(x), mask=self_mask, train=train)
-    x = x + drop(h)
-    if encoded is not None:
-      h = MultiHeadAttention(
-          self.num_heads,
-          self.model_dim,
-          self.head_dim,
-          self.dropout_rate,
-          implementation=self.implementation,
-          **kw,
-          name="cross_attn",
-      )(nn.LayerNorm(**kw, name="ln_cross")(x), encoded, mask=cross_mask, train=train)
-      x = x + drop(h)
-    h = MLPBlock(self.mlp_dim, self.dropout_rate, **kw, name="mlp")(
-        nn.LayerNorm(**kw, name="ln2")(x), train
     )
-    return x + drop(h)
+    h = attention(decode=self.decode, fused_qkv=True, name="self_attn")(
+        _layer_norm(kw, "ln1", eps)(x), mask=self_mask, train=train
+    )
+    x = constrain(x + drop(h), RESIDUAL)
+    if encoded is not None:
+      h = attention(name="cross_attn")(
+          _layer_norm(kw, "ln_cross", eps)(x), encoded, mask=cross_mask, train=train
+      )
+      x = constrain(x + drop(h), RESIDUAL)
+    h = MLPBlock(
+        self.mlp_dim, self.dropout_rate, self.use_bias, self.gelu_approximate, **kw, name="mlp"
+    )(_layer_norm(kw, "ln2", eps)(x), train)
+    return constrain(x + drop(h), RESIDUAL)
+
+
+_BLOCK_FIELDS = (
+    "model_dim",
+    "num_heads",
+    "mlp_dim",
+    "dropout_rate",
+    "head_dim",
+    "decode",
+    "implementation",
+    "use_bias",
+    "layer_norm_epsilon",
+    "gelu_approximate",
+    "dtype",
+    "param_dtype",
+)
 
 
 class _ScannedBlock(DecoderBlock):
@@ -140,20 +199,7 @@ class _ScannedBlock(DecoderBlock):
 
   @nn.compact
   def __call__(self, x: Array, mask: Array | None, train: bool) -> tuple[Array, None]:
-    fields = {
-        f: getattr(self, f)
-        for f in (
-            "model_dim",
-            "num_heads",
-            "mlp_dim",
-            "dropout_rate",
-            "head_dim",
-            "decode",
-            "implementation",
-            "dtype",
-            "param_dtype",
-        )
-    }
+    fields = {f: getattr(self, f) for f in _BLOCK_FIELDS}
     return DecoderBlock(**fields, name="block")(x, mask, None, None, train), None
 
 
@@ -167,9 +213,13 @@ def _embed(
     offset: Array | int = 0,
 ) -> tuple[nn.Embed, Array]:
   kw = dict(dtype=module.dtype, param_dtype=module.param_dtype)
-  embed = nn.Embed(vocab, dim, embedding_init=_EMBED_INIT, **kw, name=f"{name}_embed")
+  embed = nn.Embed(vocab, dim, embedding_init=_embed_init(), **kw, name=f"{name}_embed")
   x = LearnedPositionalEmbedding(max_len, dim, **kw, name=f"{name}_pos")(embed(ids), offset=offset)
-  return embed, x
+  return embed, constrain(x, RESIDUAL)
+
+
+def _embed_init() -> nn.initializers.Initializer:
+  return nn.with_logical_partitioning(_EMBED_INIT, ("vocab", "embed"))
 
 
 class DecodePosition(nn.Module):
@@ -231,16 +281,15 @@ class TransformerEncoder(nn.Module):
           param_dtype=self.param_dtype,
           name=f"block{i}",
       )(x, mask, train)
-    x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="ln_final")(x)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    x = _layer_norm(kw, "ln_final")(x)
     if self.pooling == "mean":
       w = valid.astype(x.dtype)[..., None]
       pooled = jnp.sum(x * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)
     else:
       pooled = x[:, 0]
-    logits = nn.Dense(
-        self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head"
-    )(pooled)
-    return logits.astype(logits_dtype(self.dtype))
+    logits = _dense(self.num_classes, ("embed", None), kw, "head")(pooled)
+    return constrain(logits, ("batch", None)).astype(logits_dtype(self.dtype))
 
   @nn.nowrap
   def flops_per_example(self, input_shape: Sequence[int], *unused: Sequence[int]) -> float:
@@ -285,9 +334,9 @@ class EncoderDecoder(nn.Module):
         **kw,
     )
     dim = self.model_dim
-    self.src_embed = nn.Embed(self.src_vocab_size, dim, embedding_init=_EMBED_INIT, **kw)
+    self.src_embed = nn.Embed(self.src_vocab_size, dim, embedding_init=_embed_init(), **kw)
     self.src_pos = LearnedPositionalEmbedding(self.max_len, dim, **kw)
-    self.tgt_embed = nn.Embed(self.tgt_vocab_size, dim, embedding_init=_EMBED_INIT, **kw)
+    self.tgt_embed = nn.Embed(self.tgt_vocab_size, dim, embedding_init=_embed_init(), **kw)
     self.tgt_pos = LearnedPositionalEmbedding(self.max_len, dim, **kw)
     self.encoder = [
         EncoderBlock(dim, self.num_heads, self.mlp_dim, **block) for _ in range(self.num_layers)
@@ -296,9 +345,9 @@ class EncoderDecoder(nn.Module):
         DecoderBlock(dim, self.num_heads, self.mlp_dim, decode=self.use_cache, **block)
         for _ in range(self.num_layers)
     ]
-    self.encoder_ln = nn.LayerNorm(**kw)
-    self.decoder_ln = nn.LayerNorm(**kw)
-    self.head = nn.Dense(self.tgt_vocab_size, **kw)
+    self.encoder_ln = _layer_norm(kw)
+    self.decoder_ln = _layer_norm(kw)
+    self.head = _dense(self.tgt_vocab_size, ("embed", "vocab"), kw)
     self.dropout = nn.Dropout(self.dropout_rate)
     self.position = DecodePosition()
 
@@ -307,7 +356,8 @@ class EncoderDecoder(nn.Module):
 
   def encode(self, src_ids: Array, train: bool = False) -> Array:
     """Encoder states [B,S,model_dim]; padding positions are never attended to."""
-    x = self.dropout(self.src_pos(self.src_embed(src_ids)), deterministic=not train)
+    x = constrain(self.src_pos(self.src_embed(src_ids)), RESIDUAL)
+    x = self.dropout(x, deterministic=not train)
     mask = key_padding_mask(src_ids != 0)
     for block in self.encoder:
       x = block(x, mask, train)
@@ -321,7 +371,7 @@ class EncoderDecoder(nn.Module):
     """
     length = tgt_ids.shape[1]
     offset = self.position(length) if self.use_cache else 0
-    x = self.tgt_pos(self.tgt_embed(tgt_ids), offset=offset)
+    x = constrain(self.tgt_pos(self.tgt_embed(tgt_ids), offset=offset), RESIDUAL)
     x = self.dropout(x, deterministic=not train)
     self_mask = None
     if not self.use_cache:
@@ -329,7 +379,7 @@ class EncoderDecoder(nn.Module):
     cross_mask = key_padding_mask(src_ids != 0)
     for block in self.decoder:
       x = block(x, self_mask, encoded, cross_mask, train)
-    logits = self.head(self.decoder_ln(x))
+    logits = constrain(self.head(self.decoder_ln(x)), _LOGITS)
     return logits.astype(logits_dtype(self.dtype))
 
   @nn.nowrap
@@ -357,10 +407,21 @@ class GPT(nn.Module):
   `__call__(input_ids [B,T], attention_mask [B,T] (1 real, 0 pad) or None, train)` -> float32
   logits [B,T,vocab_size]; the padding mask is combined with the causal mask. With `decode=True`
   the blocks keep key/value caches and positions continue from the cached length (see
-  `generate`); attention_mask is not supported then. `remat=True` recomputes each block's
-  activations in the backward pass (nn.remat) to save memory. `scan_layers=True` runs the blocks
-  as one nn.scan over stacked parameters (params['blocks'] with a leading layer axis): the
-  compiled program holds one block, so deep models compile in the time of a shallow one.
+  `generate`); attention_mask is not supported then.
+
+  `remat` picks what each block keeps for the backward pass (nn.remat): "none" keeps every
+  activation, "full" recomputes the block, "dots_saveable" and "dots_with_no_batch_dims_saveable"
+  keep the matmul outputs (the latter only the weight matmuls, not the attention scores) and
+  recompute the rest (jax.checkpoint_policies); True and False mean "full" and "none".
+  `scan_layers=True` runs the blocks as one nn.scan over stacked parameters (params['blocks']
+  with a leading layer axis, logical name "layers"): the compiled program holds one block, so
+  deep models compile in the time of a shallow one. `dtype=jnp.bfloat16` with
+  `param_dtype=jnp.float32` computes in bfloat16 on float32 master weights; attention softmax,
+  LayerNorm statistics and the logits stay float32.
+
+  GPT-2's architecture options: `tie_embeddings`, `use_bias` (attention and MLP Dense biases),
+  `layer_norm_epsilon` (GPT-2: 1e-5) and `gelu_approximate` (tanh GELU, as GPT-2; False: exact
+  erf). `GPT(**GPT_SIZES[name])` builds a published size.
   """
 
   vocab_size: int
@@ -372,10 +433,13 @@ class GPT(nn.Module):
   dropout_rate: float = 0.0
   decode: bool = False
   tie_embeddings: bool = False
-  remat: bool = False
+  remat: str | bool = "none"
   scan_layers: bool = False
   head_dim: int | None = None
   implementation: str | None = None
+  use_bias: bool = True
+  layer_norm_epsilon: float = 1e-6
+  gelu_approximate: bool = True
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -395,43 +459,30 @@ class GPT(nn.Module):
     if not self.decode:
       valid = None if attention_mask is None else key_padding_mask(attention_mask.astype(bool))
       mask = combine_masks(causal_mask(length), valid)
-    block = dict(
-        model_dim=self.model_dim,
-        num_heads=self.num_heads,
-        mlp_dim=self.mlp_dim,
-        dropout_rate=self.dropout_rate,
-        head_dim=self.head_dim,
-        decode=self.decode,
-        implementation=self.implementation,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-    )
+    block = {f: getattr(self, f) for f in _BLOCK_FIELDS}
     if self.scan_layers:
-      cls = nn.remat(_ScannedBlock, static_argnums=(3,)) if self.remat else _ScannedBlock
+      # Inside a scan the loop already keeps XLA from merging the recomputation away.
+      cls = _rematerialised(_ScannedBlock, self.remat, static_argnums=(3,), prevent_cse=False)
       stack = nn.scan(
           cls,
           variable_axes={"params": 0, "cache": 0},
           split_rngs={"params": True, "dropout": True},
           in_axes=(nn.broadcast, nn.broadcast),
           length=self.num_layers,
+          metadata_params={nn.PARTITION_NAME: "layers"},
       )
       x, _ = stack(**block, name="blocks")(x, mask, train)
     else:
-      block_cls = nn.remat(DecoderBlock, static_argnums=(5,)) if self.remat else DecoderBlock
+      block_cls = _rematerialised(DecoderBlock, self.remat, static_argnums=(5,))
       for i in range(self.num_layers):
         x = block_cls(**block, name=f"block{i}")(x, mask, None, None, train)
-    x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="ln_final")(x)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    x = _layer_norm(kw, "ln_final", self.layer_norm_epsilon)(x)
     if self.tie_embeddings:
       logits = embed.attend(x)
     else:
-      logits = nn.Dense(
-          self.vocab_size,
-          use_bias=False,
-          dtype=self.dtype,
-          param_dtype=self.param_dtype,
-          name="head",
-      )(x)
-    return logits.astype(logits_dtype(self.dtype))
+      logits = _dense(self.vocab_size, ("embed", "vocab"), kw, "head", use_bias=False)(x)
+    return constrain(logits, _LOGITS).astype(logits_dtype(self.dtype))
 
   @nn.nowrap
   def flops_per_example(self, input_shape: Sequence[int], *unused: Sequence[int]) -> float:
@@ -446,6 +497,81 @@ class GPT(nn.Module):
         self.num_layers * _self_attention_layer_flops(self, seq_len)
         + 2.0 * seq_len * self.model_dim * self.vocab_size
     )
+
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": None,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _rematerialised(
+    cls: type[nn.Module],
+    remat: str | bool,
+    static_argnums: tuple[int, ...],
+    prevent_cse: bool = True,
+) -> type[nn.Module]:
+  """`cls` wrapped in nn.remat with the policy that `remat` names (see `GPT`)."""
+  if isinstance(remat, bool):
+    remat = "full" if remat else "none"
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"remat must be one of {list(REMAT_POLICIES)} (or a bool), got {remat!r}")
+  if remat == "none":
+    return cls
+  return nn.remat(
+      cls, static_argnums=static_argnums, policy=REMAT_POLICIES[remat], prevent_cse=prevent_cse
+  )
+
+
+# ---------- published sizes
+
+# GPT-2 (Radford et al. 2019, as released): tied embeddings, Dense biases, LayerNorm epsilon
+# 1e-5, tanh GELU. GPT-3 (Brown et al. 2020) uses the same architecture; its alternating
+# locally banded sparse attention is not modelled here (every layer is dense).
+GPT2_OPTIONS = dict(
+    tie_embeddings=True, use_bias=True, layer_norm_epsilon=1e-5, gelu_approximate=True
+)
+
+
+def _size(num_layers: int, model_dim: int, num_heads: int, max_len: int) -> dict[str, Any]:
+  return dict(
+      vocab_size=50257,
+      model_dim=model_dim,
+      num_layers=num_layers,
+      num_heads=num_heads,
+      mlp_dim=4 * model_dim,
+      max_len=max_len,
+      **GPT2_OPTIONS,
+  )
+
+
+# GPT(**GPT_SIZES[name]). GPT-3 rows are Table 2.1 of the paper (n_layers, d_model, n_heads;
+# d_head = d_model / n_heads) with two corrections that its n_params imply: 'gpt3-xl' lists 24
+# heads of 128 (3072 != d_model 2048; 16 x 128 gives the stated 1.3B) and 'gpt3-13b' lists
+# d_model 5140 (40 heads x 128 = 5120).
+GPT_SIZES: dict[str, dict[str, Any]] = {
+    "gpt2": _size(12, 768, 12, 1024),
+    "gpt2-medium": _size(24, 1024, 16, 1024),
+    "gpt2-large": _size(36, 1280, 20, 1024),
+    "gpt2-xl": _size(48, 1600, 25, 1024),
+    "gpt3-small": _size(12, 768, 12, 2048),
+    "gpt3-medium": _size(24, 1024, 16, 2048),
+    "gpt3-large": _size(24, 1536, 16, 2048),
+    "gpt3-xl": _size(24, 2048, 16, 2048),
+    "gpt3-2.7b": _size(32, 2560, 32, 2048),
+    "gpt3-6.7b": _size(32, 4096, 32, 2048),
+    "gpt3-13b": _size(40, 5120, 40, 2048),
+    "gpt3-175b": _size(96, 12288, 96, 2048),
+}
+
+
+def gpt_size(name: str) -> dict[str, Any]:
+  """The GPT keyword arguments of a published size (a copy of GPT_SIZES[name])."""
+  if name not in GPT_SIZES:
+    raise ValueError(f"unknown GPT size {name!r}; valid sizes: {', '.join(GPT_SIZES)}")
+  return dict(GPT_SIZES[name])
 
 
 # ---------- decoding

@@ -68,7 +68,7 @@ def _init_state(model, task, tx, seed, batch, unbox=True):
   variables = model.init(
       {"params": params_rng, "dropout": dropout_rng}, *task.model_args(batch), train=False
   )
-  if unbox:
+  if unbox:  # logical-axis boxes (nn.Partitioned) -> plain arrays
     variables = nn.meta.unbox(variables)
   params = variables["params"]
   model_state = {k: v for k, v in variables.items() if k not in ("params", "cache")}
