@@ -87,6 +87,9 @@ def _quiet_libtpu(topology: tpu.Topology) -> None:
   """Off a TPU VM libtpu looks for the VM's accelerator type and workers and logs a page of
   warnings when it finds none; name them for it (a TPU VM's own settings win)."""
   os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+  # Describing a topology touches no chip; without this a second process (parallel tests, two
+  # checks at once) fails on libtpu's one-process-per-host lockfile.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   os.environ.setdefault("TPU_ACCELERATOR_TYPE", topology.accelerator_type)
   os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
 

@@ -56,6 +56,17 @@ def test_small_gpt_fits_on_v5e_and_the_state_is_sharded_four_ways(v5e_report):
   assert 0 < r["bytes_per_device"] < r["hbm_bytes_per_device"] == tpu.CHIPS["v5e"].hbm_bytes
 
 
+def test_gpt3_small_fits_on_v5e_2x2_with_a_1_2_2_mesh_and_a_quarter_of_it_per_device(tmp_path):
+  path = tmp_path / "gpt3_small.json"
+  argv = ["aot", "experiments.gpt3", "--topology=v5e:2x2", "--config.model.size=gpt3-small"]
+  argv += ["--config.fsdp=2", "--config.tensor=2", "--config.batch_size=2"]
+  aot.main([*argv, "--config.model.scan_layers=True", f"--json={path}"])
+  r = json.loads(path.read_text())
+  assert r["fits"] and r["mesh"] == {"data": 1, "fsdp": 2, "tensor": 2}
+  assert r["num_params"] == 125_226_240
+  assert r["memory_per_device"]["parameters"] == 4 * r["num_params"] // 4  # float32, 1/4 each
+
+
 def test_json_has_the_documented_keys_and_a_consistent_roofline(v5e_report):
   r = v5e_report
   assert JSON_KEYS <= set(r)

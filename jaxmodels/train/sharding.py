@@ -3,7 +3,10 @@
 Models name the axes of their parameters (`nn.with_logical_partitioning`) and activations
 (`nn.with_logical_constraint`) with logical names; RULES maps each name to mesh axes. A parameter
 without names (CNN, ResNet, RNN, MLP) is split over 'fsdp' along its largest divisible dimension.
-A mesh axis that does not divide a dimension leaves that dimension replicated.
+A parameter axis ('fsdp', 'tensor') that an array's names leave unused, or that does not divide
+its dimension, goes to the largest dimension it divides (GPT-2's vocabulary of 50257 cannot
+split over 'tensor', so the embedding's model dimension takes 'tensor' as well as 'fsdp'; a
+LayerNorm scale is split too); with none, the array is replicated over that axis.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 from jaxmodels.train.config import ConfigError
 
 AXES = ("data", "fsdp", "tensor")
+PARAMETER_AXES = ("fsdp", "tensor")  # parameters are split over these, replicated over data
 RULES: tuple[tuple[str, Any], ...] = (
     ("batch", ("data", "fsdp")),
     ("vocab", "tensor"),
@@ -77,8 +81,27 @@ def leaf_sharding(x: Any, mesh: Mesh) -> NamedSharding:
   if is_boxed(x):
     shape = np.shape(x.unbox(apply_constraint=False))
     spec = nn.logical_to_mesh_axes(x.get_partition_spec(), RULES)
-    return NamedSharding(mesh, P(*(_fitting(a, d, mesh) for a, d in zip(spec, shape))))
+    return NamedSharding(mesh, P(*_moved_where_they_fit(list(spec), shape, mesh)))
   return NamedSharding(mesh, _fsdp_spec(np.shape(x), mesh.shape["fsdp"]))
+
+
+def _names(axes: Any) -> tuple[str, ...]:
+  return () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+
+
+def _moved_where_they_fit(spec: list[Any], shape: tuple[int, ...], mesh: Mesh) -> list[Any]:
+  """`spec` with the axes that do not divide their dimension removed, then every parameter axis
+  ('fsdp', 'tensor') it does not use added to the largest dimension it divides (with the axes
+  already there): each device then holds 1/(fsdp*tensor) of every array that allows it."""
+  fitted = [_fitting(a, d, mesh) for a, d in zip(spec, shape)]
+  used = {n for f in fitted for n in _names(f)}
+  for name in (n for n in PARAMETER_AXES if mesh.shape[n] > 1 and n not in used):
+    for dim in sorted(range(len(shape)), key=lambda i: -shape[i]):
+      names = _names(fitted[dim]) + (name,)
+      if shape[dim] % math.prod(mesh.shape[n] for n in names) == 0:
+        fitted[dim] = names
+        break
+  return fitted
 
 
 def _fitting(axes: Any, dim: int, mesh: Mesh) -> Any:
