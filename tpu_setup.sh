@@ -23,7 +23,7 @@ Subcommands:
                 --preflight=MODULE, first compile MODULE's train step for
                 --accelerator-type on this machine and stop if it does not
                 fit (flags after -- go to the experiment):
-                  $PROG create --accelerator-type=v5p-128 \\
+                  $PROG create --accelerator-type=v4-128 \\
                     --preflight=experiments.gpt3 -- --config.fsdp=64
   setup         copy the code to every worker (or git clone --repo there),
                 make a virtual environment, pip install -e '.[tpu]'

@@ -3,13 +3,15 @@ sizes (--config.model.size) for TPU pods and the ahead-of-time check.
 
   python -m experiments.gpt3 --workdir=runs/gpt3
   python -m jaxmodels.predict --workdir=runs/gpt3 --prompt="ROMEO:" --num_tokens=300
-  python -m jaxmodels.aot experiments.gpt3 --topology=v5p-128 --config.model.size=gpt3-13b \
-      --config.synthetic_data=True --config.parallelism=mesh --config.model.scan_layers=True \
-      --config.model.remat=dots_with_no_batch_dims_saveable --config.model.dtype=bfloat16
+  python -m jaxmodels.aot experiments.gpt3 --topology=v4-1024 --config.model.size=gpt3-13b \
+      --config.batch_size=1024 --config.fsdp=128 --config.tensor=4 \
+      --config.model.scan_layers=True --config.model.remat=full --config.model.dtype=bfloat16
 
 Expect (measured Nov 2026 on the 2-core CPU while other jobs shared it): validation loss 2.44
 nats/char at step 200, 2.04 at 400, 1.94 after the 600 steps (test 1.92) in 6m21s (1.9 steps/s
-on 2 host devices, compile 14 s, MFU 45%), and a sample with speaker names and line breaks.
+on 2 host devices, compile 14 s, MFU 45%), and a sample with speaker names and line breaks. The
+aot command above: GPT-3 13B at its 2M-token batch fits a v4-1024 slice in 14.9 of each chip's
+32 GiB (README, "The plan at scale").
 
 `model.size` is "" by default: the model is the config.model.* fields, a 4x128 GPT with GPT-2's
 architecture options that trains on this CPU in minutes, because that is what running the

@@ -121,13 +121,9 @@ def _reference(case, num_steps=3):
 
 
 def _cases_and_meshes():
-  """Every mesh for the tiny model; for GPT and the encoder-decoder the meshes that use all
-  three axes by default and the single-axis ones under -m slow (compiling dominates)."""
   for case in CASES:
     for mesh in MESHES:
-      slow = case != "tiny_annotated" and sorted(mesh)[:2] == [1, 1]
-      marks = [pytest.mark.slow] if slow else []
-      yield pytest.param(case, mesh, marks=marks, id=f"{case}-{'x'.join(map(str, mesh))}")
+      yield pytest.param(case, mesh, id=f"{case}-{'x'.join(map(str, mesh))}")
 
 
 @pytest.mark.parametrize("case,mesh", list(_cases_and_meshes()))
