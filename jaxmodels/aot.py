@@ -14,6 +14,8 @@ Exit status: 0 when the step fits in HBM, 1 when it does not, 2 on bad input.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -61,15 +63,15 @@ def tpu_target(topology: tpu.Topology) -> Target:
     from jax.experimental import topologies
   except ImportError as e:  # pragma: no cover - every supported jax has it
     raise AotError(f"this jax has no jax.experimental.topologies ({e}).") from e
-  _quiet_libtpu(topology)
   megacore = topology.chip.cores_per_chip > 1
   try:
-    desc = topologies.get_topology_desc(
-        topology_name=topology.name,
-        platform="tpu",
-        chip_config_name="megacore" if megacore else "default",
-        num_slices=topology.num_slices,
-    )
+    with _quiet_libtpu(topology):
+      desc = topologies.get_topology_desc(
+          topology_name=topology.name,
+          platform="tpu",
+          chip_config_name="megacore" if megacore else "default",
+          num_slices=topology.num_slices,
+      )
   except Exception as e:
     if "libtpu" in str(e).lower() or "plugin" in str(e).lower() or "tpu" not in str(e).lower():
       raise AotError(
@@ -83,15 +85,27 @@ def tpu_target(topology: tpu.Topology) -> Target:
   )
 
 
-def _quiet_libtpu(topology: tpu.Topology) -> None:
+@contextlib.contextmanager
+def _quiet_libtpu(topology: tpu.Topology) -> Iterator[None]:
   """Off a TPU VM libtpu looks for the VM's accelerator type and workers and logs a page of
-  warnings when it finds none; name them for it (a TPU VM's own settings win)."""
-  os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
-  # Describing a topology touches no chip; without this a second process (parallel tests, two
-  # checks at once) fails on libtpu's one-process-per-host lockfile.
-  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-  os.environ.setdefault("TPU_ACCELERATOR_TYPE", topology.accelerator_type)
-  os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+  warnings when it finds none: name them for it while it starts (a TPU VM's own settings win).
+  The variables are removed again, so that nothing this process starts later (an experiment
+  would take TPU_WORKER_HOSTNAMES for a Cloud TPU VM) inherits them."""
+  settings = {
+      "TPU_SKIP_MDS_QUERY": "1",
+      # Describing a topology touches no chip; without this a second process (parallel tests,
+      # two checks at once) fails on libtpu's one-process-per-host lockfile.
+      "ALLOW_MULTIPLE_LIBTPU_LOAD": "1",
+      "TPU_ACCELERATOR_TYPE": topology.accelerator_type,
+      "TPU_WORKER_HOSTNAMES": "localhost",
+  }
+  added = [k for k in settings if k not in os.environ]
+  os.environ.update({k: settings[k] for k in added})
+  try:
+    yield
+  finally:
+    for k in added:
+      os.environ.pop(k, None)
 
 
 def local_target() -> Target:

@@ -67,6 +67,12 @@ def test_gpt3_small_fits_on_v5e_2x2_with_a_1_2_2_mesh_and_a_quarter_of_it_per_de
   assert r["memory_per_device"]["parameters"] == 4 * r["num_params"] // 4  # float32, 1/4 each
 
 
+def test_the_check_leaves_no_libtpu_settings_behind(v5e_report):
+  # An experiment started later by the same process would take them for a Cloud TPU VM.
+  for name in ("TPU_WORKER_HOSTNAMES", "TPU_ACCELERATOR_TYPE", "ALLOW_MULTIPLE_LIBTPU_LOAD"):
+    assert name not in os.environ
+
+
 def test_json_has_the_documented_keys_and_a_consistent_roofline(v5e_report):
   r = v5e_report
   assert JSON_KEYS <= set(r)

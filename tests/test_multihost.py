@@ -345,7 +345,7 @@ def test_gs_workdir_files_go_through_epath(monkeypatch):
   monkeypatch.setattr(tensorboardX, "SummaryWriter", NoTensorBoard)
   try:
     for steps in ([1, 2], [3]):
-      writer = metrics.MetricWriter("gs://bucket/run")
+      writer = metrics.MetricWriter("gs://bucket/run", start_step=steps[0] - 1)  # as resumed
       for step in steps:
         writer.write(step, "train", {"loss": 1.0 / step})
       writer.close()

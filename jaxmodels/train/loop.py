@@ -202,10 +202,12 @@ def _train_and_evaluate(experiment, config, workdir, allow_config_change, start_
     summary = run.train(state, start, tx, schedule, meta, start_time)
   finally:
     run.close()
-  if is_main and hasattr(experiment, "on_finish"):
-    variables = {"params": run.host_state.params, **run.host_state.model_state}
-    summary.update(experiment.on_finish(model, variables, data.info, config))
-    _write_json(summary_path, summary)
+  if hasattr(experiment, "on_finish"):
+    final = strategy.get_state(run.final_state)  # every process: a mesh state is gathered
+    if is_main:
+      variables = {"params": final.params, **final.model_state}
+      summary.update(experiment.on_finish(model, variables, data.info, config))
+      _write_json(summary_path, summary)
   return summary
 
 
@@ -280,6 +282,7 @@ class _Run:
     self.eval_batch_size = config.eval_batch_size or config.batch_size
     self.decode = tasks.decodes(task)
     self.progress = None
+    self.final_state = None  # the device state after the last step
 
   def close(self) -> None:
     if self.progress:
@@ -375,6 +378,7 @@ class _Run:
     compile_s, train_time = timing["compile_s"], timing["train_time"]
     timed_steps, timed_flops = timing["timed_steps"], timing["timed_flops"]
 
+    self.final_state = dstate
     final = {}
     if self.decode:
       self.eval_fn = strategy.eval_fn(self.task, True, self.host_state)
@@ -476,8 +480,7 @@ class _Run:
   def _save(self, dstate, step: int) -> None:
     if self.pending:
       self._log_train(step)  # also checks the state is finite before it is saved
-    state = self.strategy.get_state(dstate)
-    self.host_state = state
+    state = self.strategy.checkpoint_state(dstate)
     wall_s = self.prior_wall_s + time.time() - self.start_time
     # The last train metrics go along, so a run resumed at its final step still reports them.
     self.ckpts.save(state, {"step": step, "wall_s": wall_s, "train_metrics": self.last_train})

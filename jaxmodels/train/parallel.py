@@ -62,6 +62,10 @@ class Strategy:
     """The state as host numpy arrays, one copy."""
     raise NotImplementedError
 
+  def checkpoint_state(self, state: Any) -> Any:
+    """What a checkpoint saves of the device state: one host copy by default."""
+    return self.get_state(state)
+
   def put_batch(self, batch: dict[str, np.ndarray]) -> Any:
     raise NotImplementedError
 
@@ -238,6 +242,12 @@ class MeshStrategy(Strategy):
 
   def put_state(self, state):
     return jax.device_put(state, self.state_sharding(state))
+
+  def checkpoint_state(self, state):
+    # The sharded arrays themselves: orbax writes each shard from the process that holds it, so
+    # no host ever holds the whole state (the saves are synchronous, before the next step
+    # donates these buffers).
+    return state
 
   def get_state(self, state):
     if jax.process_count() > 1:
