@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -497,3 +498,27 @@ def test_the_final_evaluation_decodes_only_for_a_task_set_up_to_decode():
   assert not tasks.decodes(tasks.Classification(10))
   assert not tasks.decodes(tasks.Seq2Seq())
   assert tasks.decodes(tasks.Seq2Seq(decode_fn=lambda *args: None))
+
+
+@pytest.mark.parametrize(
+    "overrides, says",
+    [
+        ({"label_smoothing": -3.0}, "label_smoothing=-3.0 must be in [0, 1)"),
+        ({"label_smoothing": 1.0}, "label_smoothing=1.0 must be in [0, 1)"),
+        ({"momentum": 1.5}, "momentum=1.5 must be in [0, 1)"),
+        ({"b2": -0.1}, "b2=-0.1 must be in [0, 1)"),
+        ({"step_decay": 0.0}, "step_decay=0.0 must be in (0, 1]"),
+        ({"step_boundaries": (0.5, 1.5)}, "step_boundaries=(0.5, 1.5)"),
+    ],
+)
+def test_out_of_range_values_are_refused_naming_the_key(overrides, says):
+  with pytest.raises(config_lib.ConfigError, match=re.escape(says)):
+    config_lib.check(_tiny_config(**overrides), 8)
+
+
+def test_an_out_of_range_dropout_rate_is_refused():
+  config = _tiny_config()
+  config.model.dropout_rate = 1.5
+  with pytest.raises(config_lib.ConfigError, match=re.escape("model.dropout_rate=1.5 must be")):
+    config_lib.check(config, 8)
+  config_lib.check(_tiny_config(), 8)  # the defaults pass

@@ -102,6 +102,7 @@ def check(config: ml_collections.ConfigDict, num_devices: int) -> None:
         "config.warmup_steps, config.grad_clip_norm and config.weight_decay must be "
         f">= 0; got {config.warmup_steps}, {config.grad_clip_norm}, {config.weight_decay}."
     )
+  _check_ranges(config)
   if config.parallelism == "mesh" and num_devices % (config.fsdp * config.tensor):
     valid = [d for d in range(1, num_devices + 1) if num_devices % d == 0]
     raise ConfigError(
@@ -129,6 +130,31 @@ def check(config: ml_collections.ConfigDict, num_devices: int) -> None:
         f"{config.grad_accum_steps} micro-batches on each of {shards} device(s); use a batch_size "
         f"that is a multiple of {shards * config.grad_accum_steps}."
     )
+
+
+def _check_ranges(config: ml_collections.ConfigDict) -> None:
+  """Rates and fractions in their ranges."""
+  unit = [("label_smoothing", config.label_smoothing), ("momentum", config.momentum)]
+  unit += [("b1", config.b1), ("b2", config.b2)]
+  unit += [(f"model.{k}", v) for k, v in _flat(config).items() if k.endswith("dropout_rate")]
+  for key, value in unit:
+    if not 0 <= value < 1:
+      raise ConfigError(f"config.{key}={value} must be in [0, 1).")
+  if not 0 < config.step_decay <= 1:
+    raise ConfigError(f"config.step_decay={config.step_decay} must be in (0, 1].")
+  if any(not 0 < f < 1 for f in config.step_boundaries):
+    raise ConfigError(
+        f"config.step_boundaries={tuple(config.step_boundaries)}: each must be a fraction of "
+        "num_train_steps in (0, 1)."
+    )
+
+
+def _flat(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The numeric keys of config.model ('dropout_rate', 'attention.dropout_rate', ...)."""
+  model = config.get("model")
+  if not isinstance(model, (ml_collections.ConfigDict, ml_collections.FrozenConfigDict)):
+    return {}
+  return {k: v for k, v in flat_keys(model).items() if isinstance(v, (int, float))}
 
 
 def batch_shards(config: ml_collections.ConfigDict, num_devices: int) -> int:
