@@ -14,6 +14,7 @@ TINY = {
     "digits_mlp": {"model.hidden_sizes": (8,)},
     "fashion_mnist_resnet": {"model.num_filters": 4},
     "cifar10_resnet": {"model.num_filters": 2},
+    "finetune_resnet": {"model.num_filters": 2, "arch": "resnet18", "init_from": ""},
     "imdb_lstm": {"max_len": 12, "vocab_size": 50, "model.embed_dim": 8, "model.hidden_size": 8},
     "shakespeare_rnn": {
         "block_size": 12,
@@ -80,5 +81,5 @@ def test_experiment_trains_on_synthetic_data(name, tmp_path):
   assert [r["step"] for r in records if r["split"] == "train"] == [1, 2, 3]
   assert module.__doc__.lstrip().splitlines()[0]
   assert f"python -m experiments.{name}" in module.__doc__
-  if hasattr(module, "on_finish"):
+  if hasattr(module, "generate"):
     assert len(summary["sample"]) > 0

@@ -22,7 +22,8 @@ class CNN(nn.Module):
   with that many channels, each followed by BatchNorm (if `use_batchnorm`) and ReLU, then a 2x2
   max-pool of stride 2. The head flattens, applies Dense(`dense_features`) + ReLU + dropout
   (skipped when `dense_features` is 0) and a final Dense to `num_classes` float32 logits.
-  `axis_name` is given to BatchNorm so that statistics are averaged across pmap devices.
+  `axis_name` is given to BatchNorm so that statistics are averaged across pmap devices;
+  `freeze_batch_stats` normalises with the running averages in training too, never updating them.
   """
 
   features: Sequence[int] = (32, 64)
@@ -34,6 +35,7 @@ class CNN(nn.Module):
   use_batchnorm: bool = False
   bn_momentum: float = 0.9
   axis_name: str | None = None
+  freeze_batch_stats: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -54,7 +56,7 @@ class CNN(nn.Module):
         )(x)
         if self.use_batchnorm:
           x = nn.BatchNorm(
-              use_running_average=not train,
+              use_running_average=not train or self.freeze_batch_stats,
               momentum=self.bn_momentum,
               axis_name=self.axis_name,
               dtype=self.dtype,

@@ -123,7 +123,9 @@ class ResNet(nn.Module):
   BN, ReLU and 3x3/2 max-pool; `stem='cifar'` is a 3x3/1 conv, BN and ReLU for small images.
   `train=True` normalises with batch statistics (averaged over `axis_name` when set, e.g. under
   `jax.pmap(axis_name='batch')`) and updates 'batch_stats'; `train=False` uses the running
-  averages. `bn_momentum=0.9` matches torchvision's momentum of 0.1.
+  averages. `bn_momentum=0.9` matches torchvision's momentum of 0.1. `freeze_batch_stats=True`
+  normalises with the running averages in training too and never updates them (torch's
+  `model.eval()` applied to the BatchNorm layers), for fine-tuning.
   """
 
   stage_sizes: Sequence[int]
@@ -135,6 +137,7 @@ class ResNet(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   axis_name: str | None = None
+  freeze_batch_stats: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -150,7 +153,7 @@ class ResNet(nn.Module):
     )
     norm = functools.partial(
         nn.BatchNorm,
-        use_running_average=not train,
+        use_running_average=not train or self.freeze_batch_stats,
         momentum=self.bn_momentum,
         epsilon=self.bn_epsilon,
         axis_name=self.axis_name,

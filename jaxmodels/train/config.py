@@ -67,6 +67,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.progress_bar = True
   c.profile_steps = 0  # >0: write a jax.profiler trace of that many steps after step 10
   c.compilation_cache_dir = ""  # "": $JAXMODELS_CACHE_DIR or ~/.cache/jaxmodels/xla; "none": off
+  # Fine-tuning (jaxmodels/train/init_from.py): the weights step 0 starts from ("": the seed's
+  # init); a workdir, DIR@STEP, a torchvision file or name, a Hugging Face directory or hf:NAME.
+  c.init_from = ""
+  c.trainable = ""  # regex on '/'-joined parameter paths; the others are frozen ("": all train)
+  c.freeze_batch_stats = False  # BatchNorm uses and keeps its running statistics (torch's eval())
   return c
 
 

@@ -22,6 +22,7 @@ from jaxmodels.models.common import HasFlops
 from jaxmodels.train import (
     checkpoint,
     config as config_lib,
+    finetune,
     lock,
     metrics as metrics_lib,
     optim,
@@ -171,7 +172,7 @@ def _train_and_evaluate(experiment, config, workdir, allow_config_change, start_
     perf.enable_compilation_cache(config.compilation_cache_dir or None)
 
   data = experiment.get_data(config)
-  model = experiment.get_model(config, data.info)
+  model = finetune.freeze_batch_stats(experiment.get_model(config, data.info), config)
   task: tasks.Task = experiment.get_task(config, data.info)
   tx = optim.make_optimizer(config)
   schedule = optim.learning_rate_schedule(config)
@@ -185,10 +186,19 @@ def _train_and_evaluate(experiment, config, workdir, allow_config_change, start_
   _close(batches)
   ckpts = checkpoint.Checkpoints(workdir, config.keep_checkpoints)
   state, meta = _initial_state(strategy, ckpts, task, tx, init_batch, config.seed)
+  fine_tune = config.init_from and not meta  # a fresh start: a resumed run never reads it again
+  if fine_tune:
+    state, report = finetune.initialise(
+        config.init_from, state, strategy.model, task, tx, init_batch
+    )
+    if is_main:
+      print(report.text(), flush=True)
   start = int(state.step)
   if is_main:  # only now: a config that cannot build or restore leaves the workdir as it was
     _write_json(os.path.join(workdir, "config.json"), json.loads(config_lib.to_json(config)))
     _write_json(os.path.join(workdir, "run.json"), {"experiment": experiment_name(experiment)})
+  if fine_tune:  # checkpoint 0 is the run's own start from now on
+    ckpts.save(state, {"step": 0, "wall_s": 0.0, "train_metrics": {}, "init_from": report.source})
   summary_path = os.path.join(workdir, "summary.json")
   if start >= config.num_train_steps and epath.Path(summary_path).exists():
     ckpts.close()

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+import re
+from typing import Any
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+
+from jaxmodels.train.config import ConfigError
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -59,4 +66,42 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   if config.weight_decay and name != "adamw":
     # Coupled L2 decay (added to the gradient) for the non-adaptive optimizers.
     parts.append(optax.add_decayed_weights(config.weight_decay, mask=decay_mask))
-  return optax.chain(*parts, opt) if parts else opt
+  tx = optax.chain(*parts, opt) if parts else opt
+  if config.trainable:
+    labels = trainable_labels(config.trainable)
+    return optax.multi_transform({"trainable": tx, "frozen": optax.set_to_zero()}, labels)
+  return tx
+
+
+def param_path(path: jax.tree_util.KeyPath) -> str:
+  """'/'-joined parameter name, e.g. 'Dense_0/kernel'."""
+  return jax.tree_util.keystr(path, simple=True, separator="/")
+
+
+def trainable_labels(pattern: str) -> Callable[[optax.Params], Any]:
+  """params -> a tree of 'trainable' / 'frozen': a parameter is trainable when `pattern`
+  (re.search) matches its path; a pattern that matches none is a ConfigError."""
+  try:
+    regex = re.compile(pattern)
+  except re.error as e:
+    raise ConfigError(f"config.trainable={pattern!r} is not a regular expression ({e}).") from e
+
+  def labels(params: optax.Params) -> Any:
+    is_box = lambda x: isinstance(x, nn.Partitioned)  # noqa: E731  (mesh: boxed parameters)
+    leaves = jax.tree_util.tree_flatten_with_path(params, is_leaf=is_box)[0]
+    names = [param_path(path) for path, _ in leaves]
+    if not any(regex.search(n) for n in names):
+      tops = ", ".join(dict.fromkeys(n.split("/")[0] for n in names))
+      shown = ", ".join(names[:3] + (["..."] if len(names) > 4 else []) + names[3:][-1:])
+      raise ConfigError(
+          f"config.trainable={pattern!r} matches no parameter, so nothing would train. It is "
+          f"searched (re.search) in the '/'-joined parameter paths ({shown}; {len(names)} in "
+          f"all) of the top-level modules {tops}. Use '' to train all."
+      )
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: "trainable" if regex.search(param_path(path)) else "frozen",
+        params,
+        is_leaf=is_box,
+    )
+
+  return labels
