@@ -45,7 +45,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment = True  # random crop (and flip, but not for mnist)
   config.validation_size = 0  # >0 holds out that many train examples as the eval split
   config.export_torchvision = ""  # a .pth or .safetensors path: the trained weights, at the end
-  config.model = ml_collections.ConfigDict(dict(num_filters=64, stem="imagenet"))
+  # torchvision's layout and BatchNorm convention (the running variance tracks the unbiased one).
+  config.model = ml_collections.ConfigDict(
+      dict(num_filters=64, stem="imagenet", bn_running_variance="unbiased")
+  )
   return config
 
 

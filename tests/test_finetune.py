@@ -310,3 +310,123 @@ def test_command_line_bad_source_exits_2_with_one_paragraph(tmp_path):
   assert "error: config.init_from=" in result.stderr and "does not exist" in result.stderr
   assert "Traceback" not in result.stderr + result.stdout
   assert _written(workdir) == []
+
+
+def _fresh(model, task, batch, seed=0):
+  config = base_config()
+  config.optimizer = "momentum"
+  tx = optim.make_optimizer(config)
+  return steps.init_state(model, task, tx, batch, seed), tx
+
+
+def _resnet18(num_classes=10):
+  from jaxmodels.models.resnet import ResNet18
+
+  return ResNet18(num_classes=num_classes, bn_running_variance="unbiased")
+
+
+IMAGES = {"inputs": np.zeros((2, 28, 28, 1), np.float32), "targets": np.zeros((2,), np.int32)}
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_init_from_a_torchvision_file_equals_the_imported_variables(tmp_path, suffix, capsys):
+  from jaxmodels.models import convert
+
+  task = tasks.Classification(10)
+  trained, _ = _fresh(_resnet18(), task, IMAGES, seed=1)
+  rng = np.random.default_rng(0)
+  stats = jax.tree_util.tree_map(
+      lambda x: rng.uniform(0.5, 2.0, x.shape).astype(np.float32), trained.model_state
+  )
+  path = str(tmp_path / f"resnet18{suffix}")
+  convert.save_torchvision({"params": trained.params, **stats}, path, "resnet18")
+  _, imported = convert.load_torchvision(path, "resnet18")
+  # Our model with flax's BatchNorm convention: loads, with a note on the difference.
+  model = _resnet18().clone(bn_running_variance="biased")
+  fresh, tx = _fresh(model, task, IMAGES)
+  state, report = finetune.initialise(path, fresh, model, task, tx, IMAGES)
+  _assert_trees_equal(state.params, imported["params"])
+  _assert_trees_equal(state.model_state["batch_stats"], imported["batch_stats"])
+  assert report.reinitialised == [] and report.ignored == []
+  assert len(report.loaded) == len(jax.tree_util.tree_leaves(imported))
+  assert any("bn_running_variance='unbiased'" in n for n in report.notes)
+  # Into 7 classes: the head is this model's fresh one, everything else the file's.
+  model7 = _resnet18(7)
+  fresh7, tx7 = _fresh(model7, tasks.Classification(7), IMAGES)
+  state7, report7 = finetune.initialise(path, fresh7, model7, tasks.Classification(7), tx7, IMAGES)
+  assert report7.reinitialised == ["params/Dense_0/bias", "params/Dense_0/kernel"]
+  _assert_trees_equal(state7.params.pop("Dense_0"), fresh7.params["Dense_0"])
+  imported["params"].pop("Dense_0")
+  _assert_trees_equal(state7.params, imported["params"])
+
+
+def test_torchvision_file_of_another_architecture_is_a_clear_error(tmp_path):
+  from safetensors.numpy import save_file
+
+  from jaxmodels.models import convert
+  from jaxmodels.models.mlp import MLP
+  from jaxmodels.models.resnet import ResNet34
+
+  shapes = jax.eval_shape(ResNet34(num_classes=10).init, jax.random.key(0), IMAGES["inputs"])
+  zeros = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+  path = str(tmp_path / "resnet34.safetensors")
+  save_file(convert.torchvision_state_dict(zeros, "resnet34"), path)
+  task = tasks.Classification(10)
+  fresh, tx = _fresh(_resnet18(), task, IMAGES)
+  with pytest.raises(finetune.InitFromError) as info:
+    finetune.initialise(path, fresh, _resnet18(), task, tx, IMAGES)
+  message = str(info.value)
+  assert message.startswith(f"config.init_from={path!r} (read as resnet18)")
+  assert "unexpected keys (layer1.2." in message and "those of torchvision resnet34" in message
+  with pytest.raises(finetune.InitFromError, match="MLP that is not ResNet-18, -34 or -50"):
+    finetune.load_variables(path, MLP(hidden_sizes=(4,)))
+
+
+def test_torchvision_name_offline_names_the_file_to_place(tmp_path, monkeypatch):
+  import torch.hub
+
+  monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+  def offline(url, *args, **kwargs):
+    raise OSError("Name or service not known")
+
+  monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+  with pytest.raises(finetune.InitFromError) as info:
+    finetune.load_variables("torchvision:resnet18:IMAGENET1K_V1", _resnet18())
+  message = str(info.value)
+  assert "config.init_from='torchvision:resnet18:IMAGENET1K_V1'" in message
+  assert f"place that file at {tmp_path}/hub/checkpoints/resnet18-" in message
+
+
+def _gpt(vocab_size=50):
+  from jaxmodels.models.transformer import GPT
+
+  return GPT(
+      vocab_size=vocab_size,
+      model_dim=16,
+      num_layers=2,
+      num_heads=2,
+      mlp_dim=32,
+      max_len=8,
+      tie_embeddings=True,
+      layer_norm_epsilon=1e-5,
+  )
+
+
+def test_init_from_a_hugging_face_directory(tmp_path):
+  from jaxmodels.models import convert
+
+  task, tokens = tasks.LanguageModel(), np.zeros((2, 8), np.int32)
+  batch = {"inputs": tokens, "targets": tokens}
+  trained, _ = _fresh(_gpt(), task, batch, seed=1)
+  directory = str(tmp_path / "gpt2")
+  convert.save_huggingface(_gpt(), {"params": trained.params}, directory)
+  fresh, tx = _fresh(_gpt(), task, batch)
+  state, report = finetune.initialise(directory, fresh, _gpt(), task, tx, batch)
+  _assert_trees_equal(state.params, convert.load_huggingface(directory)[1]["params"])
+  _assert_trees_equal(state.params, trained.params)
+  assert report.reinitialised == [] and report.notes == []
+  # Another vocabulary is not a classifier head: refused, naming the embedding.
+  fresh60, tx = _fresh(_gpt(60), task, batch)
+  with pytest.raises(finetune.InitFromError, match=r"source \(50, 16\), this model \(60, 16\)"):
+    finetune.initialise(directory, fresh60, _gpt(60), task, tx, batch)

@@ -43,8 +43,21 @@ SOURCES = (
     "torchvision:ARCH[:WEIGHTS], a Hugging Face directory or hf:NAME"
 )
 TORCHVISION_SUFFIXES = (".pth", ".pt", ".safetensors")
-# Fields of a source module that differ from this config's model without changing the weights.
-_SAME_WEIGHTS_FIELDS = ("num_classes", "axis_name", "freeze_batch_stats", "dtype", "param_dtype")
+# Fields of a source's module that are this run's own choice: not reported when they differ.
+_RUN_FIELDS = (
+    "parent",
+    "name",
+    "num_classes",
+    "axis_name",
+    "freeze_batch_stats",
+    "dtype",
+    "param_dtype",
+    "dropout_rate",
+    "remat",
+    "scan_layers",
+    "decode",
+    "implementation",
+)
 
 
 class InitFromError(ConfigError):
@@ -113,21 +126,9 @@ def _place(value: Any, like: jax.Array) -> jax.Array:
 def load_variables(source: str, model: nn.Module) -> tuple[dict[str, Any], nn.Module | None]:
   """({'params': ..., 'batch_stats': ...} as host arrays, the source's module if it has one)."""
   if source.startswith("torchvision:"):
-    from jaxmodels.models import convert
-
-    try:
-      path = convert.resolve_torchvision(source)
-    except convert.ConvertError as e:
-      raise InitFromError(f"config.init_from={source!r}: {e}") from e
-    return _torchvision_variables(source, path, model)
+    return _torchvision_variables(source, source, model)
   if source.startswith("hf:"):
-    from jaxmodels.models import convert
-
-    try:
-      directory = convert.resolve_huggingface(source)
-    except convert.ConvertError as e:
-      raise InitFromError(f"config.init_from={source!r}: {e}") from e
-    return _huggingface_variables(source, directory)
+    return _huggingface_variables(source, source, model)
   path, step = _split_step(source)
   if not path.exists():
     raise InitFromError(f"config.init_from={source!r}: {path} does not exist. Give {SOURCES}.")
@@ -135,7 +136,7 @@ def load_variables(source: str, model: nn.Module) -> tuple[dict[str, Any], nn.Mo
     return _workdir_variables(source, path, step), None
   if path.is_dir():
     if (path / "config.json").exists():
-      return _huggingface_variables(source, str(path))
+      return _huggingface_variables(source, str(path), model)
     raise InitFromError(
         f"config.init_from={source!r}: the directory {path} is neither a jaxmodels workdir (no "
         "checkpoints/ or run.json) nor a Hugging Face directory (no config.json). "
@@ -224,6 +225,7 @@ def _restore_weights(path: epath.Path) -> dict[str, Any]:
 def _torchvision_variables(
     source: str, path: str, model: nn.Module
 ) -> tuple[dict[str, Any], nn.Module]:
+  """A torchvision file or 'torchvision:ARCH[:WEIGHTS]' read as this config's model's arch."""
   from jaxmodels.models import convert
 
   arch = torchvision_arch(source, model)
@@ -234,11 +236,16 @@ def _torchvision_variables(
   return dict(variables), module
 
 
-def _huggingface_variables(source: str, directory: str) -> tuple[dict[str, Any], nn.Module]:
+def _huggingface_variables(
+    source: str, directory: str, model: nn.Module
+) -> tuple[dict[str, Any], nn.Module]:
+  """A Hugging Face GPT-2 directory or 'hf:NAME', its blocks scanned as this model's are."""
   from jaxmodels.models import convert
 
   try:
-    module, variables = convert.load_huggingface(directory)
+    module, variables = convert.load_huggingface(
+        directory, scan_layers=bool(getattr(model, "scan_layers", False))
+    )
   except convert.ConvertError as e:
     raise InitFromError(f"config.init_from={source!r}: {e}") from e
   return dict(variables), module
@@ -345,9 +352,7 @@ def convention_notes(source_model: nn.Module | None, model: nn.Module) -> list[s
     return []
   notes = []
   for field in dataclasses.fields(model):
-    if field.name in _SAME_WEIGHTS_FIELDS + ("parent", "name") or not hasattr(
-        source_model, field.name
-    ):
+    if field.name in _RUN_FIELDS or not hasattr(source_model, field.name):
       continue
     mine, theirs = getattr(model, field.name), getattr(source_model, field.name)
     if isinstance(mine, (bool, int, float, str)) and mine != theirs:
