@@ -10,8 +10,12 @@ pytorch_model.bin.
 from jaxmodels.models.convert.errors import ConvertError
 from jaxmodels.models.convert.gpt2_hf import (
     gpt2_config,
+    gpt_from_config,
+    gpt_params,
+    hf_state_dict,
     load_huggingface,
     load_tokenizer,
+    read_state_dict,
     resolve_huggingface,
     save_huggingface,
 )
@@ -19,8 +23,12 @@ from jaxmodels.models.convert.gpt2_hf import (
 __all__ = [
     "ConvertError",
     "gpt2_config",
+    "gpt_from_config",
+    "gpt_params",
+    "hf_state_dict",
     "load_huggingface",
     "load_tokenizer",
+    "read_state_dict",
     "resolve_huggingface",
     "save_huggingface",
 ]
