@@ -1,5 +1,6 @@
 """Hugging Face GPT-2 <-> GPT: the references are real transformers models with random weights."""
 
+import copy
 import json
 import os
 import shutil
@@ -174,6 +175,36 @@ def test_import_from_pytorch_model_bin_equals_transformers(tmp_path, bpe):
   module, variables = load_huggingface(str(tmp_path))
   ids, mask = _ids_and_mask(module.vocab_size)
   _assert_logits_equal(module, variables, model, ids, mask)
+
+
+def test_original_gpt2_names_buffers_and_a_stored_tied_head_load(gpt2_dir, tmp_path):
+  from safetensors.numpy import load_file, save_file
+
+  model, directory = gpt2_dir
+  directory = _copy(directory, tmp_path)
+  path = os.path.join(directory, "model.safetensors")
+  # As openai-community/gpt2 stores them: no 'transformer.' prefix, causal-mask buffers.
+  tensors = {k.removeprefix("transformer."): v for k, v in load_file(path).items()}
+  tensors["h.0.attn.bias"] = np.tril(np.ones((1, 1, 64, 64), np.float32))
+  tensors["h.1.attn.masked_bias"] = np.array(-1e4, np.float32)
+  tensors["lm_head.weight"] = tensors["wte.weight"]
+  save_file(tensors, path, metadata={"format": "pt"})
+  module, variables = load_huggingface(directory)
+  ids, mask = _ids_and_mask(module.vocab_size)
+  _assert_logits_equal(module, variables, model, ids, mask)
+
+
+def test_sharded_and_bfloat16_safetensors_load(gpt2_dir, tmp_path):
+  model, directory = gpt2_dir
+  _, reference = load_huggingface(directory)
+  model.save_pretrained(tmp_path / "sharded", safe_serialization=True, max_shard_size="40KB")
+  assert os.path.exists(tmp_path / "sharded" / "model.safetensors.index.json")
+  _, sharded = load_huggingface(str(tmp_path / "sharded"))
+  jax.tree.map(np.testing.assert_array_equal, sharded, reference)
+  copy.deepcopy(model).to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+  _, bf16 = load_huggingface(str(tmp_path / "bf16"))
+  rounded = jax.tree.map(lambda x: np.asarray(x.astype(jnp.bfloat16), np.float32), reference)
+  jax.tree.map(np.testing.assert_array_equal, bf16, rounded)
 
 
 def test_import_into_scanned_layers_gives_the_same_logits(hf_dir):
@@ -395,6 +426,19 @@ def test_hf_name_offline_reads_the_cache_layout_the_error_describes(
   module, variables = load_huggingface("hf:someone/tiny-gpt2")
   ids, mask = _ids_and_mask(module.vocab_size)
   _assert_logits_equal(module, variables, gpt2_dir[0], ids, mask)
+
+
+def test_hf_name_that_no_hub_or_cache_has_fails_within_the_probe_timeout(tmp_path, monkeypatch):
+  import time
+
+  from huggingface_hub import constants
+
+  monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+  monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+  start = time.monotonic()
+  with pytest.raises(ConvertError, match="cannot get the Hugging Face model"):
+    load_huggingface("hf:jaxmodels-tests/no-such-model-f3a9")  # online: not on the Hub
+  assert time.monotonic() - start < 30
 
 
 # ---------- tokenizer and generation
