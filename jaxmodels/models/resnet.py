@@ -1,11 +1,13 @@
 """ResNets with BatchNorm (torchvision layout, v1.5: the stride sits on the 3x3 convolution).
 
-With `num_classes=1000` the parameter counts equal torchvision's resnet18/34/50. BatchNorm
-statistics are averaged over the pmap axis named by `ResNet.axis_name`.
+With `num_classes=1000` the parameter counts equal torchvision's resnet18/34/50, layer for layer
+(`jaxmodels.models.convert` maps their weights). BatchNorm statistics are averaged over the pmap
+axis named by `ResNet.axis_name`.
 """
 
 from collections.abc import Callable, Sequence
 import functools
+import math
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -38,6 +40,55 @@ def _flops_hw(hw: tuple[int, int], kernel: int, strides: int) -> tuple[int, int]
   """Spatial output size of a convolution padded by kernel // 2 on each side."""
   pad = (kernel // 2, kernel // 2)
   return tuple(conv_output_size(s, kernel, strides, pad) for s in hw)
+
+
+RUNNING_VARIANCES = ("biased", "unbiased")
+
+
+class BatchNorm(nn.BatchNorm):
+  """flax's BatchNorm with a choice of the batch variance its running average tracks.
+
+  Both choices normalise a training batch with its biased variance (the mean of squared
+  deviations over its n values per channel). `running_variance='biased'` (flax's convention)
+  averages that into 'var'; 'unbiased' (torch's) averages n / (n - 1) times it, where n counts the
+  values over `axis_name` too. The class keeps flax's name, so parameter paths are the same.
+  """
+
+  running_variance: str = "biased"
+
+  @nn.compact
+  def __call__(
+      self, x: jax.Array, use_running_average: bool | None = None, *, mask: jax.Array | None = None
+  ) -> jax.Array:
+    if self.running_variance not in RUNNING_VARIANCES:
+      raise ValueError(
+          f"unknown running_variance {self.running_variance!r}: use 'biased' or 'unbiased'"
+      )
+    running = nn.merge_param("use_running_average", self.use_running_average, use_running_average)
+    correct = self.running_variance == "unbiased" and not running
+    if not correct or self.is_initializing():
+      return super().__call__(x, use_running_average, mask=mask)
+    if mask is not None:
+      raise ValueError("running_variance='unbiased' does not support a mask")
+    old = self.get_variable("batch_stats", "var")
+    var, n = self._batch_variance(x)
+    y = super().__call__(x, use_running_average, mask=mask)
+    unbiased = var * (n / max(n - 1, 1))
+    self.put_variable("batch_stats", "var", self.momentum * old + (1 - self.momentum) * unbiased)
+    return y
+
+  def _batch_variance(self, x: jax.Array) -> tuple[jax.Array, int]:
+    """Biased variance per feature as flax computes it, and the number of values behind it."""
+    if not isinstance(self.axis, int):
+      raise ValueError("running_variance='unbiased' supports one feature axis")
+    axes = tuple(i for i in range(x.ndim) if i != self.axis % x.ndim)
+    x = x.astype(jnp.promote_types(self.dtype or x.dtype, jnp.float32))
+    mean, mean_sq = x.mean(axes), jnp.square(x).mean(axes)
+    n = math.prod(x.shape[a] for a in axes)
+    if self.axis_name is not None:
+      mean, mean_sq = jax.lax.pmean((mean, mean_sq), self.axis_name)
+      n *= jax.lax.axis_size(self.axis_name)
+    return jnp.maximum(0.0, mean_sq - jnp.square(mean)), n
 
 
 def _last_scale_init(zero: bool) -> Callable[..., jax.Array]:
@@ -123,7 +174,9 @@ class ResNet(nn.Module):
   BN, ReLU and 3x3/2 max-pool; `stem='cifar'` is a 3x3/1 conv, BN and ReLU for small images.
   `train=True` normalises with batch statistics (averaged over `axis_name` when set, e.g. under
   `jax.pmap(axis_name='batch')`) and updates 'batch_stats'; `train=False` uses the running
-  averages. `bn_momentum=0.9` matches torchvision's momentum of 0.1.
+  averages. `bn_momentum=0.9` and `bn_epsilon=1e-5` match torchvision's momentum of 0.1 and eps;
+  `bn_running_variance='unbiased'` tracks the unbiased batch variance as torch does, 'biased'
+  (the default) flax's biased one (`BatchNorm`).
   """
 
   stage_sizes: Sequence[int]
@@ -134,6 +187,7 @@ class ResNet(nn.Module):
   zero_init_residual: bool = False
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
+  bn_running_variance: str = "biased"
   axis_name: str | None = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -149,10 +203,11 @@ class ResNet(nn.Module):
         conv_general_dilated=conv_general_dilated,
     )
     norm = functools.partial(
-        nn.BatchNorm,
+        BatchNorm,
         use_running_average=not train,
         momentum=self.bn_momentum,
         epsilon=self.bn_epsilon,
+        running_variance=self.bn_running_variance,
         axis_name=self.axis_name,
         dtype=self.dtype,
         param_dtype=self.param_dtype,

@@ -1,4 +1,4 @@
-"""The user error of weight conversion."""
+"""The error every converter raises for input a user can fix."""
 
 
 class ConvertError(ValueError):
