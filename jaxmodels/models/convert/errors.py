@@ -2,4 +2,6 @@
 
 
 class ConvertError(ValueError):
-  """A weights file or state dict that cannot be converted: which file or key, and why."""
+  """Weights or a model configuration that cannot be converted: a missing or corrupt file, missing
+  or unexpected tensor names, shape mismatches, or an architecture the other format cannot
+  express. The message names what is wrong and what would be valid."""
