@@ -118,7 +118,7 @@ def _torch_contenders(
   try:
     from benchmarks import torch_models
   except ImportError:
-    notes.append("torch not installed (pip install torch==2.13.0)")
+    notes.append("torch not installed (pip install -e '.[bench]')")
     return []
   torch_models.set_threads()
   out = [

@@ -2,6 +2,7 @@
 
 python -m jaxmodels.predict --workdir=runs/digits_mlp --split=test --num_examples=8
 python -m jaxmodels.predict --workdir=runs/shakespeare_gpt --prompt="ROMEO:" --num_tokens=300
+python -m jaxmodels.predict --init_from=DIR/gpt2 --prompt="Hello" --num_tokens=40
 """
 
 from __future__ import annotations
@@ -113,12 +114,56 @@ def check_flags(num_examples: int, num_tokens: int, temperature: float, top_k: i
       raise ValueError(f"--{name}={value}: must be >= {low} ({meaning}).")
 
 
+def sample_pretrained(
+    source: str, prompt: str, num_tokens: int, seed: int, temperature: float, top_k: int | None
+) -> str:
+  """Continues `prompt` with the Hugging Face GPT-2 of `source` (a directory or hf:NAME) and the
+  BPE tokenizer beside its weights: the prompt and its continuation as text."""
+  from jaxmodels.models import convert, transformer
+
+  directory = convert.resolve_huggingface(source)
+  model, variables = convert.load_huggingface(directory)
+  tokenizer = convert.load_tokenizer(directory, vocab_size=model.vocab_size)
+  ids = tokenizer.encode(prompt).ids
+  if not ids:
+    raise ValueError("--prompt is empty: give at least one character to start from.")
+  out = transformer.generate(
+      model,
+      variables,
+      np.array([ids], np.int32),
+      num_tokens,
+      jax.random.PRNGKey(seed),
+      temperature,
+      top_k,
+  )
+  return tokenizer.decode(np.asarray(out)[0].tolist())
+
+
 def main(argv: list[str]) -> None:
   from absl import flags
 
   del argv
   fv = flags.FLAGS
   check_flags(fv.num_examples, fv.num_tokens, fv.temperature, fv.top_k)
+  if fv.init_from is not None:
+    if fv.workdir is not None:
+      raise ValueError(
+          "--init_from and --workdir are exclusive: give --workdir=DIR for a training run, or "
+          "--init_from=DIR for a Hugging Face GPT-2 directory (or hf:NAME)."
+      )
+    if fv.prompt is None:
+      raise ValueError(f"--init_from={fv.init_from} is a language model: give --prompt=TEXT.")
+    print(
+        sample_pretrained(
+            fv.init_from, fv.prompt, fv.num_tokens, fv.seed, fv.temperature, fv.top_k or None
+        )
+    )
+    return
+  if fv.workdir is None:
+    raise ValueError(
+        "give --workdir=DIR (a training run) or --init_from=DIR (a Hugging Face GPT-2 "
+        "directory, or hf:NAME)."
+    )
   trained = load(fv.workdir)
   if fv.prompt is None and hasattr(trained.experiment, "generate"):
     raise ValueError(
@@ -165,7 +210,13 @@ def cli() -> None:
   except _env.EnvError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  flags.DEFINE_string("workdir", None, "A training run's workdir.", required=True)
+  flags.DEFINE_string("workdir", None, "A training run's workdir.")
+  flags.DEFINE_string(
+      "init_from",
+      None,
+      "A Hugging Face GPT-2 directory (config.json, model.safetensors or pytorch_model.bin, "
+      "tokenizer.json or vocab.json + merges.txt) or hf:NAME, instead of --workdir.",
+  )
   flags.DEFINE_string("split", "test", "Split to take examples from (classifiers).")
   flags.DEFINE_integer("num_examples", 8, "Examples to predict (classifiers).")
   flags.DEFINE_string("prompt", None, "Text to continue (language models).")

@@ -6,7 +6,9 @@
 a = learning_rate * batch_size / 64, so after k steps the loss is exactly
 0.5 * (1 - a)^(2k) * |w0 - 1|^2 (`expected_loss`), which the tests use as the reference. It
 writes config.json, metrics.jsonl, checkpoints/ckpt.json (resumed from), summary.json; exits 3
-when config.fail is true and 2 on an unknown key.
+when config.fail is true and 2 on an unknown key. Its stand-in dataset (`get_data`) has a
+validation split only while config.validation_size > 0, as the image datasets of jaxmodels.data
+do; only then does it record eval_* metrics.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every_steps = 2
   config.step_sleep = 0.0  # seconds per step, so that tests can catch a trial mid-run
   config.fail = False
+  config.validation_size = 16  # train examples held out as the validation split (0: none)
   config.model = ml_collections.ConfigDict({"width": 4})
   return config
 
@@ -44,6 +47,32 @@ def get_sweep() -> Sweep:
       sampler="grid",
       params={"learning_rate": Choice([0.05, 0.2]), "batch_size": Choice([32, 64])},
   )
+
+
+NUM_TRAIN, NUM_TEST = 64, 16
+
+
+class Data:
+  """The stand-in dataset: NUM_TRAIN train and NUM_TEST test examples, `validation_size` of the
+  train examples held out as a validation split."""
+
+  def __init__(self, validation_size: int):
+    if not 0 <= validation_size < NUM_TRAIN:
+      raise ValueError(f"validation_size must be in [0, {NUM_TRAIN}); got {validation_size}")
+    self.sizes = {"train": NUM_TRAIN - validation_size, "test": NUM_TEST}
+    if validation_size:
+      self.sizes["validation"] = validation_size
+
+  @property
+  def eval_splits(self) -> tuple[str, ...]:
+    return tuple(s for s in ("validation", "test") if s in self.sizes)
+
+  def num_examples(self, split: str) -> int:
+    return self.sizes[split]
+
+
+def get_data(config: ml_collections.ConfigDict) -> Data:
+  return Data(config.validation_size)
 
 
 def initial_weights(config: ml_collections.ConfigDict) -> np.ndarray:
@@ -129,6 +158,7 @@ def train(workdir: Path, config: ml_collections.ConfigDict) -> None:
   if ckpt_path.exists():
     ckpt = json.loads(ckpt_path.read_text())
     w, start = np.array(ckpt["w"]), ckpt["step"]
+  has_eval = "validation" in get_data(config).eval_splits
   print(f"fixture: start at step {start}", flush=True)
   a = config.learning_rate * config.batch_size / 64
   t0 = time.time()
@@ -138,30 +168,25 @@ def train(workdir: Path, config: ml_collections.ConfigDict) -> None:
       loss = float(0.5 * np.sum((w - target) ** 2))
       metrics.write(json.dumps({"step": step, "split": "train", "loss": loss}) + "\n")
       if step % config.eval_every_steps == 0 or step == config.num_train_steps:
-        metrics.write(
-            json.dumps({"step": step, "split": "eval", "loss": loss, "accuracy": accuracy(loss)})
-            + "\n"
-        )
+        if has_eval:
+          record = {"step": step, "split": "eval", "loss": loss, "accuracy": accuracy(loss)}
+          metrics.write(json.dumps(record) + "\n")
         metrics.flush()
         _write_json(ckpt_path, {"step": step, "w": w.tolist()})
       time.sleep(config.step_sleep)
   loss = float(0.5 * np.sum((w - target) ** 2))
   wall = time.time() - t0
-  _write_json(
-      summary_path,
-      {
-          "train_loss": loss,
-          "eval_loss": loss,
-          "eval_accuracy": accuracy(loss),
-          "test_loss": loss,
-          "test_accuracy": accuracy(loss),
-          "steps": config.num_train_steps,
-          "wall_s": wall,
-          "compile_s": 0.0,
-          "resumed_from": start,
-          "examples_per_s": config.batch_size * (config.num_train_steps - start) / max(wall, 1e-9),
-      },
+  summary = {"train_loss": loss, "test_loss": loss, "test_accuracy": accuracy(loss)}
+  if has_eval:
+    summary.update(eval_loss=loss, eval_accuracy=accuracy(loss))
+  summary.update(
+      steps=config.num_train_steps,
+      wall_s=wall,
+      compile_s=0.0,
+      resumed_from=start,
+      examples_per_s=config.batch_size * (config.num_train_steps - start) / max(wall, 1e-9),
   )
+  _write_json(summary_path, summary)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import os
 from pathlib import Path
 import signal
 import subprocess
@@ -31,6 +32,7 @@ from jaxmodels.sweep import (  # noqa: E402  # noqa: E402
     SweepError,
     Uniform,
     __main__ as cli,  # noqa: E402
+    precheck,
     report,
     resources,
     runner,
@@ -187,14 +189,23 @@ def test_trial_env_and_shares():
   assert resources.slot_resources(2, 3, [0, 1], [])[0] == [0]  # more workers than cores: one each
   base = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8 --xla_dump_to=/x", "HOME": "/h"}
   env = resources.trial_env(base, 4, "1", True, "/repo")
-  assert env["XLA_FLAGS"].split() == [
-      "--xla_dump_to=/x",
-      "--xla_force_host_platform_device_count=4",
-  ]
-  assert env["JAXMODELS_HOST_DEVICES"] == env["OMP_NUM_THREADS"] == "4"
+  # The sweep's own device count is dropped: the experiment picks one for its cores and batch.
+  assert env["XLA_FLAGS"] == "--xla_dump_to=/x" and "JAXMODELS_HOST_DEVICES" not in env
+  assert env["OMP_NUM_THREADS"] == "4"
   assert env["CUDA_VISIBLE_DEVICES"] == "1" and env["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
   assert env["PYTHONPATH"] == "/repo" and env["HOME"] == "/h"
-  assert "CUDA_VISIBLE_DEVICES" not in resources.trial_env({}, 1, None, False, "/repo")
+  plain = resources.trial_env({"JAXMODELS_HOST_DEVICES": "2"}, 1, None, False, "/repo")
+  assert "CUDA_VISIBLE_DEVICES" not in plain and "XLA_FLAGS" not in plain
+  assert plain["JAXMODELS_HOST_DEVICES"] == "2"  # the user's choice passes
+
+
+def test_a_trial_splits_its_cores_into_devices_that_divide_the_batch(monkeypatch):
+  monkeypatch.delenv("JAXMODELS_HOST_DEVICES", raising=False)
+  assert resources.trial_devices(6, None, [128, 128]) == 4
+  assert resources.trial_devices(3, None, [64, 32]) == 2
+  assert resources.trial_devices(6, "0", [128, 128]) == 1  # its one GPU
+  monkeypatch.setenv("JAXMODELS_HOST_DEVICES", "3")
+  assert resources.trial_devices(6, None, [128, 128]) == 3
 
 
 def test_worker_slots_pin_a_share_of_the_cores_for_several_workers(monkeypatch):
@@ -202,9 +213,16 @@ def test_worker_slots_pin_a_share_of_the_cores_for_several_workers(monkeypatch):
   monkeypatch.setattr(resources, "detect_gpus", lambda: [])
   two = resources.worker_slots(2, "/repo")
   assert [cores for cores, _ in two] == [[0, 1], [2, 3]]
-  assert [env["JAXMODELS_HOST_DEVICES"] for _, env in two] == ["2", "2"]
+  assert [env["OMP_NUM_THREADS"] for _, env in two] == ["2", "2"]
   [(cores, env)] = resources.worker_slots(1, "/repo")
-  assert cores == [] and env["JAXMODELS_HOST_DEVICES"] == "4"
+  assert cores == [] and env["OMP_NUM_THREADS"] == "4"
+
+
+def test_available_cores_keep_to_the_cgroup_quota(monkeypatch):
+  from jaxmodels import _env
+
+  monkeypatch.setattr(_env, "usable_cpus", lambda: 1)  # a quota of one CPU
+  assert resources.available_cores() == sorted(os.sched_getaffinity(0))[:1]
 
 
 def test_metrics_tail_waits_for_whole_lines(tmp_path):
@@ -582,3 +600,234 @@ def test_without_the_sweep_extra_the_command_names_it(tmp_path, monkeypatch, cap
   err = capsys.readouterr().err
   assert err.startswith("error: sweeps need the sweep extra (optuna is not installed)")
   assert not (tmp_path / "w").exists()
+
+
+# --- before the first trial: the pre-check ---------------------------------------------------
+
+
+def assert_nothing_written(workdir: Path) -> None:
+  assert not workdir.exists(), sorted(p.name for p in workdir.rglob("*"))
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--config.validation_size=0"],
+            "the objective eval_accuracy is never recorded, because the data of "
+            "tests.sweep_fixture_experiment has no validation split (its evaluated splits: "
+            "test). The config key validation_size holds part of the train split out as the "
+            "validation split: add --config.validation_size=N to the sweep command with "
+            f"0 < N < {fx.NUM_TRAIN} (its train split has {fx.NUM_TRAIN} examples)",
+        ),
+        (
+            ["--config.validation_size=500"],
+            "tests.sweep_fixture_experiment.get_data fails: ValueError: validation_size must be "
+            f"in [0, {fx.NUM_TRAIN}); got 500",
+        ),
+        (["--config.seed=abc"], "flag --config.seed=abc:"),
+    ],
+)
+def test_a_sweep_no_trial_can_run_stops_before_its_first_trial(tmp_path, capsys, flags, message):
+  workdir = tmp_path / "sweep"
+  status, _, err = run_main(capsys, FIXTURE, workdir, *flags)
+  assert status == 2 and err.startswith("error: the sweep cannot start: a trial (")
+  assert message in err
+  assert err.count("\n") == 1  # one paragraph
+  assert_nothing_written(workdir)
+
+
+def test_a_test_metric_needs_no_validation_split(tmp_path, monkeypatch, capsys):
+  monkeypatch.syspath_prepend(str(tmp_path))
+  module = write_module(
+      tmp_path,
+      "Sweep(metric='test_accuracy', sampler='grid', params={'learning_rate': [0.1]})",
+  )
+  status, _, err = run_main(capsys, module, tmp_path / "w", "--config.validation_size=0")
+  assert status == 0, err
+  [row] = read_csv(tmp_path / "w" / "results.csv")
+  assert float(row["test_accuracy"]) == pytest.approx(expected_accuracy(learning_rate=0.1))
+
+
+def write_engine_module(tmp_path: Path, sweep_src: str) -> str:
+  """An engine experiment (digits_mlp's config, data, model and task) with its own space."""
+  name = f"sweep_engine_{uuid.uuid4().hex[:8]}"
+  (tmp_path / f"{name}.py").write_text(textwrap.dedent(f"""
+      from experiments.digits_mlp import get_config, get_data, get_model, get_task
+      from jaxmodels.sweep import Choice, IntRange, LogUniform, Sweep, Uniform
+
+      def get_sweep():
+        return {sweep_src}
+      """))
+  return name
+
+
+@pytest.mark.parametrize(
+    "sweep_src, flags, message",
+    [
+        (
+            "Sweep(num_trials=2, params={'model.dropout_rate': Uniform(0.0, 1.0)})",
+            [],
+            "a trial with model.dropout_rate=1.0 (a bound of the search space in get_sweep(): "
+            "narrow it) with --config.synthetic_data=true would fail: "
+            "config.model.dropout_rate=1.0 must be in [0, 1).",
+        ),
+        (
+            "Sweep(sampler='grid', params={'batch_size': [32, 30]})",
+            ["--config.grad_accum_steps=4"],
+            "a trial with batch_size=30 (a choice of the search space",
+        ),
+        (
+            "Sweep(sampler='grid', params={'learning_rate': [0.01]})",
+            ["--config.warmup_steps=-1"],
+            "a trial (learning_rate=0.01) with --config.synthetic_data=true "
+            "--config.warmup_steps=-1 would fail: config.warmup_steps",
+        ),
+    ],
+)
+def test_an_engine_config_no_trial_can_run_stops_the_sweep(
+    tmp_path, monkeypatch, capsys, sweep_src, flags, message
+):
+  monkeypatch.syspath_prepend(str(tmp_path))
+  module = write_engine_module(tmp_path, sweep_src)
+  workdir = tmp_path / "sweep"
+  status, _, err = run_main(capsys, module, workdir, "--config.synthetic_data=true", *flags)
+  assert status == 2 and message in err, err
+  assert_nothing_written(workdir)
+
+
+@pytest.fixture(scope="module")
+def digits_dir(tmp_path_factory):
+  """The digits dataset prepared from its tiny fixture."""
+  from jaxmodels.data import prepare, testing
+
+  root = tmp_path_factory.mktemp("data")
+  testing.write_raw("digits", str(root / "manual"))
+  prepare.prepare("digits", str(root / "tfds"), str(root / "manual"), verify=False, log=print)
+  return str(root / "tfds")
+
+
+def test_the_real_data_layer_tells_the_pre_check_its_splits(digits_dir, tmp_path, capsys):
+  from jaxmodels import data
+
+  train = data.load("digits", data_dir=digits_dir).num_examples("train")
+  workdir = tmp_path / "sweep"
+  status, _, err = run_main(
+      capsys, "experiments.digits_mlp", workdir, f"--config.data_dir={digits_dir}"
+  )
+  assert status == 2
+  assert "the data of experiments.digits_mlp has no validation split" in err
+  assert f"--config.validation_size=N to the sweep command with 0 < N < {train}" in err
+  status, _, err = run_main(
+      capsys,
+      "experiments.digits_mlp",
+      workdir,
+      f"--config.data_dir={digits_dir}",
+      "--config.validation_size=5000",
+  )
+  assert status == 2
+  assert f"validation_size=5000: the train split of digits has {train} examples" in err
+  assert_nothing_written(workdir)
+
+  # A size the train split has passes, without reading the examples.
+  module, config, sweep = runner.load_experiment("experiments.digits_mlp")
+  overrides = {"data_dir": digits_dir, "validation_size": "10"}
+  precheck.check(module, "experiments.digits_mlp", config, sweep, overrides, lambda c: 1)
+
+
+def test_split_sizes_from_the_metadata_are_what_load_serves(digits_dir):
+  from jaxmodels import data
+
+  for options in ({}, {"validation_size": 10}):
+    loaded = data.load("digits", data_dir=digits_dir, **options)
+    with data.splits_only():
+      described = data.load("digits", data_dir=digits_dir, **options)
+    assert described.eval_splits == loaded.eval_splits
+    for split in ("train", *loaded.eval_splits):
+      assert described.num_examples(split) == loaded.num_examples(split)
+  with pytest.raises(data.DataOptionError, match=r"validation_size=0.5|hold out 1 to"):
+    with data.splits_only():
+      data.load("digits", data_dir=digits_dir, validation_size=10**6)
+
+
+def test_the_points_checked_cover_every_bound_and_choice():
+  sweep = Sweep(
+      params={
+          "learning_rate": LogUniform(1e-4, 1e-1),
+          "batch_size": Choice([16, 32, 64]),
+          "model.width": IntRange(2, 9, step=3),
+      }
+  )
+  assert precheck.points(sweep) == [
+      {"learning_rate": 1e-4, "batch_size": 16, "model.width": 2},
+      {"learning_rate": 1e-1, "batch_size": 16, "model.width": 2},
+      {"learning_rate": 1e-4, "batch_size": 32, "model.width": 2},
+      {"learning_rate": 1e-4, "batch_size": 64, "model.width": 2},
+      {"learning_rate": 1e-4, "batch_size": 16, "model.width": 8},
+  ]
+
+
+def test_more_workers_than_cores_is_a_warning(tmp_path, monkeypatch, capsys):
+  monkeypatch.setattr(resources, "available_cores", lambda: [0])
+  monkeypatch.setattr(resources, "detect_gpus", lambda: [])
+  status, _, err = run_main(capsys, FIXTURE, tmp_path / "w", "--num_trials=2", "--workers=2")
+  assert status == 0, err
+  assert err.count("warning: --workers=2 is more than the 1 CPU core(s) this process may use") == 1
+  status, _, err = run_main(capsys, FIXTURE, tmp_path / "w2", "--num_trials=1", "--workers=1")
+  assert status == 0 and "warning" not in err
+
+
+# --- one study per sweep directory -----------------------------------------------------------
+
+
+def test_a_second_study_in_a_sweep_directory_is_refused(tmp_path, capsys):
+  workdir = tmp_path / "sweep"
+  assert run_main(capsys, FIXTURE, workdir, "--num_trials=1")[0] == 0
+  summary = workdir / "trials" / "0" / "summary.json"
+  before = (summary.read_bytes(), (workdir / "results.csv").read_bytes())
+
+  status, _, err = run_main(capsys, FIXTURE, workdir, "--num_trials=1", "--study_name=other")
+  assert status == 2
+  assert f"{workdir} holds the sweep of study '{FIXTURE}'" in err
+  assert "study 'other' needs a --workdir of its own" in err
+  assert sorted(p.name for p in (workdir / "trials").iterdir()) == ["0"]  # nothing moved aside
+  assert (summary.read_bytes(), (workdir / "results.csv").read_bytes()) == before
+  # What the message advises: a directory of its own, and the storage shared if wanted.
+  shared = f"--storage=sqlite:///{workdir / 'study.db'}"
+  other = tmp_path / "other"
+  assert run_main(capsys, FIXTURE, other, "--num_trials=1", "--study_name=other", shared)[0] == 0
+  assert [r["workdir"] for r in read_csv(other / "results.csv")] == ["trials/0"]
+
+  # The study of the directory resumes, and its table points at its own runs.
+  assert run_main(capsys, FIXTURE, workdir, "--num_trials=2")[0] == 0
+  rows = read_csv(workdir / "results.csv")
+  assert sorted(r["workdir"] for r in rows) == ["trials/0", "trials/1"]
+  for r in rows:
+    run = json.loads((workdir / r["workdir"] / "summary.json").read_text())
+    assert float(r["eval_accuracy"]) == run["eval_accuracy"]
+    config = json.loads((workdir / r["workdir"] / "config.json").read_text())
+    assert (config["learning_rate"], config["batch_size"]) == (
+        float(r["learning_rate"]),
+        int(r["batch_size"]),
+    )
+
+
+def test_a_sweep_directory_without_sweep_json_belongs_to_the_study_of_its_trials(tmp_path, capsys):
+  workdir = tmp_path / "sweep"
+  assert run_main(capsys, FIXTURE, workdir, "--num_trials=1")[0] == 0
+  (workdir / "sweep.json").unlink()  # as a sweep directory made before sweep.json
+  status, _, err = run_main(capsys, FIXTURE, workdir, "--num_trials=1", "--study_name=other")
+  assert status == 2 and "holds trial directories (trials/0) that are not trials of study" in err
+  assert not (workdir / "sweep.json").exists()
+  assert run_main(capsys, FIXTURE, workdir, "--num_trials=2")[0] == 0  # its own study: claimed
+  assert json.loads((workdir / "sweep.json").read_text())["study_name"] == FIXTURE
+
+
+def test_a_study_created_again_does_not_take_the_old_trials(tmp_path, capsys):
+  workdir = tmp_path / "sweep"
+  assert run_main(capsys, FIXTURE, workdir, "--num_trials=1")[0] == 0
+  (workdir / "study.db").unlink()
+  status, _, err = run_main(capsys, FIXTURE, workdir, "--num_trials=1")
+  assert status == 2
+  assert f"holds trial directories (trials/0) that are not trials of study '{FIXTURE}'" in err
+  assert sorted(p.name for p in (workdir / "trials").iterdir()) == ["0"]

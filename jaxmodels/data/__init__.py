@@ -30,10 +30,19 @@ registry.py, and its rows above.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+import contextlib
+import contextvars
 from typing import Any
 
 from jaxmodels.data.base import Batch, Dataset
-from jaxmodels.data.errors import CorruptDataError, DataError, DatasetNotPreparedError, PrepareError
+from jaxmodels.data.errors import (
+    CorruptDataError,
+    DataError,
+    DataOptionError,
+    DatasetNotPreparedError,
+    PrepareError,
+)
 from jaxmodels.data.formats import tokenize_review
 from jaxmodels.data.registry import NAMES
 from jaxmodels.data.synthetic import SyntheticDataset
@@ -45,6 +54,7 @@ __all__ = [
     "Batch",
     "CorruptDataError",
     "DataError",
+    "DataOptionError",
     "Dataset",
     "DatasetNotPreparedError",
     "NAMES",
@@ -53,15 +63,34 @@ __all__ = [
     "USER_ERRORS",
     "default_data_dir",
     "load",
+    "splits_only",
     "tokenize_review",
 ]
 
 
+_SPLITS_ONLY = contextvars.ContextVar("jaxmodels_data_splits_only", default=False)
+
+
 def load(name: str, data_dir: str | None = None, **options: Any) -> Dataset:
-  """The prepared dataset `name` (see the table above for the options)."""
+  """The prepared dataset `name` (see the table above for the options); inside `splits_only()`
+  its datasets.SplitSizes instead."""
   from jaxmodels.data import datasets  # imports TFDS and grain only when data is used
 
+  if _SPLITS_ONLY.get():
+    return datasets.describe(name, data_dir, **options)
   return datasets.load(name, data_dir, **options)
+
+
+@contextlib.contextmanager
+def splits_only() -> Iterator[None]:
+  """Within this context `load` reads only a dataset's metadata and returns what it would serve
+  (eval_splits, num_examples) with the errors load would raise, so that a check before a run (a
+  sweep's, of an experiment's get_data) costs milliseconds instead of reading every split."""
+  token = _SPLITS_ONLY.set(True)
+  try:
+    yield
+  finally:
+    _SPLITS_ONLY.reset(token)
 
 
 def default_data_dir() -> str:

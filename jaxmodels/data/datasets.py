@@ -21,7 +21,7 @@ import numpy as np
 
 from jaxmodels.data import builders, fast_read, formats, pipeline, registry
 from jaxmodels.data.base import Batch, Dataset
-from jaxmodels.data.errors import CorruptDataError, DatasetNotPreparedError
+from jaxmodels.data.errors import CorruptDataError, DataOptionError, DatasetNotPreparedError
 
 COMMON_OPTIONS = ("num_threads", "prefetch")
 
@@ -51,6 +51,13 @@ class _TableDataset(Dataset):
   @property
   def eval_splits(self) -> tuple[str, ...]:
     return self._eval_splits
+
+  @classmethod
+  def split_sizes(cls, name: str, records: dict[str, int], **options: Any) -> dict[str, int]:
+    """The splits this class serves from prepared splits of `records` examples each, and their
+    sizes in records (what `describe` reports); checks the options that depend on the sizes."""
+    del name, options
+    return dict(records)
 
   def _table(self, split: str):
     if split not in self.tables:
@@ -155,8 +162,7 @@ class ImageDataset(_TableDataset):
     tables = _tables(splits, in_memory, self._arrays, self._example)
     if validation_size:
       train = tables["train"]
-      if not 0 < validation_size < len(train):
-        raise ValueError(f"validation_size must be in [0, {len(train)}); got {validation_size}")
+      held_out_sizes(name, len(train), validation_size)
       order = np.random.default_rng(0).permutation(len(train))
       tables["train"] = pipeline.SubsetTable(train, np.sort(order[validation_size:]))
       tables["validation"] = pipeline.SubsetTable(train, np.sort(order[:validation_size]))
@@ -176,6 +182,14 @@ class ImageDataset(_TableDataset):
     self._scale = np.float32(1.0 / metadata["max_value"])
     self._mean = np.asarray(metadata["mean"], np.float32)
     self._std = np.asarray(metadata["std"], np.float32)
+
+  @classmethod
+  def split_sizes(cls, name: str, records: dict[str, int], **options: Any) -> dict[str, int]:
+    validation_size = options.get("validation_size") or 0
+    if not validation_size:
+      return dict(records)
+    train, held = held_out_sizes(name, records["train"], validation_size)
+    return {**records, "train": train, "validation": held}
 
   @staticmethod
   def _arrays(columns):
@@ -203,6 +217,17 @@ class ImageDataset(_TableDataset):
     if self.normalize:
       images = (images - self._mean) / self._std
     return dict(batch, inputs=images)
+
+
+def held_out_sizes(name: str, train: int, validation_size: int) -> tuple[int, int]:
+  """(train, validation) sizes after holding out `validation_size` of `train` examples;
+  DataOptionError unless 0 < validation_size < train."""
+  if not 0 < validation_size < train:
+    raise DataOptionError(
+        f"validation_size={validation_size}: the train split of {name} has {train} examples; "
+        f"hold out 1 to {train - 1} of them as the validation split, or 0 for none."
+    )
+  return train - validation_size, validation_size
 
 
 class ReviewDataset(_TableDataset):
@@ -492,6 +517,43 @@ def load(name: str, data_dir: str | None = None, **options: Any) -> Dataset:
   """The prepared dataset `name` from `data_dir` (default: $TFDS_DATA_DIR or
   ~/tensorflow_datasets). Raises DatasetNotPreparedError naming the prepare command when it
   has not been prepared, CorruptDataError naming the file when its files are damaged."""
+  cls, options, builder, data_dir = _prepared(name, data_dir, options)
+  in_memory = options.get("in_memory", True) or cls not in _STREAMABLE
+  splits = {
+      split: _read_split(builder, data_dir, split, in_memory) for split in builder.info.splits
+  }
+  return cls(name, splits, dict(builder.info.metadata or {}), _label_names(builder), **options)
+
+
+class SplitSizes:
+  """What `load` would serve, known from the prepared dataset's metadata alone: its splits, the
+  ones evaluated (`eval_splits`, as the Dataset has them) and their sizes in records
+  (`num_examples`). No example is read."""
+
+  def __init__(self, name: str, sizes: dict[str, int]):
+    self.name, self.sizes = name, dict(sizes)
+
+  @property
+  def eval_splits(self) -> tuple[str, ...]:
+    return tuple(s for s in ("validation", "test") if s in self.sizes)
+
+  def num_examples(self, split: str) -> int:
+    if split not in self.sizes:
+      raise KeyError(f"{self.name} has no split {split!r}; its splits: {', '.join(self.sizes)}")
+    return self.sizes[split]
+
+
+def describe(name: str, data_dir: str | None = None, **options: Any) -> SplitSizes:
+  """The splits and sizes `load(name, data_dir, **options)` would serve, with the same errors
+  for an unknown option, an unprepared dataset or a validation_size the train split cannot
+  give; reads only the dataset's metadata (milliseconds, where load reads every split)."""
+  cls, options, builder, _ = _prepared(name, data_dir, options)
+  records = {split: info.num_examples for split, info in builder.info.splits.items()}
+  return SplitSizes(name, cls.split_sizes(name, records, **options))
+
+
+def _prepared(name: str, data_dir: str | None, options: dict[str, Any]):
+  """(Dataset class, options with the spec's defaults, builder, data dir) of a prepared dataset."""
   spec = registry.get(name)
   cls = DATASET_CLASSES[spec.dataset]
   valid = cls.OPTIONS + COMMON_OPTIONS
@@ -506,11 +568,7 @@ def load(name: str, data_dir: str | None = None, **options: Any) -> Dataset:
   builder = builders.make(name, data_dir)
   if not builders.is_prepared(builder):
     raise DatasetNotPreparedError(_not_prepared(name, data_dir, builder))
-  in_memory = options.get("in_memory", True) or cls not in _STREAMABLE
-  splits = {
-      split: _read_split(builder, data_dir, split, in_memory) for split in builder.info.splits
-  }
-  return cls(name, splits, dict(builder.info.metadata or {}), _label_names(builder), **options)
+  return cls, options, builder, data_dir
 
 
 def _with_defaults(options: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:

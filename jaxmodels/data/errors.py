@@ -21,5 +21,9 @@ class CorruptDataError(DataError, ValueError):
     super().__init__(f"{self.path}: {problem}")
 
 
+class DataOptionError(DataError, ValueError):
+  """A load option the dataset cannot serve; the message names the option and what is valid."""
+
+
 class PrepareError(DataError, RuntimeError):
   """Every source of a dataset failed; the message says what to place where."""

@@ -23,7 +23,9 @@ def parser() -> argparse.ArgumentParser:
       "`python -m EXPERIMENT --workdir=DIR/trials/<n> --config.k=v ...`; results go "
       "to DIR/results.csv, DIR/results.md and DIR/plots/. Rerunning the same command "
       "resumes the sweep. Extra --config.<key>=<value> flags are fixed for every "
-      "trial.",
+      "trial. Before the first trial the sweep checks that the configs of its space are "
+      "valid and that the data has the objective's split (eval_* metrics need a "
+      "validation split: --config.validation_size=N on the image datasets).",
   )
   p.add_argument("experiment", help="importable experiment module, e.g. experiments.mnist_mlp")
   p.add_argument("--workdir", required=True, help="sweep directory")
@@ -47,7 +49,11 @@ def parser() -> argparse.ArgumentParser:
       "journal file path; default sqlite DIR/study.db. Workers on several machines "
       "join one study through a shared storage",
   )
-  p.add_argument("--study_name", help="default: the experiment module name")
+  p.add_argument(
+      "--study_name",
+      help="default: the experiment module name; a sweep directory holds one study "
+      "(DIR/sweep.json names it), several directories may share one storage",
+  )
   p.add_argument(
       "--prune",
       action="store_true",

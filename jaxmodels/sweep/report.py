@@ -105,8 +105,7 @@ def best_command(
     experiment: str, workdir: Path, overrides: dict[str, str], sweep: Sweep, row: dict[str, Any]
 ) -> str:
   """A command line that trains the best configuration on its own."""
-  flags = [f"--config.{k}={v}" for k, v in overrides.items()]
-  flags += [f"--config.{k}={space.format_value(row[k])}" for k in sorted(sweep.params)]
+  flags = space.trial_flags(overrides, {k: row[k] for k in sweep.params})
   words = ["python", "-m", experiment, f'--workdir={Path(workdir) / "best"}'] + flags
   return " ".join(shlex.quote(w) for w in words)
 

@@ -1,14 +1,19 @@
 """What each sweep worker's trials run on: a share of this machine's cores, or one GPU.
 
-A trial learns its share through its environment (trial_env): XLA's host device count and the
-thread counts of the numerical libraries, CUDA_VISIBLE_DEVICES for its GPU.
+A trial learns its share through its core affinity (set by _launch.py) and its environment
+(trial_env): the thread counts of the numerical libraries, CUDA_VISIBLE_DEVICES for its GPU. Its
+host device count is the experiment's own choice (jaxmodels._env: the largest count up to its
+cores that divides the batch), so a batch size that does not divide the share still runs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import os
 import shutil
 import subprocess
+
+from jaxmodels import _env
 
 THREAD_VARS = (
     "OMP_NUM_THREADS",
@@ -21,10 +26,10 @@ _DEVICE_FLAG = "--xla_force_host_platform_device_count"
 
 
 def available_cores() -> list[int]:
-  """The cores this process may run on."""
-  if hasattr(os, "sched_getaffinity"):
-    return sorted(os.sched_getaffinity(0))
-  return list(range(os.cpu_count() or 1))
+  """The cores this process may run on: its affinity, as many as a cgroup CPU quota allows."""
+  cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+  cores = cores or list(range(os.cpu_count() or 1))
+  return cores[: _env.usable_cpus()]
 
 
 def detect_gpus() -> list[str]:
@@ -59,11 +64,14 @@ def slot_resources(
 def trial_env(
     base: dict[str, str], cores: int, gpu: str | None, shared_gpu: bool, pythonpath: str
 ) -> dict[str, str]:
-  """The environment of a trial subprocess: `cores` host devices and threads, its GPU."""
+  """The environment of a trial subprocess: `cores` threads, its GPU. The sweep's own host
+  device count (an XLA_FLAGS entry) is dropped; JAXMODELS_HOST_DEVICES, if set, passes."""
   env = dict(base)
   flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith(_DEVICE_FLAG)]
-  env["XLA_FLAGS"] = " ".join(flags + [f"{_DEVICE_FLAG}={cores}"])
-  env["JAXMODELS_HOST_DEVICES"] = str(cores)
+  if flags:
+    env["XLA_FLAGS"] = " ".join(flags)
+  else:
+    env.pop("XLA_FLAGS", None)
   for var in THREAD_VARS:
     env[var] = str(cores)
   env["PYTHONUNBUFFERED"] = "1"
@@ -75,9 +83,25 @@ def trial_env(
   return env
 
 
-def worker_slots(workers: int, pythonpath: str) -> list[tuple[list[int], dict[str, str]]]:
-  """(cores to pin, environment) of each worker's trials; no pinning with a single worker."""
-  cores, gpus = available_cores(), detect_gpus()
+def trial_devices(cores: int, gpu: str | None, batch_sizes: Sequence[int]) -> int:
+  """The devices a trial's jax sees: its one GPU, else the host devices an experiment splits
+  its `cores` into for these batch sizes (jaxmodels._env). EnvError for a bad
+  JAXMODELS_HOST_DEVICES."""
+  if gpu is not None:
+    return 1
+  return _env.host_device_count(os.environ.get(_env.HOST_DEVICES_ENV), cores, batch_sizes)
+
+
+def worker_slots(
+    workers: int,
+    pythonpath: str,
+    cores: list[int] | None = None,
+    gpus: list[str] | None = None,
+) -> list[tuple[list[int], dict[str, str]]]:
+  """(cores to pin, environment) of each worker's trials; no pinning with a single worker.
+  `cores` and `gpus` default to available_cores() and detect_gpus()."""
+  cores = available_cores() if cores is None else cores
+  gpus = detect_gpus() if gpus is None else gpus
   slots = []
   for slot in range(workers):
     mine, gpu = slot_resources(slot, workers, cores, gpus)

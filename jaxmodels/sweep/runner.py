@@ -10,6 +10,9 @@ Design:
   died; any worker (of any process) that moves it to FAIL first enqueues a retry with the same
   parameters and the same trial directory, so the experiment resumes from its checkpoint. The
   retry carries `resumes=<old number>`, and the stale trial then no longer counts or shows.
+- Before the first trial, precheck.py checks the configs and data of the space's ends, and
+  sweepdir.py that the directory belongs to this study (DIR/sweep.json): a sweep no trial could
+  run, or one that would mix two studies' trial directories, stops with one message.
 - Budget: trials that count are all but stale-and-resumed and surplus ones. A worker asks for a
   trial only while fewer than num_trials count (or a retry waits). Two processes may both ask
   for the last slot; the one whose trial number comes later marks it surplus before running it.
@@ -32,11 +35,11 @@ import threading
 import time
 from typing import Any
 
-from jaxmodels.sweep import report, resources, space
+from jaxmodels.sweep import precheck, report, resources, space, sweepdir
 from jaxmodels.sweep.space import Sweep, SweepError
 from jaxmodels.sweep.storage import open_storage
 
-WORKDIR = "workdir"  # user attr: the trial's directory name under DIR/trials
+WORKDIR = sweepdir.WORKDIR  # user attr: the trial's directory name under DIR/trials
 RESUMES = "resumes"  # user attr of a retry: number of the stale trial it continues
 SURPLUS = "surplus"  # user attr: asked past the budget, never run
 HEARTBEAT = "heartbeat"  # user attr: time.time() of the worker's last sign of life
@@ -104,13 +107,35 @@ def run_sweep(experiment: str, workdir: str | os.PathLike, options: Options | No
     raise SweepError(f"--poll_interval must be positive, got {options.poll_interval:g}")
   num_trials = _num_trials(sweep, sampler, options.num_trials)
   workdir = Path(workdir).resolve()
+  root = _import_root(module, experiment)
+  cores, gpus = resources.available_cores(), resources.detect_gpus()
+  if options.workers > len(cores) and not gpus:
+    print(
+        f"[sweep] warning: --workers={options.workers} is more than the {len(cores)} CPU "
+        "core(s) this process may use: the trials share cores and each runs slower",
+        file=sys.stderr,
+        flush=True,
+    )
+  slots = resources.worker_slots(options.workers, root, cores, gpus)
+  share, gpu = resources.slot_resources(0, options.workers, cores, gpus)
+  precheck.check(module, experiment, config, sweep, options.overrides, _devices(len(share), gpu))
   (workdir / "trials").mkdir(parents=True, exist_ok=True)
   study = _open_study(experiment, workdir, sweep, sampler, options)
-  sweeper = _Sweeper(
-      experiment, _import_root(module, experiment), workdir, sweep, study, num_trials, options
-  )
+  sweeper = _Sweeper(experiment, root, workdir, sweep, study, num_trials, options, slots)
   sweeper.run()
   return study
+
+
+def _devices(cores: int, gpu: str | None):
+  """devices(config): how many devices a trial with that config sees on `cores` or `gpu`."""
+
+  def devices(config: Any) -> int:
+    from jaxmodels.train import cli  # pylint: disable=import-outside-toplevel
+
+    batch_sizes = cli._batch_sizes(config, None)  # pylint: disable=protected-access
+    return resources.trial_devices(cores, gpu, batch_sizes)
+
+  return devices
 
 
 def _num_trials(sweep: Sweep, sampler: str, requested: int | None) -> int:
@@ -144,6 +169,11 @@ def _open_study(experiment: str, workdir: Path, sweep: Sweep, sampler: str, opti
   )
   direction = "maximize" if sweep.mode == "max" else "minimize"
   name = options.study_name or experiment
+  try:
+    existing = optuna.load_study(study_name=name, storage=storage)
+  except KeyError:
+    existing = None
+  sweepdir.check_owner(workdir, name, existing)
   study = optuna.create_study(
       storage=storage,
       study_name=name,
@@ -176,6 +206,7 @@ def _open_study(experiment: str, workdir: Path, sweep: Sweep, sampler: str, opti
           f"{value!r}; rerun with the same settings, or use another --workdir or "
           "--study_name"
       )
+  sweepdir.claim(workdir, name)
   return study
 
 
@@ -224,8 +255,7 @@ def trial_command(
     experiment: str, trial_dir: Path, overrides: dict[str, str], params: dict[str, Any]
 ) -> list[str]:
   """The experiment command line of one trial: fixed overrides, then the sampled parameters."""
-  flags = [f"--config.{k}={v}" for k, v in overrides.items()]
-  flags += [f"--config.{k}={space.format_value(v)}" for k, v in sorted(params.items())]
+  flags = space.trial_flags(overrides, params)
   return [sys.executable, "-m", experiment, f"--workdir={trial_dir}"] + flags
 
 
@@ -277,6 +307,7 @@ class _Sweeper:
       study: Any,
       num_trials: int,
       options: Options,
+      slots: list[tuple[list[int], dict[str, str]]] | None = None,
   ):
     self.experiment, self.workdir, self.sweep, self.study = experiment, workdir, sweep, study
     self.num_trials, self.options = num_trials, options
@@ -287,7 +318,7 @@ class _Sweeper:
     self.reported: tuple[list[Any], list[dict[str, Any]]] = ([None], [])
     self.running: set[int] = set()
     self.errors: list[BaseException] = []
-    self.slots = resources.worker_slots(options.workers, root)
+    self.slots = slots or resources.worker_slots(options.workers, root)
 
   def say(self, msg: str) -> None:
     if not self.options.quiet:
@@ -427,7 +458,7 @@ class _Sweeper:
     resumes = trial.user_attrs.get(RESUMES)
     name = trial.user_attrs[WORKDIR] if resumes is not None else str(trial.number)
     trial_dir = self.workdir / "trials" / name
-    if resumes is None and trial_dir.exists():  # left by an older study: keep it, out of the way
+    if resumes is None and trial_dir.exists():  # made by no trial of this study: set it aside
       trial_dir.rename(trial_dir.with_name(f"{name}.old-{int(time.time())}"))
     trial_dir.mkdir(parents=True, exist_ok=True)
     trial.set_user_attr(WORKDIR, name)

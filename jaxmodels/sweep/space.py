@@ -258,6 +258,12 @@ def is_log(param: Param) -> bool:
   return bool(getattr(param, "log", False))
 
 
+def trial_flags(overrides: Mapping[str, str], params: Mapping[str, Any]) -> list[str]:
+  """The --config.k=v flags of one trial: the fixed overrides, then the sampled parameters."""
+  flags = [f"--config.{k}={v}" for k, v in overrides.items()]
+  return flags + [f"--config.{k}={format_value(v)}" for k, v in sorted(params.items())]
+
+
 def format_value(value: Any) -> str:
   """A value as a --config.k=v flag reads it (absl booleans are lower case)."""
   if isinstance(value, bool):

@@ -15,8 +15,12 @@ resolve `torchvision:` sources.
 from jaxmodels.models.convert.errors import ConvertError
 from jaxmodels.models.convert.gpt2_hf import (
     gpt2_config,
+    gpt_from_config,
+    gpt_params,
+    hf_state_dict,
     load_huggingface,
     load_tokenizer,
+    read_state_dict,
     resolve_huggingface,
     save_huggingface,
 )
@@ -36,10 +40,14 @@ __all__ = [
     "TORCHVISION_PREFIX",
     "ConvertError",
     "gpt2_config",
+    "gpt_from_config",
+    "gpt_params",
+    "hf_state_dict",
     "infer_torchvision_arch",
     "load_huggingface",
     "load_tokenizer",
     "load_torchvision",
+    "read_state_dict",
     "resolve_huggingface",
     "resolve_torchvision",
     "save_huggingface",

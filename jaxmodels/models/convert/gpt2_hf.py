@@ -49,6 +49,7 @@ _BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
 _TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 _REQUIRED = ("n_layer", "n_embd", "n_head", "n_positions", "vocab_size")
 _LIST_AT_MOST = 12
+HUB_PROBE_TIMEOUT_S = 10.0
 Params = dict[str, Any]
 
 
@@ -58,9 +59,9 @@ Params = dict[str, Any]
 def resolve_huggingface(source: str) -> str:
   """The local directory of `source`: a directory is returned as it is; 'hf:NAME[@REVISION]'
   (e.g. 'hf:gpt2', 'hf:openai-community/gpt2@main') is fetched with huggingface_hub's
-  snapshot_download (config, safetensors and tokenizer files only), which falls back to the local
-  Hugging Face cache when the Hub cannot be reached (HF_HUB_OFFLINE=1 skips the Hub). Where
-  neither has it, a ConvertError names the files to place and where."""
+  snapshot_download (config, safetensors and tokenizer files only) when the Hub answers within
+  HUB_PROBE_TIMEOUT_S, and read from the local Hugging Face cache when it does not (or with
+  HF_HUB_OFFLINE=1). Where neither has it, a ConvertError names the files to place and where."""
   if not source.startswith("hf:"):
     return source
   name, _, revision = source[len("hf:") :].partition("@")
@@ -68,18 +69,28 @@ def resolve_huggingface(source: str) -> str:
     raise ConvertError(f"{source!r} names no model: write hf:NAME, e.g. hf:gpt2.")
   try:
     import huggingface_hub
+    from huggingface_hub import constants
   except ImportError as e:
     raise ConvertError(
         f"{source!r} needs huggingface_hub (pip install huggingface_hub), or pass a directory "
         f"holding the model's files ({_files_needed()})."
     ) from e
+  offline = getattr(constants, "is_offline_mode", lambda: constants.HF_HUB_OFFLINE)()
+  reason = "HF_HUB_OFFLINE is set"
+  if not offline:
+    try:  # snapshot_download's own look-up has no timeout: probe with one
+      huggingface_hub.HfApi().repo_info(
+          name, revision=revision or None, timeout=HUB_PROBE_TIMEOUT_S
+      )
+    except Exception as e:  # network, proxy, missing or private repository: try the cache
+      offline, reason = True, _first_line(e)
   try:
     return huggingface_hub.snapshot_download(
-        name, revision=revision or None, allow_patterns=_HUB_FILES, etag_timeout=10
+        name, revision=revision or None, allow_patterns=_HUB_FILES, local_files_only=offline
     )
-  except (OSError, ValueError) as e:  # network, missing repo or revision, not in the cache
-    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    cache = os.path.join(_hub_cache(), "models--" + name.replace("/", "--"))
+  except (OSError, ValueError) as e:
+    reason = f"{reason}, and the local cache does not hold it" if offline else _first_line(e)
+    cache = os.path.join(constants.HF_HUB_CACHE, "models--" + name.replace("/", "--"))
     raise ConvertError(
         f"cannot get the Hugging Face model {name!r} ({reason}). Without internet, download "
         f"its files from https://huggingface.co/{name} ({_files_needed()}) into a directory "
@@ -89,10 +100,8 @@ def resolve_huggingface(source: str) -> str:
     ) from e
 
 
-def _hub_cache() -> str:
-  from huggingface_hub import constants
-
-  return constants.HF_HUB_CACHE
+def _first_line(error: Exception) -> str:
+  return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _files_needed() -> str:

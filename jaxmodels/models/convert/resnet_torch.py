@@ -98,6 +98,21 @@ def _torch_module(names: list[str], blocks: list[tuple[int, int]]) -> str:
   return f"layer{stage + 1}.{j}.{layer}"
 
 
+def _torch_order(name: str) -> tuple[tuple[int, ...], ...]:
+  """Sort key putting names in torchvision's state_dict order (conv1, bn1, layer1.0.conv1, ...)."""
+  *modules, leaf = name.split(".")
+  key = []
+  for token in modules:
+    if token.isdigit():
+      key.append((int(token),))
+    elif token.startswith(("conv", "bn")):
+      kind, index = ("conv", token[4:]) if token.startswith("conv") else ("bn", token[2:])
+      key.append((int(index), kind == "bn"))
+    else:  # layerN, downsample, fc
+      key.append({"downsample": (9,), "fc": (99,)}.get(token) or (10 + int(token[5:]),))
+  return (*key, (("weight", "bias", "running_mean", "running_var").index(leaf),))
+
+
 @functools.cache
 def _spec(arch: str, in_channels: int = 3, num_classes: int = 1000) -> dict[str, _Entry]:
   """torchvision name -> _Entry, for every tensor of the arch (num_batches_tracked aside)."""
@@ -114,7 +129,7 @@ def _spec(arch: str, in_channels: int = 3, num_classes: int = 1000) -> dict[str,
     name = f"{_torch_module(names, blocks)}.{_LEAVES[param]}"
     torch_shape = _to_torch(kind, np.empty(leaf.shape, np.bool_)).shape
     spec[name] = _Entry(path, tuple(leaf.shape), torch_shape, kind)
-  return spec
+  return dict(sorted(spec.items(), key=lambda item: _torch_order(item[0])))
 
 
 def _num_batches_tracked(spec: Mapping[str, _Entry]) -> list[str]:
@@ -181,11 +196,12 @@ def _one_line(e: BaseException) -> str:
 
 
 def _to_numpy(value: Any, key: str, where: str) -> np.ndarray:
+  """A copy: torch tensors and arrays of a state dict share memory with the model they left."""
   if hasattr(value, "detach"):  # a torch tensor, without importing torch
     value = value.detach().cpu()
     value = value.float() if str(value.dtype) == "torch.bfloat16" else value
-    return value.numpy()
-  array = np.asarray(value)
+    return value.numpy().copy()
+  array = np.array(value)
   if array.dtype == object:
     raise ConvertError(f"{where}: {key!r} holds a {type(value).__name__}, not a tensor")
   return array
@@ -308,11 +324,11 @@ def torchvision_state_dict(variables: Mapping[str, Any], arch: str) -> dict[str,
         f" {arch} is jaxmodels ResNet{arch[len('resnet'):]} with stem='imagenet' and"
         " num_filters=64 (any number of input channels and num_classes)."
     )
-  state = {
-      name: np.array(_to_torch(e.kind, flat[e.path]), np.float32, order="C")
-      for name, e in spec.items()
-  }
-  state.update((name, np.zeros((), np.int64)) for name in _num_batches_tracked(spec))
+  state = {}
+  for name, e in spec.items():
+    state[name] = np.array(_to_torch(e.kind, flat[e.path]), np.float32, order="C")
+    if name.endswith(".running_var"):
+      state[name.removesuffix("running_var") + "num_batches_tracked"] = np.zeros((), np.int64)
   return state
 
 
