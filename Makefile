@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 WORKDIR ?= runs/fashion_mnist_cnn
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup jemalloc train test test-slow lint format data bench clean
+.PHONY: setup jemalloc train test test-slow lint format data bench finetune clean
 
 setup: $(STAMP)
 
@@ -54,6 +54,24 @@ format: setup
 # torch comes with the test extra (setup); the bench extra names the same release.
 bench: setup
 	$(PY) -m benchmarks.run
+
+# experiments/finetune_resnet.py offline on real data: a ResNet-18 trained on MNIST, exported as a
+# torchvision state dict, fine-tuned from that file on Fashion-MNIST, and the same run from scratch
+# for as many steps. One host device: for this model 0.9 s/step against 3.5 over 2 host devices
+# (measured on the shared 2-core machine).
+FINETUNE_DIR ?= runs/finetune_offline
+FINETUNE = JAXMODELS_HOST_DEVICES=1 $(PY) -m experiments.finetune_resnet --config.arch=resnet18 \
+  --config.eval_every_steps=100000
+finetune: setup
+	$(PY) -m jaxmodels.data.prepare mnist
+	$(PY) -m jaxmodels.data.prepare fashion_mnist
+	$(FINETUNE) --workdir=$(FINETUNE_DIR)/mnist --config.dataset=mnist --config.init_from= \
+	  --config.num_train_steps=500 --config.export_torchvision=$(FINETUNE_DIR)/mnist_resnet18.pth
+	$(FINETUNE) --workdir=$(FINETUNE_DIR)/finetuned --config.dataset=fashion_mnist \
+	  --config.init_from=$(FINETUNE_DIR)/mnist_resnet18.pth --config.num_train_steps=400
+	$(FINETUNE) --workdir=$(FINETUNE_DIR)/scratch --config.dataset=fashion_mnist \
+	  --config.init_from= --config.num_train_steps=400
+	@$(PY) -c 'import json, sys; [print(f"{n}: test accuracy", json.load(open(f"{sys.argv[1]}/{n}/summary.json"))["test_accuracy"]) for n in ("mnist", "finetuned", "scratch")]' $(FINETUNE_DIR)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -282,7 +282,8 @@ def head_name(model: nn.Module, task: Any, batch: Any) -> str | None:
     return next_fun(*args, **kwargs)
 
   def init():
-    return model.init(jax.random.PRNGKey(0), *task.model_args(batch), train=False)
+    key = jax.random.PRNGKey(0)
+    return model.init({"params": key, "dropout": key}, *task.model_args(batch), train=False)
 
   with nn.intercept_methods(record):
     params = jax.eval_shape(init)["params"]
