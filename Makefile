@@ -66,11 +66,11 @@ finetune: setup
 	$(PY) -m jaxmodels.data.prepare mnist
 	$(PY) -m jaxmodels.data.prepare fashion_mnist
 	$(FINETUNE) --workdir=$(FINETUNE_DIR)/mnist --config.dataset=mnist --config.init_from= \
-	  --config.num_train_steps=500 --config.export_torchvision=$(FINETUNE_DIR)/mnist_resnet18.pth
+	  --config.num_train_steps=200 --config.export_torchvision=$(FINETUNE_DIR)/mnist_resnet18.pth
 	$(FINETUNE) --workdir=$(FINETUNE_DIR)/finetuned --config.dataset=fashion_mnist \
-	  --config.init_from=$(FINETUNE_DIR)/mnist_resnet18.pth --config.num_train_steps=400
+	  --config.init_from=$(FINETUNE_DIR)/mnist_resnet18.pth --config.num_train_steps=200
 	$(FINETUNE) --workdir=$(FINETUNE_DIR)/scratch --config.dataset=fashion_mnist \
-	  --config.init_from= --config.num_train_steps=400
+	  --config.init_from= --config.num_train_steps=200
 	@$(PY) -c 'import json, sys; [print(f"{n}: test accuracy", json.load(open(f"{sys.argv[1]}/{n}/summary.json"))["test_accuracy"]) for n in ("mnist", "finetuned", "scratch")]' $(FINETUNE_DIR)
 
 clean:

@@ -13,14 +13,18 @@ state dict, then fine-tuned from that file on Fashion-MNIST, against the same ru
   export JAXMODELS_HOST_DEVICES=1  # one host device: 0.9 s/step here, 3.5 over two
   R="python -m experiments.finetune_resnet --config.arch=resnet18 --config.eval_every_steps=100000"
   $R --workdir=runs/finetune_offline/mnist --config.dataset=mnist --config.init_from= \
-    --config.num_train_steps=500 \
+    --config.num_train_steps=200 \
     --config.export_torchvision=runs/finetune_offline/mnist_resnet18.pth
   $R --workdir=runs/finetune_offline/finetuned --config.dataset=fashion_mnist \
-    --config.init_from=runs/finetune_offline/mnist_resnet18.pth --config.num_train_steps=400
+    --config.init_from=runs/finetune_offline/mnist_resnet18.pth --config.num_train_steps=200
   $R --workdir=runs/finetune_offline/scratch --config.dataset=fashion_mnist \
-    --config.init_from= --config.num_train_steps=400
+    --config.init_from= --config.num_train_steps=200
 
-MEASURED_PLACEHOLDER
+Measured 2026-12-02 with `make finetune` on the shared 2-core CPU (other jobs running, load 2-5):
+MNIST 96.9% test after 200 steps (6m20s, 61 images/s); the exported .pth loads into
+torchvision's resnet18 (conv1 of 1 channel, 10 classes) with every key matched; on
+Fashion-MNIST after 200 steps, 80.0% test accuracy fine-tuned from that file against 78.6% from
+scratch (test loss 0.553 against 0.566; 4m20s and 3m58s); the whole path 15m06s.
 
 The weights come from `config.init_from` (any source of jaxmodels/train/finetune.py: a
 torchvision file or name, a jaxmodels workdir; '' trains from scratch); the classifier head is
