@@ -1,8 +1,8 @@
 """Storage faults and remote workdirs: a full disk during a checkpoint save, a gs:// workdir without
 gcsfs, credentials or network, metrics.jsonl on an object store, unreadable checkpoints set aside
-and predict's reads through etils.epath. Each fault is one paragraph and loses nothing already
-saved. Object stores are fsspec's in-memory filesystem standing in for gcsfs behind gs://; no
-network is used."""
+and predict's reads through etils.epath, and SIGTERM in a multi-process run without jax's
+preemption service. Each fault is one paragraph and loses nothing already saved. Object stores
+are fsspec's in-memory filesystem standing in for gcsfs behind gs://; no network is used."""
 
 import builtins
 import errno
@@ -10,12 +10,14 @@ import importlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
 
 from etils import epath
+import jax
 import numpy as np
 import pytest
 
@@ -473,3 +475,52 @@ def test_predict_reads_a_gs_workdir_through_epath(gs, monkeypatch):
   trained = predict.load("gs://bucket/run")
   assert trained.step == 7 and trained.config.batch_size == config.batch_size
   assert trained.experiment is fashion_mnist_cnn
+
+
+# --- SIGTERM in a multi-process run without jax's preemption service ---------------------------
+
+
+@pytest.fixture
+def two_processes_without_the_preemption_service(monkeypatch):
+  """jax.process_count() is 2 and the preemption sync point raises as without the service;
+  `others` holds the signal each other process reports at a gather."""
+  from jax.experimental import multihost_utils
+
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+
+  def no_service(step):
+    raise RuntimeError("Preemption sync manager has not been initialized.")
+
+  others = [0]
+  monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point", no_service)
+  monkeypatch.setattr(
+      multihost_utils, "process_allgather", lambda x: np.array([int(x), *others], np.int32)
+  )
+  placeholder = lambda signum, frame: None  # old code leaves SIGTERM alone: keep pytest alive
+  previous = signal.signal(signal.SIGTERM, placeholder)
+  yield others, placeholder
+  signal.signal(signal.SIGTERM, previous)
+
+
+def test_sigterm_without_the_preemption_service_still_stops(
+    two_processes_without_the_preemption_service, capsys
+):
+  _, placeholder = two_processes_without_the_preemption_service
+  with loop._Signals() as signals:  # pylint: disable=protected-access
+    assert signals.poll(1) == 0
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.01)
+    assert signals.poll(2) == signal.SIGTERM
+  assert signal.getsignal(signal.SIGTERM) is placeholder  # restored
+  assert capsys.readouterr().out.count("preemption service is off") == 1
+
+
+def test_a_sigterm_to_another_process_stops_this_one_at_the_same_step(
+    two_processes_without_the_preemption_service, capsys
+):
+  others, _ = two_processes_without_the_preemption_service
+  with loop._Signals() as signals:  # pylint: disable=protected-access
+    assert [signals.poll(step) for step in (1, 2, 3)] == [0, 0, 0]
+    others[0] = signal.SIGTERM
+    assert signals.poll(4) == signal.SIGTERM
+  assert capsys.readouterr().out.count("preemption service is off") == 1

@@ -96,37 +96,59 @@ class _Signals:
   """Turns SIGTERM/SIGINT into a request to stop after the current step.
 
   With several processes all must stop after the same step, so SIGTERM is left to jax's
-  preemption service, which agrees on that step, and SIGINT keeps its default.
+  preemption service, which agrees on that step, and SIGINT keeps its default. Without that
+  service (jax_enable_preemption_service off) each process catches SIGTERM itself and the
+  processes agree on the step by gathering their flags at every step.
   """
 
   def __init__(self):
     self.signum = 0
     self._old = {}
     self._multi = jax.process_count() > 1
+    self._own_sigterm = False  # multi-process, without the preemption service
+    self._caught = 0
 
   def poll(self, step: int) -> int:
     """The signal to stop on after `step`, or 0; every process must call it at every step."""
-    if self._multi and not self.signum:
-      from jax.experimental import multihost_utils
+    if not self._multi or self.signum:
+      return self.signum
+    from jax.experimental import multihost_utils
 
+    if not self._own_sigterm:
       try:
         if multihost_utils.reached_preemption_sync_point(step):
           self.signum = signal.SIGTERM
-      except RuntimeError:  # jax_enable_preemption_service is off
-        pass
+        return self.signum
+      except RuntimeError as e:  # jax_enable_preemption_service is off
+        print(
+            f"WARNING: jax's preemption service is off ({e}): each process catches SIGTERM "
+            "itself, and the processes agree on the step to stop at by exchanging a flag at "
+            "every step.",
+            flush=True,
+        )
+        self._own_sigterm = True
+        self._catch((signal.SIGTERM,))
+    flags = multihost_utils.process_allgather(np.int32(self._caught))
+    self.signum = int(np.max(flags))
     return self.signum
 
   def __enter__(self):
-    for sig in () if self._multi else (signal.SIGTERM, signal.SIGINT):
+    if not self._multi:
+      self._catch((signal.SIGTERM, signal.SIGINT))
+    return self
+
+  def _catch(self, signals) -> None:
+    for sig in signals:
       try:
         self._old[sig] = signal.signal(sig, self._handle)
       except ValueError:  # not the main thread
         pass
-    return self
 
   def _handle(self, signum, frame):
     del frame
-    self.signum = signum
+    self._caught = signum
+    if not self._multi:
+      self.signum = signum
 
   def __exit__(self, *exc):
     for sig, handler in self._old.items():
