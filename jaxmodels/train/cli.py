@@ -10,7 +10,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxmodels import _env
-from jaxmodels.train import checkpoint, config as config_lib, lock, loop
+from jaxmodels.train import checkpoint, config as config_lib, lock, loop, storage
 
 # Errors a user can fix: printed as one paragraph, exit status 2 (1 for a diverged run).
 USER_ERRORS: tuple[type[BaseException], ...] = (
@@ -18,6 +18,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     loop.WorkdirError,
     lock.LockError,
     checkpoint.CheckpointError,
+    storage.StorageError,
     FileNotFoundError,
 )
 

@@ -6,6 +6,7 @@ import collections
 from collections.abc import Callable
 import contextlib
 import json
+import logging
 import os
 import signal
 import time
@@ -27,6 +28,7 @@ from jaxmodels.train import (
     optim,
     parallel,
     perf,
+    storage,
 )
 
 # config.profile_steps traces steps after this many, so compilation and warm-up stay out of it.
@@ -50,17 +52,16 @@ class Stopped(Exception):
 
 
 def prepare_workdir(workdir: str) -> None:
-  """Creates the workdir and proves it writable before any training starts."""
-  if "://" in workdir:
-    return  # remote filesystems are checked by their first write
+  """Creates the workdir and proves it writable before any training starts; a remote one
+  (gs://) must answer within storage.PROBE_TIMEOUT_S."""
+  if storage.is_remote(workdir):
+    storage.check_remote(workdir)
+    return
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise WorkdirError(f"--workdir={workdir} is a file, not a directory; choose another path.")
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write_test.{jax.process_index()}")  # processes share it
-    with open(probe, "w", encoding="utf-8") as f:
-      f.write("ok")
-    os.remove(probe)
+    storage.write_probe(workdir)
   except OSError as e:
     raise WorkdirError(
         f"--workdir={workdir} is not writable ({e.strerror}); choose a directory "
@@ -95,37 +96,59 @@ class _Signals:
   """Turns SIGTERM/SIGINT into a request to stop after the current step.
 
   With several processes all must stop after the same step, so SIGTERM is left to jax's
-  preemption service, which agrees on that step, and SIGINT keeps its default.
+  preemption service, which agrees on that step, and SIGINT keeps its default. Without that
+  service (jax_enable_preemption_service off) each process catches SIGTERM itself and the
+  processes agree on the step by gathering their flags at every step.
   """
 
   def __init__(self):
     self.signum = 0
     self._old = {}
     self._multi = jax.process_count() > 1
+    self._own_sigterm = False  # multi-process, without the preemption service
+    self._caught = 0
 
   def poll(self, step: int) -> int:
     """The signal to stop on after `step`, or 0; every process must call it at every step."""
-    if self._multi and not self.signum:
-      from jax.experimental import multihost_utils
+    if not self._multi or self.signum:
+      return self.signum
+    from jax.experimental import multihost_utils
 
+    if not self._own_sigterm:
       try:
         if multihost_utils.reached_preemption_sync_point(step):
           self.signum = signal.SIGTERM
-      except RuntimeError:  # jax_enable_preemption_service is off
-        pass
+        return self.signum
+      except RuntimeError as e:  # jax_enable_preemption_service is off
+        print(
+            f"WARNING: jax's preemption service is off ({e}): each process catches SIGTERM "
+            "itself, and the processes agree on the step to stop at by exchanging a flag at "
+            "every step.",
+            flush=True,
+        )
+        self._own_sigterm = True
+        self._catch((signal.SIGTERM,))
+    flags = multihost_utils.process_allgather(np.int32(self._caught))
+    self.signum = int(np.max(flags))
     return self.signum
 
   def __enter__(self):
-    for sig in () if self._multi else (signal.SIGTERM, signal.SIGINT):
+    if not self._multi:
+      self._catch((signal.SIGTERM, signal.SIGINT))
+    return self
+
+  def _catch(self, signals) -> None:
+    for sig in signals:
       try:
         self._old[sig] = signal.signal(sig, self._handle)
       except ValueError:  # not the main thread
         pass
-    return self
 
   def _handle(self, signum, frame):
     del frame
-    self.signum = signum
+    self._caught = signum
+    if not self._multi:
+      self.signum = signum
 
   def __exit__(self, *exc):
     for sig, handler in self._old.items():
@@ -200,8 +223,13 @@ def _train_and_evaluate(experiment, config, workdir, allow_config_change, start_
   run = _Run(config, workdir, data, task, strategy, ckpts, is_main, shard, start)
   try:
     summary = run.train(state, start, tx, schedule, meta, start_time)
-  finally:
-    run.close()
+  except BaseException as e:
+    full = _full_disk_error(e, workdir, ckpts)
+    run.close(quiet=True)  # a full disk fails the closing writes too: report the first error
+    if full:
+      raise full from None
+    raise
+  run.close()
   if hasattr(experiment, "on_finish"):
     final = strategy.get_state(run.final_state)  # every process: a mesh state is gathered
     if is_main:
@@ -209,6 +237,15 @@ def _train_and_evaluate(experiment, config, workdir, allow_config_change, start_
       summary.update(experiment.on_finish(model, variables, data.info, config))
       _write_json(summary_path, summary)
   return summary
+
+
+def _full_disk_error(error: BaseException, workdir: str, ckpts) -> storage.StorageError | None:
+  """The paragraph for a metrics or event file write that found the disk full, else None."""
+  if not (isinstance(error, OSError) and storage.is_full(error)):
+    return None
+  return storage.StorageError(
+      f"writing to {workdir} failed: {storage.write_failure(error)}. {ckpts.intact(error)}"
+  )
 
 
 def _initial_state(strategy, ckpts, task, tx, batch, seed) -> tuple[Any, dict[str, Any]]:
@@ -284,11 +321,16 @@ class _Run:
     self.progress = None
     self.final_state = None  # the device state after the last step
 
-  def close(self) -> None:
-    if self.progress:
-      self.progress.close()
-    self.writer.close()
-    self.ckpts.close()
+  def close(self, quiet: bool = False) -> None:
+    """Closes the writers and checkpoints; `quiet` logs their errors instead of raising them."""
+    closers = [self.progress.close] if self.progress else []
+    for close in closers + [self.writer.close, self.ckpts.close]:
+      try:
+        close()
+      except Exception as e:
+        if not quiet:
+          raise
+        logging.warning("closing after an error failed too: %s: %s", type(e).__name__, e)
 
   def train(self, state, start, tx, schedule, meta, start_time) -> dict[str, Any]:
     config, strategy = self.config, self.strategy
@@ -480,6 +522,7 @@ class _Run:
   def _save(self, dstate, step: int) -> None:
     if self.pending:
       self._log_train(step)  # also checks the state is finite before it is saved
+    self.writer.flush()  # the records up to a checkpoint are stored before it is
     state = self.strategy.checkpoint_state(dstate)
     wall_s = self.prior_wall_s + time.time() - self.start_time
     # The last train metrics go along, so a run resumed at its final step still reports them.
