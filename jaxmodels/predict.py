@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 import os
 import sys
 from types import ModuleType
@@ -20,7 +19,7 @@ import ml_collections
 import numpy as np
 
 from jaxmodels import _env
-from jaxmodels.train import checkpoint, optim, steps
+from jaxmodels.train import checkpoint, loop, optim, steps
 
 
 @dataclasses.dataclass
@@ -43,10 +42,15 @@ def load(workdir: str) -> Trained:
     )
   if not epath.Path(workdir, "checkpoints").exists():  # Checkpoints() would create it
     raise FileNotFoundError(f"{workdir} holds no checkpoints/ yet; train first.")
-  with open(run_path, encoding="utf-8") as f:
-    experiment = importlib.import_module(json.load(f)["experiment"])
-  with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
-    config = ml_collections.FrozenConfigDict(json.load(f))
+  again = "run the training command again to rewrite it (it resumes from the checkpoints)"
+  run = loop.read_json(run_path, f"It names the experiment of this workdir: {again}.")
+  experiment = importlib.import_module(run["experiment"])
+  config = ml_collections.FrozenConfigDict(
+      loop.read_json(
+          os.path.join(workdir, "config.json"),
+          f"It holds the config of this workdir: {again} with --allow_config_change.",
+      )
+  )
   data = experiment.get_data(config)
   model = experiment.get_model(config, data.info)
   task = experiment.get_task(config, data.info)
@@ -180,7 +184,7 @@ def cli() -> None:
     logging.set_verbosity(logging.WARNING)
     try:
       main(argv)
-    except (ValueError, FileNotFoundError, checkpoint.CheckpointError) as e:
+    except (ValueError, FileNotFoundError, checkpoint.CheckpointError, loop.WorkdirError) as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
 

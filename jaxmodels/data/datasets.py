@@ -15,13 +15,19 @@ from collections.abc import Iterator
 import functools
 import glob
 import os
+import tempfile
 from typing import Any
 
 import numpy as np
 
 from jaxmodels.data import builders, fast_read, formats, pipeline, registry
 from jaxmodels.data.base import Batch, Dataset
-from jaxmodels.data.errors import CorruptDataError, DatasetNotPreparedError
+from jaxmodels.data.errors import (
+    CorruptDataError,
+    DataDirError,
+    DatasetNotPreparedError,
+    OptionError,
+)
 
 COMMON_OPTIONS = ("num_threads", "prefetch")
 
@@ -29,6 +35,29 @@ COMMON_OPTIONS = ("num_threads", "prefetch")
 def default_data_dir() -> str:
   """$TFDS_DATA_DIR, else ~/tensorflow_datasets."""
   return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+
+
+def check_data_dir(data_dir: str, writable: bool = False) -> None:
+  """DataDirError naming `data_dir` when it is a file or, with `writable`, when it cannot be
+  created or written (object stores are left to their first access)."""
+  if "://" in data_dir:
+    return
+  if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+    raise DataDirError(
+        f"the data dir {data_dir} is a file, not a directory: give data_dir (--data_dir, "
+        "--config.data_dir or $TFDS_DATA_DIR; default ~/tensorflow_datasets) a directory."
+    )
+  if not writable:
+    return
+  try:
+    os.makedirs(data_dir, exist_ok=True)
+    with tempfile.TemporaryFile(dir=data_dir):
+      pass
+  except OSError as e:
+    raise DataDirError(
+        f"cannot write to the data dir {data_dir} ({e.strerror}): choose a directory you can "
+        "write to (--data_dir or $TFDS_DATA_DIR), or fix its permissions or free disk space."
+    ) from e
 
 
 class _TableDataset(Dataset):
@@ -156,7 +185,7 @@ class ImageDataset(_TableDataset):
     if validation_size:
       train = tables["train"]
       if not 0 < validation_size < len(train):
-        raise ValueError(f"validation_size must be in [0, {len(train)}); got {validation_size}")
+        raise OptionError(f"validation_size must be in [0, {len(train)}); got {validation_size}")
       order = np.random.default_rng(0).permutation(len(train))
       tables["train"] = pipeline.SubsetTable(train, np.sort(order[validation_size:]))
       tables["validation"] = pipeline.SubsetTable(train, np.sort(order[:validation_size]))
@@ -230,10 +259,10 @@ class ReviewDataset(_TableDataset):
   ):
     vocab = metadata["vocab"]
     if vocab_size < 3:
-      raise ValueError(f"vocab_size must be at least 3 (pad, unknown, a word); got {vocab_size}")
+      raise OptionError(f"vocab_size must be at least 3 (pad, unknown, a word); got {vocab_size}")
     vocab_size = min(vocab_size, len(vocab))
     if max_len < 1:
-      raise ValueError(f"max_len must be positive; got {max_len}")
+      raise OptionError(f"max_len must be positive; got {max_len}")
     self.max_len, self.vocab_size = max_len, vocab_size
     info = {
         "num_classes": len(label_names),
@@ -304,9 +333,9 @@ class PronunciationDataset(_TableDataset):
     self.src_len = max_src_len or metadata["max_src_len"]
     self.tgt_len = max_tgt_len or metadata["max_tgt_len"]
     if self.src_len < 1 or self.tgt_len < 3:
-      raise ValueError("max_src_len must be >= 1 and max_tgt_len >= 3 (BOS, a phoneme, EOS)")
+      raise OptionError("max_src_len must be >= 1 and max_tgt_len >= 3 (BOS, a phoneme, EOS)")
     if length_buckets < 0:
-      raise ValueError(f"length_buckets must be >= 0 (0: off), got {length_buckets}")
+      raise OptionError(f"length_buckets must be >= 0 (0: off), got {length_buckets}")
     tables, dropped = {}, {}
     for split, columns in splits.items():
       arrays, dropped[split] = self._arrays(columns)
@@ -408,11 +437,13 @@ class CharacterDataset(_TableDataset):
       max_eval_windows: int | None = None,
       **common: Any,
   ):
+    if block_size < 1:
+      raise OptionError(f"block_size must be >= 1; got {block_size}")
     self.block_size, self.max_eval_windows = block_size, max_eval_windows
     self.text = {split: _concatenate(columns) for split, columns in splits.items()}
     for split, text in self.text.items():
       if len(text) < 2 * (block_size + 1):
-        raise ValueError(
+        raise OptionError(
             f"the {split} split of {name} has {len(text)} characters, too few for "
             f"block_size {block_size}"
         )
@@ -503,6 +534,7 @@ def load(name: str, data_dir: str | None = None, **options: Any) -> Dataset:
     )
   options = _with_defaults(options, spec.defaults)
   data_dir = os.path.expanduser(data_dir or default_data_dir())
+  check_data_dir(data_dir)
   builder = builders.make(name, data_dir)
   if not builders.is_prepared(builder):
     raise DatasetNotPreparedError(_not_prepared(name, data_dir, builder))

@@ -23,3 +23,11 @@ class CorruptDataError(DataError, ValueError):
 
 class PrepareError(DataError, RuntimeError):
   """Every source of a dataset failed; the message says what to place where."""
+
+
+class DataDirError(DataError):
+  """The data dir is a file, or cannot be created or written; the message names it."""
+
+
+class OptionError(DataError, ValueError):
+  """A dataset option out of its range (validation_size, block_size, ...); the message names it."""
