@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
+import os
 import sys
 from types import ModuleType
 from typing import Any
@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 
 from jaxmodels import _env
-from jaxmodels.train import checkpoint, optim, steps, storage
+from jaxmodels.train import checkpoint, loop, optim, steps, storage
 
 
 @dataclasses.dataclass
@@ -44,9 +44,14 @@ def load(workdir: str) -> Trained:
     )
   if not epath.Path(workdir, "checkpoints").exists():  # Checkpoints() would create it
     raise FileNotFoundError(f"{workdir} holds no checkpoints/ yet; train first.")
-  experiment = importlib.import_module(json.loads(run_path.read_text())["experiment"])
+  again = "run the training command again to rewrite it (it resumes from the checkpoints)"
+  run = loop.read_json(run_path, f"It names the experiment of this workdir: {again}.")
+  experiment = importlib.import_module(run["experiment"])
   config = ml_collections.FrozenConfigDict(
-      json.loads(epath.Path(workdir, "config.json").read_text())
+      loop.read_json(
+          os.path.join(workdir, "config.json"),
+          f"It holds the config of this workdir: {again} with --allow_config_change.",
+      )
   )
   data = experiment.get_data(config)
   model = experiment.get_model(config, data.info)
@@ -236,6 +241,7 @@ def cli() -> None:
         FileNotFoundError,
         checkpoint.CheckpointError,
         storage.StorageError,
+        loop.WorkdirError,
     ) as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)

@@ -69,11 +69,31 @@ def prepare_workdir(workdir: str) -> None:
     ) from e
 
 
+def read_json(path: str, advice: str) -> dict[str, Any]:
+  """The JSON object in a workdir file; WorkdirError naming the file and `advice` if it is
+  damaged (cut off by a full disk, overwritten...)."""
+  try:
+    value = json.loads(epath.Path(path).read_text())
+  except (ValueError, UnicodeDecodeError) as e:
+    problem = f"is not valid JSON ({e})"
+  else:
+    if isinstance(value, dict):
+      return value
+    problem = f"holds a JSON {type(value).__name__}, not an object"
+  raise WorkdirError(f"{path} {problem}. {advice}")
+
+
 def check_resume_config(workdir: str, config: ml_collections.ConfigDict, allow: bool) -> None:
   path = os.path.join(workdir, "config.json")
   if allow or not epath.Path(path).exists():
     return
-  saved = json.loads(epath.Path(path).read_text())
+  saved = read_json(
+      path,
+      "It records the config of the run this workdir resumes; its checkpoints are not affected. "
+      "Restore the file (a copy, or the same values from the original command), pass "
+      "--allow_config_change to resume them with this command's config (config.json is then "
+      "rewritten), or use a new --workdir.",
+  )
   diff = config_lib.differing_keys(saved, config)
   if diff:
     shown = ", ".join(
@@ -169,9 +189,62 @@ def train_and_evaluate(
   start_time = time.time()
   config = ml_collections.FrozenConfigDict(config)
   is_main = jax.process_index() == 0
+  check_config(config)  # before the workdir is created: a bad value leaves no trace
+  before, missing = _entries(workdir), _missing_dirs(workdir)
   prepare_workdir(workdir)
   with _workdir_lock(workdir, is_main):
-    return _train_and_evaluate(experiment, config, workdir, allow_config_change, start_time)
+    try:
+      return _train_and_evaluate(experiment, config, workdir, allow_config_change, start_time)
+    except BaseException:
+      if is_main:
+        _undo_untrained(workdir, before, missing)
+      raise
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """config.check for this process's devices and processes."""
+  config_lib.check(config, jax.device_count())
+  if config.parallelism == "none" and jax.process_count() > 1:
+    raise config_lib.ConfigError(
+        f"config.parallelism='none' trains on one device, but this run has {jax.process_count()} "
+        "processes; use --config.parallelism=pmap or mesh."
+    )
+
+
+def _entries(workdir: str) -> set[str]:
+  """The names in a local workdir; none where it does not exist yet (or is remote)."""
+  if "://" in workdir or not os.path.isdir(workdir):
+    return set()
+  return set(os.listdir(workdir))
+
+
+def _missing_dirs(workdir: str) -> list[str]:
+  """The workdir and those of its parents that do not exist yet, deepest first."""
+  missing, path = [], os.path.abspath(workdir)
+  while "://" not in workdir and not os.path.exists(path):
+    missing.append(path)
+    path = os.path.dirname(path)
+  return missing
+
+
+def _undo_untrained(workdir: str, before: set[str], missing: list[str]) -> None:
+  """After a run that failed before saving any checkpoint, removes what it created (the lock,
+  an empty checkpoints/, config.json and run.json, and the directories it made if they are left
+  empty), so that a failed command leaves no workdir for the next one to resume or refuse."""
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  if "://" in workdir or os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
+    return
+  for name in ("config.json", "run.json", ".lock"):  # the lock's file goes while it is held
+    if name not in before:
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(workdir, name))
+  made = ([] if "checkpoints" in before else [ckpt_dir]) + missing
+  for path in made:
+    try:
+      os.rmdir(path)
+    except OSError:  # not empty (or gone): what is in it stays
+      if os.path.exists(path):
+        break
 
 
 def _workdir_lock(workdir: str, is_main: bool) -> contextlib.AbstractContextManager:
@@ -181,12 +254,6 @@ def _workdir_lock(workdir: str, is_main: bool) -> contextlib.AbstractContextMana
 
 def _train_and_evaluate(experiment, config, workdir, allow_config_change, start_time):
   is_main = jax.process_index() == 0
-  config_lib.check(config, jax.device_count())
-  if config.parallelism == "none" and jax.process_count() > 1:
-    raise config_lib.ConfigError(
-        f"config.parallelism='none' trains on one device, but this run has {jax.process_count()} "
-        "processes; use --config.parallelism=pmap or mesh."
-    )
   check_resume_config(workdir, config, allow_config_change)
   if config.compilation_cache_dir == "none":
     perf.disable_compilation_cache()
@@ -213,9 +280,9 @@ def _train_and_evaluate(experiment, config, workdir, allow_config_change, start_
     _write_json(os.path.join(workdir, "config.json"), json.loads(config_lib.to_json(config)))
     _write_json(os.path.join(workdir, "run.json"), {"experiment": experiment_name(experiment)})
   summary_path = os.path.join(workdir, "summary.json")
-  if start >= config.num_train_steps and epath.Path(summary_path).exists():
+  summary = _finished_summary(summary_path) if start >= config.num_train_steps else None
+  if summary is not None:
     ckpts.close()
-    summary = json.loads(epath.Path(summary_path).read_text())
     if is_main:
       print(f"{workdir} already finished {start} steps; nothing to do. Summary: {summary_path}")
     return summary
@@ -246,6 +313,18 @@ def _full_disk_error(error: BaseException, workdir: str, ckpts) -> storage.Stora
   return storage.StorageError(
       f"writing to {workdir} failed: {storage.write_failure(error)}. {ckpts.intact(error)}"
   )
+
+
+def _finished_summary(path: str) -> dict[str, Any] | None:
+  """summary.json of a finished run; None if there is none or it is damaged (the final
+  evaluation then runs again and rewrites it)."""
+  if not epath.Path(path).exists():
+    return None
+  try:
+    return read_json(path, "Evaluating the final checkpoint again to rewrite it.")
+  except WorkdirError as e:
+    print(e, flush=True)
+    return None
 
 
 def _initial_state(strategy, ckpts, task, tx, batch, seed) -> tuple[Any, dict[str, Any]]:
@@ -497,13 +576,22 @@ class _Run:
         raise NonFiniteError(
             f"training {name} is {values[name]} at step {step} (the mean over steps since the "
             "last log); no checkpoint of this state was written. Lower config.learning_rate, set "
-            "config.grad_clip_norm, or check the data; the run resumes from the last checkpoint "
-            "with the same command (add --allow_config_change to resume with changed values)."
+            f"config.grad_clip_norm, or check the data, then run again: {self._resume_advice()}"
         )
     values = self.task.finalize(values)
     self.last_train = values
     self.writer.write(step, "train", values)
     self.progress.log(step, "train", values)
+
+  def _resume_advice(self) -> str:
+    saved = self.ckpts.steps()
+    if not saved:
+      return "no checkpoint was saved, so it starts over from step 0 with the values you give."
+    lower = f"--config.learning_rate={self.config.learning_rate / 10:g}"
+    return (
+        f"it resumes from the checkpoint of step {saved[-1]}, and resuming with a changed value "
+        f"needs --allow_config_change (for example {lower} --allow_config_change)."
+    )
 
   def evaluate(self, dstate, step: int, splits) -> dict[str, float]:
     values = {}
