@@ -62,8 +62,9 @@ Settings (flag, then environment variable, then default):
   --python=PYTHON          \$TPU_PYTHON, the interpreter for the virtual
                            environment (default: the newest python3.11+
                            found, else apt-get install python3.11)
-  --prepare=DATASETS       setup: also prepare these datasets (comma list)
-                           on every worker into the data dir
+  --prepare=DATASETS       setup: also prepare these datasets (comma list of
+                           names python -m jaxmodels.data.prepare takes,
+                           checked here first) on every worker into the data dir
   --data-dir=DIR           \$TPU_DATA_DIR, TFDS_DATA_DIR on the workers
                            (default: ~/tensorflow_datasets)
   --workdir=DIR            \$TPU_WORKDIR (run, tensorboard), e.g. gs://b/run1
@@ -252,6 +253,31 @@ validate_setup() {
   fi
   [[ -z $OPT_PREPARE || $OPT_PREPARE =~ ^[A-Za-z0-9_]+(,[A-Za-z0-9_]+)*$ ]] ||
     die_usage "--prepare takes a comma-separated list of dataset names, got '$OPT_PREPARE'"
+  [[ -z $OPT_PREPARE ]] || validate_datasets
+}
+
+# The names 'python -m jaxmodels.data.prepare' takes: a module per dataset in
+# jaxmodels/data/sets/ of the checkout holding this script, all and offline.
+known_datasets() {
+  local file names=()
+  for file in "$SCRIPT_DIR"/jaxmodels/data/sets/*.py; do
+    file=${file##*/}
+    [[ $file == __init__.py || $file == "*.py" ]] || names+=("${file%.py}")
+  done
+  ((${#names[@]} == 0)) || printf '%s\n' "${names[@]}" all offline
+}
+
+# Refuses a misspelt --prepare name here, before anything is made on the cloud
+# (skipped when this script stands outside a checkout).
+validate_datasets() {
+  local known dataset datasets=()
+  known=$(known_datasets | tr '\n' ' ')
+  [[ -n $known ]] || return 0
+  IFS=, read -r -a datasets <<<"$OPT_PREPARE"
+  for dataset in "${datasets[@]}"; do
+    [[ " $known" == *" $dataset "* ]] ||
+      die_usage "--prepare: unknown dataset '$dataset'; valid: ${known% }"
+  done
 }
 
 validate_run() {

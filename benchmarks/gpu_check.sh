@@ -66,7 +66,7 @@ gpt3_bf16() {
   JAX_PLATFORMS=cuda "$PY" -m experiments.gpt3 --workdir="$dir" \
     --config.model.size=gpt3-small --config.model.dtype=bfloat16 \
     --config.synthetic_data=true --config.parallelism=none --config.batch_size=8 \
-    --config.num_train_steps="$GPT_STEPS" --config.log_every_steps=10 \
+    --config.num_train_steps="$GPT_STEPS" --config.warmup_steps=0 --config.log_every_steps=10 \
     --config.eval_every_steps="$GPT_STEPS" --config.checkpoint_every_steps="$GPT_STEPS" \
     --config.progress_bar=false &&
     "$PY" -c 'import json, sys

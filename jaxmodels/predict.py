@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 import os
 import sys
 from types import ModuleType
@@ -21,7 +20,7 @@ import ml_collections
 import numpy as np
 
 from jaxmodels import _env
-from jaxmodels.train import checkpoint, optim, steps
+from jaxmodels.train import checkpoint, loop, optim, steps, storage
 
 
 @dataclasses.dataclass
@@ -36,18 +35,24 @@ class Trained:
 
 def load(workdir: str) -> Trained:
   """The experiment, config, model and latest-checkpoint variables of a workdir."""
-  run_path = os.path.join(workdir, "run.json")
-  if not os.path.exists(run_path):
+  storage.check_remote(workdir, write=False)  # gs://: one paragraph, fast, when unreachable
+  run_path = epath.Path(workdir, "run.json")
+  if not run_path.exists():
     raise FileNotFoundError(
         f"{run_path} does not exist: --workdir must be the directory of a "
         "training run (python -m experiments.<name> --workdir=DIR)."
     )
   if not epath.Path(workdir, "checkpoints").exists():  # Checkpoints() would create it
     raise FileNotFoundError(f"{workdir} holds no checkpoints/ yet; train first.")
-  with open(run_path, encoding="utf-8") as f:
-    experiment = importlib.import_module(json.load(f)["experiment"])
-  with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
-    config = ml_collections.FrozenConfigDict(json.load(f))
+  again = "run the training command again to rewrite it (it resumes from the checkpoints)"
+  run = loop.read_json(run_path, f"It names the experiment of this workdir: {again}.")
+  experiment = importlib.import_module(run["experiment"])
+  config = ml_collections.FrozenConfigDict(
+      loop.read_json(
+          os.path.join(workdir, "config.json"),
+          f"It holds the config of this workdir: {again} with --allow_config_change.",
+      )
+  )
   data = experiment.get_data(config)
   model = experiment.get_model(config, data.info)
   task = experiment.get_task(config, data.info)
@@ -231,7 +236,13 @@ def cli() -> None:
     logging.set_verbosity(logging.WARNING)
     try:
       main(argv)
-    except (ValueError, FileNotFoundError, checkpoint.CheckpointError) as e:
+    except (
+        ValueError,
+        FileNotFoundError,
+        checkpoint.CheckpointError,
+        storage.StorageError,
+        loop.WorkdirError,
+    ) as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
 

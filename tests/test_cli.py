@@ -2,6 +2,7 @@
 nothing already saved is lost."""
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -80,6 +81,13 @@ BAD = [
     (["--config.eval_batch_size=5"], ["eval_batch_size=5", "does not divide"]),
     (["--config.parallelism=mesh", "--config.fsdp=3"], ["fsdp=3", "divide"]),
     (["--num_processes=2"], ["--coordinator_address", "--process_id"]),
+    (["--config.warmup_steps=4"], ["warmup_steps=4", "less than config.num_train_steps=4"]),
+    (["--config.model.features=abc"], ["model.features='abc'", "tuple of int", "'(32, 64)'"]),
+    (["--config.model.dense_features=0"], ["model.dense_features=0", "positive integer"]),
+    (["--config.batch_size", "16"], ["write --config.batch_size=16."]),
+    (["stray"], ["unexpected argument 'stray'"]),
+    (["--config.synthetic_data", "True"], ["join them with '=': --config.synthetic_data=True"]),
+    (["--bogus=1"], ["Unknown command line flag 'bogus'", "--workdir=DIR"]),
 ]
 
 
@@ -95,6 +103,52 @@ def test_bad_config_is_a_clear_error_and_loses_nothing(trained, tmp_path, args, 
     assert word in message, message[-2000:]
   assert "Traceback" not in message, message[-3000:]
   assert snapshot(workdir) == before
+
+
+FRESH_BAD = [
+    ["--config.batch_size=0"],
+    ["--config.model.features=abc"],
+    ["--config.batch_size", "16"],
+    ["--bogus=1"],
+    ["stray"],
+]
+
+
+@pytest.mark.parametrize("args", FRESH_BAD, ids=" ".join)
+def test_bad_input_creates_no_workdir(tmp_path, args):
+  workdir = tmp_path / "new" / "w"
+  result = run([f"--workdir={workdir}", *TINY, *args])
+  assert result.returncode == 2
+  assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+  assert not (tmp_path / "new").exists()
+
+
+def test_a_data_dir_that_is_a_file_leaves_no_workdir(tmp_path):
+  path = tmp_path / "afile"
+  path.write_text("keep me")
+  workdir = tmp_path / "w"
+  result = run(
+      [f"--workdir={workdir}", f"--config.data_dir={path}"], module="experiments.digits_mlp"
+  )
+  assert result.returncode == 2
+  assert f"error: the data dir {path} is a file, not a directory" in result.stderr
+  assert "Traceback" not in result.stderr
+  assert not workdir.exists() and path.read_text() == "keep me"
+
+
+def test_a_damaged_config_json_is_named_and_allow_config_change_rewrites_it(trained, tmp_path):
+  workdir = tmp_path / "w"
+  shutil.copytree(trained, workdir)
+  (workdir / "config.json").write_text('{"seed": 0, "batch_si')  # cut off by a full disk
+  before = snapshot(workdir)
+  result = run([f"--workdir={workdir}", *TINY])
+  assert result.returncode == 2 and "Traceback" not in result.stderr
+  assert result.stderr.startswith(f"error: {workdir}/config.json is not valid JSON")
+  assert "--allow_config_change" in result.stderr
+  assert snapshot(workdir) == before
+  result = run([f"--workdir={workdir}", *TINY, "--allow_config_change"])
+  assert result.returncode == 0 and "already finished 4 steps" in result.stdout
+  assert json.loads((workdir / "config.json").read_text())["num_train_steps"] == 4
 
 
 def test_missing_workdir_flag():
@@ -198,3 +252,14 @@ def test_predict_on_a_run_without_checkpoints_creates_nothing(trained, tmp_path)
   result = run([f"--workdir={workdir}"], module="jaxmodels.predict")
   assert result.returncode == 2 and "holds no checkpoints/ yet; train first" in result.stderr
   assert not (workdir / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("name", ["run.json", "config.json"])
+def test_predict_names_a_damaged_workdir_file(trained, tmp_path, name):
+  workdir = tmp_path / "w"
+  shutil.copytree(trained, workdir)
+  (workdir / name).write_text("{")
+  result = run([f"--workdir={workdir}"], module="jaxmodels.predict")
+  assert result.returncode == 2
+  assert result.stderr.startswith(f"error: {workdir}/{name} is not valid JSON")
+  assert "run the training command again to rewrite it" in result.stderr

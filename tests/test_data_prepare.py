@@ -267,3 +267,33 @@ def test_cli_rejects_unknown_names(capsys):
   with pytest.raises(SystemExit) as e:
     prepare.main(["fashion"])
   assert e.value.code == 2 and "valid: fashion_mnist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["digits", "all"])
+def test_a_data_dir_that_is_a_file_is_one_error_naming_it(tmp_path, capsys, name):
+  path = tmp_path / "afile"
+  path.write_text("keep me")
+  assert prepare.main([name, f"--data_dir={path}"]) == 2
+  err = capsys.readouterr().err
+  assert err == (
+      f"error: the data dir {path} is a file, not a directory: give data_dir (--data_dir, "
+      "--config.data_dir or $TFDS_DATA_DIR; default ~/tensorflow_datasets) a directory.\n"
+  )
+  assert path.read_text() == "keep me"
+  with pytest.raises(data.DataError, match="is a file, not a directory"):
+    data.load("digits", str(path))
+  assert prepare.main(["digits", f"--data_dir={path}/sub"]) == 2
+  assert f"cannot write to the data dir {path}/sub (Not a directory)" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+def test_an_unwritable_data_dir_is_one_error_naming_it(tmp_path, capsys):
+  locked = tmp_path / "locked"
+  locked.mkdir(mode=0o500)
+  try:
+    assert prepare.main(["all", f"--data_dir={locked}"]) == 2
+  finally:
+    locked.chmod(0o700)
+  err = capsys.readouterr().err
+  assert err.count("error:") == 1 and f"cannot write to the data dir {locked}" in err
+  assert "Permission denied" in err and not os.listdir(locked)

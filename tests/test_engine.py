@@ -16,7 +16,7 @@ import pytest
 
 from experiments import fashion_mnist_cnn
 from jaxmodels import tasks
-from jaxmodels.data import pipeline
+from jaxmodels.data import errors as data_errors, pipeline
 from jaxmodels.data.synthetic import SyntheticDataset
 from jaxmodels.models.mlp import MLP
 from jaxmodels.models.resnet import BasicBlock, ResNet
@@ -285,11 +285,87 @@ def test_a_resume_that_cannot_restore_leaves_the_workdir_as_it_was(tmp_path):
 
 
 def test_non_finite_loss_stops_without_checkpoint(tmp_path):
-  with pytest.raises(loop.NonFiniteError, match="step 10"):
+  with pytest.raises(loop.NonFiniteError, match="step 10.*no checkpoint was saved, so it starts"):
     loop.train_and_evaluate(
         fashion_mnist_cnn, _tiny_config(learning_rate=1e12, optimizer="sgd"), str(tmp_path)
     )
-  assert not os.listdir(tmp_path / "checkpoints")
+  # Nothing to resume: neither checkpoints/ nor a config.json that would refuse a lower rate.
+  assert not {"checkpoints", "config.json", "run.json", ".lock"} & set(os.listdir(tmp_path))
+  out = loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(num_train_steps=10), str(tmp_path))
+  assert out["steps"] == 10
+
+
+def test_a_diverged_run_resumes_with_a_lower_learning_rate_and_allow_config_change(tmp_path):
+  sane = _tiny_config(num_train_steps=10, learning_rate=1e-3, optimizer="sgd")
+  loop.train_and_evaluate(fashion_mnist_cnn, sane, str(tmp_path))
+  diverging = _tiny_config(num_train_steps=20, learning_rate=1e12, optimizer="sgd")
+  with pytest.raises(loop.NonFiniteError) as e:
+    loop.train_and_evaluate(fashion_mnist_cnn, diverging, str(tmp_path), allow_config_change=True)
+  assert "it resumes from the checkpoint of step 10" in str(e.value)
+  assert "--config.learning_rate=1e+11 --allow_config_change" in str(e.value)
+  lower = _tiny_config(num_train_steps=20, learning_rate=1e-3, optimizer="sgd")
+  with pytest.raises(config_lib.ConfigError, match="learning_rate.*--allow_config_change"):
+    loop.train_and_evaluate(fashion_mnist_cnn, lower, str(tmp_path))
+  out = loop.train_and_evaluate(fashion_mnist_cnn, lower, str(tmp_path), allow_config_change=True)
+  assert out["steps"] == 20 and np.isfinite(out["train_loss"])
+  assert json.load(open(tmp_path / "config.json"))["learning_rate"] == 1e-3
+
+
+@pytest.mark.parametrize("garbage", ['{"seed": 0, "batch', "", "[1, 2]", "\xff\xfe"])
+def test_a_damaged_config_json_is_named_and_the_checkpoints_resume(tmp_path, garbage):
+  loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(num_train_steps=10), str(tmp_path))
+  path = tmp_path / "config.json"
+  path.write_bytes(garbage.encode("latin-1"))
+  checkpoints = sorted(os.listdir(tmp_path / "checkpoints"))
+  with pytest.raises(loop.WorkdirError) as e:
+    loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(num_train_steps=20), str(tmp_path))
+  assert str(e.value).startswith(f"{path} ")
+  assert "--allow_config_change" in str(e.value) and "checkpoints are not affected" in str(e.value)
+  assert path.read_bytes() == garbage.encode("latin-1")
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == checkpoints
+  out = loop.train_and_evaluate(
+      fashion_mnist_cnn, _tiny_config(num_train_steps=20), str(tmp_path), allow_config_change=True
+  )
+  assert out["steps"] == 20 and json.load(open(path))["num_train_steps"] == 20
+
+
+def test_a_damaged_summary_of_a_finished_run_is_evaluated_again(tmp_path, capsys):
+  first = loop.train_and_evaluate(
+      fashion_mnist_cnn, _tiny_config(num_train_steps=10), str(tmp_path)
+  )
+  (tmp_path / "summary.json").write_text('{"steps": 1')
+  again = loop.train_and_evaluate(
+      fashion_mnist_cnn, _tiny_config(num_train_steps=10), str(tmp_path)
+  )
+  assert "summary.json is not valid JSON" in capsys.readouterr().out
+  assert again["test_loss"] == first["test_loss"]
+  assert json.load(open(tmp_path / "summary.json"))["steps"] == 10
+
+
+def _failing_data(config):
+  raise data_errors.DatasetNotPreparedError("dataset 'x' is not prepared")
+
+
+@pytest.mark.parametrize("where, error", [("data", data_errors.DataError), ("model", TypeError)])
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_workdir(tmp_path, where, error):
+  experiment = types.ModuleType("failing")
+  experiment.get_data = _failing_data if where == "data" else fashion_mnist_cnn.get_data
+  experiment.get_model, experiment.get_task = (
+      fashion_mnist_cnn.get_model,
+      fashion_mnist_cnn.get_task,
+  )
+  config = _tiny_config()
+  config.model.features = ("abc",)  # fails in the model's init, after checkpoints/ is made
+  workdir = tmp_path / "new" / "run"
+  with pytest.raises(error):
+    loop.train_and_evaluate(experiment, config, str(workdir))
+  assert not (tmp_path / "new").exists()
+  existing = tmp_path / "existing"  # a directory that was there is kept, as it was
+  existing.mkdir()
+  (existing / "notes.txt").write_text("mine")
+  with pytest.raises(error):
+    loop.train_and_evaluate(experiment, config, str(existing))
+  assert os.listdir(existing) == ["notes.txt"]
 
 
 @pytest.mark.parametrize("name", config_lib.OPTIMIZERS)
@@ -328,6 +404,40 @@ def test_config_override_checks():
   with pytest.raises(config_lib.ConfigError, match="expected a value of type int"):
     config_lib.check_overrides(["--config.batch_size=big"], base)
   config_lib.check_overrides(["--config.model.dense_features=3", "--workdir=x"], base)
+
+
+@pytest.mark.parametrize("value", ["abc", "(4", "(4.5,)", "", "(4, 'a')", "{4: 1}", "None"])
+def test_a_tuple_override_of_the_wrong_type_names_the_key_and_an_example(value):
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.check_overrides([f"--config.model.features={value}"], fashion_mnist_cnn.get_config())
+  assert str(e.value) == (
+      f"--config.model.features={value!r}: expected a tuple of int, such as the default: "
+      "--config.model.features='(32, 64)'."
+  )
+
+
+def test_tuple_overrides_ml_collections_accepts_pass():
+  base = fashion_mnist_cnn.get_config()
+  for value in ("(4, 8)", "[4, 8]", "4,8", "4", "()"):
+    config_lib.check_overrides([f"--config.model.features={value}"], base)
+  config_lib.check_overrides(["--config.step_boundaries=(0.3, 1)"], base)  # ints are floats
+  with pytest.raises(config_lib.ConfigError, match="a tuple of float"):
+    config_lib.check_overrides(["--config.step_boundaries=(0.3, x)"], base)
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["--config.batch_size", "16"], "write --config.batch_size=16."),
+        (["--config.seed", "-1"], "write --config.seed=-1."),
+        (["--config.batch_size", "--workdir=x"], "--config.batch_size has no value: write"),
+        (["--config.batch_size"], "--config.batch_size has no value: write"),
+    ],
+)
+def test_a_config_value_after_a_space_says_to_join_it_with_equals(argv, says):
+  with pytest.raises(config_lib.ConfigError, match=re.escape(says)):
+    config_lib.check_overrides(argv, fashion_mnist_cnn.get_config())
+  config_lib.check_overrides(["--config.synthetic_data"], fashion_mnist_cnn.get_config())
 
 
 def test_summary_mfu_uses_the_analytic_flop_count(tmp_path):
@@ -461,6 +571,7 @@ def _two_length_config(**overrides):
   config = base.get_config()
   config.synthetic_data, config.progress_bar = True, False
   config.batch_size, config.num_train_steps, config.schedule = 16, 12, "constant"
+  config.warmup_steps = 0
   config.log_every_steps = config.checkpoint_every_steps = 3
   config.eval_every_steps = 6
   config.model.update(model_dim=16, num_layers=1, num_heads=2, mlp_dim=32)
@@ -509,6 +620,11 @@ def test_the_final_evaluation_decodes_only_for_a_task_set_up_to_decode():
         ({"b2": -0.1}, "b2=-0.1 must be in [0, 1)"),
         ({"step_decay": 0.0}, "step_decay=0.0 must be in (0, 1]"),
         ({"step_boundaries": (0.5, 1.5)}, "step_boundaries=(0.5, 1.5)"),
+        ({"warmup_steps": 50}, "warmup_steps=50 must be less than config.num_train_steps=40"),
+        ({"warmup_steps": 40, "schedule": "warmup_cosine"}, "'warmup_cosine' schedule would"),
+        ({"eps": 0.0}, "eps=0.0 must be > 0"),
+        ({"seed": -1}, "seed=-1 must be >= 0"),
+        ({"validation_size": -5}, "validation_size=-5 must be >= 0"),
     ],
 )
 def test_out_of_range_values_are_refused_naming_the_key(overrides, says):
@@ -516,9 +632,27 @@ def test_out_of_range_values_are_refused_naming_the_key(overrides, says):
     config_lib.check(_tiny_config(**overrides), 8)
 
 
-def test_an_out_of_range_dropout_rate_is_refused():
+@pytest.mark.parametrize(
+    "key, value, says",
+    [
+        ("dropout_rate", 1.5, "model.dropout_rate=1.5 must be"),
+        ("dense_features", 0, "model.dense_features=0 must be a positive integer"),
+        ("features", (4, 0), "model.features=(4, 0): each entry is a size and must be a positive"),
+    ],
+)
+def test_an_out_of_range_model_value_is_refused(key, value, says):
   config = _tiny_config()
-  config.model.dropout_rate = 1.5
-  with pytest.raises(config_lib.ConfigError, match=re.escape("model.dropout_rate=1.5 must be")):
+  config.model[key] = value
+  with pytest.raises(config_lib.ConfigError, match=re.escape(says)):
     config_lib.check(config, 8)
   config_lib.check(_tiny_config(), 8)  # the defaults pass
+  config_lib.check(_tiny_config(warmup_steps=39), 8)  # one step after the warmup is enough
+
+
+def test_a_model_epsilon_must_be_positive():
+  from experiments import gpt3
+
+  config = gpt3.get_config()
+  config.model.layer_norm_epsilon = -1.0
+  with pytest.raises(config_lib.ConfigError, match=re.escape("layer_norm_epsilon=-1.0 must be >")):
+    config_lib.check(config, 8)

@@ -295,12 +295,15 @@ def test_a_tensor_parallel_gpt_on_two_processes_trains_like_one(tmp_path):
   assert abs(records[0]["loss"] - records[-1]["loss"]) > 1e-3
 
 
-def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
-  """jax's preemption service agrees on the step, so both save there and exit 128 + SIGTERM."""
+@pytest.mark.parametrize("service", ["on", "off"])
+def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path, service):
+  """jax's preemption service agrees on the step, so both save there and exit 128 + SIGTERM;
+  without it each process catches SIGTERM and they agree by exchanging a flag every step."""
   workdir = str(tmp_path / "runs" / "preempted")
-  procs = _run_until_checkpoint(
-      workdir, "pmap", ["--config.num_train_steps=100000"], env=SYNC_POINT_LOGGING
-  )
+  env = dict(SYNC_POINT_LOGGING)
+  if service == "off":
+    env["JAX_ENABLE_PREEMPTION_SERVICE"] = "false"
+  procs = _run_until_checkpoint(workdir, "pmap", ["--config.num_train_steps=100000"], env=env)
   procs[1].send_signal(signal.SIGTERM)
   try:
     _wait_all(procs, "the processes did not stop after SIGTERM.")
@@ -316,6 +319,8 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
       stopped += re.findall(r"Stopped by signal 15 at step (\d+)", f.read())
   assert len(stopped) == 2 and stopped[0] == stopped[1], _tail(procs)
   assert max(_checkpoint_steps(workdir)) == int(stopped[0])
+  warned = _tail(procs, "preemption service is off")
+  assert warned.count("preemption service is off") == (2 if service == "off" else 0), warned
 
 
 def test_gs_workdir_files_go_through_epath(monkeypatch):

@@ -433,6 +433,20 @@ def test_setup_prepares_datasets_into_the_data_dir(h):
   assert all(r["tfds_data_dir"] == data_dir for r in prepared)
 
 
+def test_setup_takes_every_dataset_name_prepare_takes(h):
+  from jaxmodels.data.registry import NAMES
+
+  names = [*NAMES, "all", "offline"]
+  result = h.run("setup", "--dry-run", f"--prepare={','.join(names)}")
+  assert result.returncode == 0, result.stderr
+  for name in names:
+    assert f"jaxmodels.data.prepare {name} " in result.stdout
+  wrong = h.run("setup", "--prepare=fashon_mnist")
+  assert wrong.returncode == 2 and h.calls() == []
+  valid = wrong.stderr.split("unknown dataset 'fashon_mnist'; valid: ")[1].splitlines()[0]
+  assert sorted(valid.split()) == sorted(names)
+
+
 TRICKY_FLAGS = [
     "--config.batch_size=1024",
     '--config.name=it\'s a "quoted" value',
@@ -581,6 +595,7 @@ def test_a_missing_setting_names_the_flag_and_variable(h, subcommand, missing, f
         (["delete", "--", "extra"], "extra"),
         (["create", "--zone"], "--zone"),
         (["tensorboard", "--workdir=w", "--port=http"], "--port"),
+        (["setup", "--prepare=fashion_mnist,mnst"], "--prepare: unknown dataset 'mnst'; valid: "),
     ],
 )
 def test_bad_input_is_a_usage_error_before_anything_runs(h, args, needle):

@@ -15,13 +15,19 @@ from collections.abc import Iterator
 import functools
 import glob
 import os
+import tempfile
 from typing import Any
 
 import numpy as np
 
 from jaxmodels.data import builders, fast_read, formats, pipeline, registry
 from jaxmodels.data.base import Batch, Dataset
-from jaxmodels.data.errors import CorruptDataError, DataOptionError, DatasetNotPreparedError
+from jaxmodels.data.errors import (
+    CorruptDataError,
+    DataDirError,
+    DataOptionError,
+    DatasetNotPreparedError,
+)
 
 COMMON_OPTIONS = ("num_threads", "prefetch")
 
@@ -29,6 +35,29 @@ COMMON_OPTIONS = ("num_threads", "prefetch")
 def default_data_dir() -> str:
   """$TFDS_DATA_DIR, else ~/tensorflow_datasets."""
   return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+
+
+def check_data_dir(data_dir: str, writable: bool = False) -> None:
+  """DataDirError naming `data_dir` when it is a file or, with `writable`, when it cannot be
+  created or written (object stores are left to their first access)."""
+  if "://" in data_dir:
+    return
+  if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+    raise DataDirError(
+        f"the data dir {data_dir} is a file, not a directory: give data_dir (--data_dir, "
+        "--config.data_dir or $TFDS_DATA_DIR; default ~/tensorflow_datasets) a directory."
+    )
+  if not writable:
+    return
+  try:
+    os.makedirs(data_dir, exist_ok=True)
+    with tempfile.TemporaryFile(dir=data_dir):
+      pass
+  except OSError as e:
+    raise DataDirError(
+        f"cannot write to the data dir {data_dir} ({e.strerror}): choose a directory you can "
+        "write to (--data_dir or $TFDS_DATA_DIR), or fix its permissions or free disk space."
+    ) from e
 
 
 class _TableDataset(Dataset):
@@ -255,10 +284,12 @@ class ReviewDataset(_TableDataset):
   ):
     vocab = metadata["vocab"]
     if vocab_size < 3:
-      raise ValueError(f"vocab_size must be at least 3 (pad, unknown, a word); got {vocab_size}")
+      raise DataOptionError(
+          f"vocab_size must be at least 3 (pad, unknown, a word); got {vocab_size}"
+      )
     vocab_size = min(vocab_size, len(vocab))
     if max_len < 1:
-      raise ValueError(f"max_len must be positive; got {max_len}")
+      raise DataOptionError(f"max_len must be positive; got {max_len}")
     self.max_len, self.vocab_size = max_len, vocab_size
     info = {
         "num_classes": len(label_names),
@@ -329,9 +360,9 @@ class PronunciationDataset(_TableDataset):
     self.src_len = max_src_len or metadata["max_src_len"]
     self.tgt_len = max_tgt_len or metadata["max_tgt_len"]
     if self.src_len < 1 or self.tgt_len < 3:
-      raise ValueError("max_src_len must be >= 1 and max_tgt_len >= 3 (BOS, a phoneme, EOS)")
+      raise DataOptionError("max_src_len must be >= 1 and max_tgt_len >= 3 (BOS, a phoneme, EOS)")
     if length_buckets < 0:
-      raise ValueError(f"length_buckets must be >= 0 (0: off), got {length_buckets}")
+      raise DataOptionError(f"length_buckets must be >= 0 (0: off), got {length_buckets}")
     tables, dropped = {}, {}
     for split, columns in splits.items():
       arrays, dropped[split] = self._arrays(columns)
@@ -433,11 +464,13 @@ class CharacterDataset(_TableDataset):
       max_eval_windows: int | None = None,
       **common: Any,
   ):
+    if block_size < 1:
+      raise DataOptionError(f"block_size must be >= 1; got {block_size}")
     self.block_size, self.max_eval_windows = block_size, max_eval_windows
     self.text = {split: _concatenate(columns) for split, columns in splits.items()}
     for split, text in self.text.items():
       if len(text) < 2 * (block_size + 1):
-        raise ValueError(
+        raise DataOptionError(
             f"the {split} split of {name} has {len(text)} characters, too few for "
             f"block_size {block_size}"
         )
@@ -565,6 +598,7 @@ def _prepared(name: str, data_dir: str | None, options: dict[str, Any]):
     )
   options = _with_defaults(options, spec.defaults)
   data_dir = os.path.expanduser(data_dir or default_data_dir())
+  check_data_dir(data_dir)
   builder = builders.make(name, data_dir)
   if not builders.is_prepared(builder):
     raise DatasetNotPreparedError(_not_prepared(name, data_dir, builder))

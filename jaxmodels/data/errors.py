@@ -22,8 +22,13 @@ class CorruptDataError(DataError, ValueError):
 
 
 class DataOptionError(DataError, ValueError):
-  """A load option the dataset cannot serve; the message names the option and what is valid."""
+  """A load option the dataset cannot serve or out of its range (validation_size, block_size,
+  ...); the message names the option and what is valid."""
 
 
 class PrepareError(DataError, RuntimeError):
   """Every source of a dataset failed; the message says what to place where."""
+
+
+class DataDirError(DataError):
+  """The data dir is a file, or cannot be created or written; the message names it."""

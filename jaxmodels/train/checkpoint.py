@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import threading
+import time
 from typing import Any
 
 from etils import epath
 import jax
 import orbax.checkpoint as ocp
 
+from jaxmodels.train import storage
 from jaxmodels.train.steps import TrainState
+
+# How long a failed save's writes still in flight get to end, and how long its partial
+# directory must stay away, before the error is reported.
+SETTLE_S = 10.0
+QUIET_S = 0.5
 
 
 class CheckpointError(RuntimeError):
@@ -37,14 +46,31 @@ class Checkpoints:
     return sorted(self.manager.all_steps())
 
   def save(self, state: TrainState, meta: dict[str, Any]) -> None:
+    """Saves checkpoint `state.step`; a save the storage refuses (a full disk) raises
+    storage.StorageError naming the newest intact checkpoint, with the partial one removed."""
     step = int(state.step)
     if step in self.manager.all_steps():
       return
-    self.manager.save(
-        step,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-    )
-    self.manager.wait_until_finished()
+    threads = set(threading.enumerate())
+    try:
+      with storage.echoes_dropped():
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+            ),
+        )
+        self.manager.wait_until_finished()
+    except Exception as e:  # orbax passes on OSError, and tensorstore's errors as ValueError
+      reason = storage.write_failure(e)
+      if reason is None:
+        raise
+      _join_new_threads(threads, SETTLE_S)
+      self._remove_partial(step)
+      raise storage.StorageError(
+          f"saving the checkpoint of step {step} to {self.directory} failed: {reason}. "
+          f"{self.intact(e)}"
+      ) from None
 
   def restore_latest(
       self, target: TrainState, on_devices: bool = False
@@ -83,8 +109,8 @@ class Checkpoints:
         failures.append(path)
         continue
       if failures:
-        self._set_aside(failures)
-        print(f"WARNING: kept aside as <name>.unreadable: {', '.join(failures)}", flush=True)
+        asides = self._set_aside(failures)
+        print(f"WARNING: unreadable checkpoints kept aside as {', '.join(asides)}", flush=True)
       if on_devices:
         return out["state"], dict(out["meta"])
       # Host arrays, like a fresh state: with several processes, arrays committed to one local
@@ -119,16 +145,60 @@ class Checkpoints:
           "--workdir."
       )
 
-  def _set_aside(self, paths: list[str]) -> None:
+  def _set_aside(self, paths: list[str]) -> list[str]:
     """Renames unreadable checkpoints out of orbax's sight (kept, never deleted), so the resumed
-    run can write those steps again."""
+    run can write those steps again; returns the new names. Local or remote (etils.epath)."""
+    asides = [f"{path}.unreadable" for path in paths]
     if jax.process_index() == 0:
-      for path in paths:
-        os.replace(path, f"{path}.unreadable")
+      for i, path in enumerate(paths):
+        n = 1
+        while epath.Path(asides[i]).exists():  # one set aside before: keep it too
+          n += 1
+          asides[i] = f"{path}.unreadable.{n}"
+        epath.Path(path).rename(asides[i])
     self.manager.reload()
+    return asides
+
+  def _remove_partial(self, step: int) -> None:
+    """Deletes what a failed save of `step` left (orbax's temporary directory), freeing its
+    space; it was never a checkpoint. tensorstore's writes still in flight can create it again,
+    so it is removed until it stays away for QUIET_S (at most SETTLE_S)."""
+    start = quiet_since = time.monotonic()
+    while jax.process_index() == 0 and time.monotonic() - quiet_since < QUIET_S:
+      partial = list(epath.Path(self.directory).glob(f"{step}.orbax-checkpoint-tmp*"))
+      for path in partial:
+        with contextlib.suppress(Exception):
+          path.rmtree()
+      if partial:
+        quiet_since = time.monotonic()
+      if time.monotonic() - start > SETTLE_S:
+        break
+      time.sleep(0.05)
+    with contextlib.suppress(Exception):
+      self.manager.reload()
+
+  def intact(self, error: BaseException) -> str:
+    """Which checkpoint a rerun resumes from, and what to do before it, after `error`."""
+    steps = self.steps()
+    fix = storage.remedy(error)
+    if not steps:
+      return f"No checkpoint was saved before it. {fix}, then run the same command to start over."
+    return (
+        f"The newest intact checkpoint is step {steps[-1]} "
+        f"({os.path.join(self.directory, str(steps[-1]))}). {fix}, then run the same command "
+        f"to resume from step {steps[-1]}."
+    )
 
   def close(self) -> None:
     self.manager.close()
+
+
+def _join_new_threads(before: set[threading.Thread], timeout_s: float) -> None:
+  """Waits up to `timeout_s` for the threads started since `before` (orbax's writers) to end."""
+  deadline = time.monotonic() + timeout_s
+  for thread in set(threading.enumerate()) - before:
+    with contextlib.suppress(Exception):  # orbax's threads raise their error again in join()
+      thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _key_paths(tree: Any) -> set[str]:

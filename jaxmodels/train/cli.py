@@ -10,7 +10,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxmodels import _env
-from jaxmodels.train import checkpoint, config as config_lib, lock, loop
+from jaxmodels.train import checkpoint, config as config_lib, lock, loop, storage
 
 # Errors a user can fix: printed as one paragraph, exit status 2 (1 for a diverged run).
 USER_ERRORS: tuple[type[BaseException], ...] = (
@@ -18,6 +18,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     loop.WorkdirError,
     lock.LockError,
     checkpoint.CheckpointError,
+    storage.StorageError,
     FileNotFoundError,
 )
 
@@ -73,7 +74,9 @@ def run_experiment(experiment: ModuleType, argv: list[str] | None = None) -> Non
   )
   config_flag = config_flags.DEFINE_config_dict("config", base, lock_config=True, flag_values=fv)
 
-  def main(_):
+  def main(args: list[str]) -> None:
+    if len(args) > 1:
+      _fail(_stray_argument(args[1], argv))
     if not fv["verbosity"].present:
       logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     try:
@@ -97,7 +100,33 @@ def run_experiment(experiment: ModuleType, argv: list[str] | None = None) -> Non
     except _user_errors() as e:
       _fail(str(e))
 
-  app.run(main, argv=argv)
+  app.run(main, argv=argv, flags_parser=lambda args: _parse_flags(fv, args))
+
+
+def _parse_flags(fv: flags.FlagValues, args: list[str]) -> list[str]:
+  """absl's parsing, with its errors as one `error:` paragraph that lists the flags."""
+  try:
+    return fv(args)
+  except flags.Error as e:
+    _fail(
+        f"{str(e).rstrip('.')}. An experiment takes --workdir=DIR (required), "
+        "--config.<key>=<value> (--helpfull lists the keys), --allow_config_change, and "
+        "--coordinator_address, --num_processes and --process_id for multi-process runs."
+    )
+    raise  # not reached: _fail exits
+
+
+def _stray_argument(word: str, argv: list[str]) -> str:
+  """The message for an argument that is not a flag; a flag's value given after a space is the
+  usual cause (a boolean flag stands alone, so its value is left over)."""
+  before = argv[argv.index(word, 1) - 1] if word in argv[1:] else ""
+  hint = ""
+  if before.startswith("--") and "=" not in before:
+    hint = f" If it is the value of {before}, join them with '=': {before}={word}."
+  return (
+      f"unexpected argument {word!r}: experiments take only flags, written --name=value "
+      f"(--workdir=DIR, --config.<key>=<value>).{hint}"
+  )
 
 
 def _batch_sizes(config: Any, num_processes: int | None) -> list[int]:

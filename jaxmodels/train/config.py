@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Sequence
 import json
 from typing import Any
@@ -107,7 +108,9 @@ def check(config: ml_collections.ConfigDict, num_devices: int) -> None:
         "config.warmup_steps, config.grad_clip_norm and config.weight_decay must be "
         f">= 0; got {config.warmup_steps}, {config.grad_clip_norm}, {config.weight_decay}."
     )
+  _check_warmup(config)
   _check_ranges(config)
+  _check_counts(config)
   if config.parallelism == "mesh" and num_devices % (config.fsdp * config.tensor):
     valid = [d for d in range(1, num_devices + 1) if num_devices % d == 0]
     raise ConfigError(
@@ -137,8 +140,24 @@ def check(config: ml_collections.ConfigDict, num_devices: int) -> None:
     )
 
 
+def _check_warmup(config: ml_collections.ConfigDict) -> None:
+  """A warmup leaves at least one step at the full learning rate, where a decay can begin."""
+  warmup, steps = config.warmup_steps, config.num_train_steps
+  if warmup and warmup >= steps:
+    raise ConfigError(
+        f"config.warmup_steps={warmup} must be less than config.num_train_steps={steps}: the "
+        "learning rate would still be warming up at the last step, and the "
+        f"{config.schedule!r} schedule would never reach its full value. Give "
+        f"--config.warmup_steps a value below {steps} (0: no warmup), or train for more steps."
+    )
+
+
 def _check_ranges(config: ml_collections.ConfigDict) -> None:
   """Rates and fractions in their ranges."""
+  if not config.eps > 0:
+    raise ConfigError(
+        f"config.eps={config.eps} must be > 0: it keeps the optimizer's update finite."
+    )
   unit = [("label_smoothing", config.label_smoothing), ("momentum", config.momentum)]
   unit += [("b1", config.b1), ("b2", config.b2)]
   unit += [(f"model.{k}", v) for k, v in _flat(config).items() if k.endswith("dropout_rate")]
@@ -154,10 +173,36 @@ def _check_ranges(config: ml_collections.ConfigDict) -> None:
     )
 
 
+def _check_counts(config: ml_collections.ConfigDict) -> None:
+  """The model's sizes and counts are positive and its epsilons > 0; no integer key is negative."""
+  model = config.get("model")
+  for key, value in flat_keys(model).items() if _is_config(model) else ():
+    name = key.rsplit(".", 1)[-1]
+    if _is_int(value) and value < 1:
+      raise ConfigError(f"config.model.{key}={value} must be a positive integer (a size or count).")
+    if isinstance(value, (tuple, list)) and any(_is_int(v) and v < 1 for v in value):
+      raise ConfigError(
+          f"config.model.{key}={tuple(value)}: each entry is a size and must be a positive integer."
+      )
+    if isinstance(value, float) and (name == "eps" or name.endswith("epsilon")) and value <= 0:
+      raise ConfigError(f"config.model.{key}={value} must be > 0.")
+  for key, value in flat_keys(config).items():
+    if _is_int(value) and value < 0:
+      raise ConfigError(f"config.{key}={value} must be >= 0.")
+
+
+def _is_int(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_config(value: Any) -> bool:
+  return isinstance(value, (ml_collections.ConfigDict, ml_collections.FrozenConfigDict))
+
+
 def _flat(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The numeric keys of config.model ('dropout_rate', 'attention.dropout_rate', ...)."""
   model = config.get("model")
-  if not isinstance(model, (ml_collections.ConfigDict, ml_collections.FrozenConfigDict)):
+  if not _is_config(model):
     return {}
   return {k: v for k, v in flat_keys(model).items() if isinstance(v, (int, float))}
 
@@ -192,37 +237,83 @@ def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, 
 def check_overrides(argv: Sequence[str], config: ml_collections.ConfigDict) -> None:
   """Checks `--config.key=value` arguments before absl applies them, for a clear message."""
   leaves = flat_keys(config)
-  for arg in argv:
+  for i, arg in enumerate(argv):
     if not arg.startswith("--config."):
       continue
-    key, _, value = arg[len("--config.") :].partition("=")
+    key, equals, value = arg[len("--config.") :].partition("=")
     if key not in leaves:
       raise ConfigError(
           f"--config.{key}: unknown config key. Valid keys: {', '.join(sorted(leaves))}."
       )
     default = leaves[key]
+    if not equals and not isinstance(default, bool):
+      raise ConfigError(_missing_value(key, argv[i + 1] if i + 1 < len(argv) else None))
     if not _parses_as(value, default):
-      raise ConfigError(
-          f"--config.{key}={value!r}: expected a value of type "
-          f"{type(default).__name__} (default {default!r})."
-      )
+      raise ConfigError(f"--config.{key}={value!r}: expected {_expected(key, default)}.")
+
+
+def _missing_value(key: str, following: str | None) -> str:
+  if following is not None and not following.startswith("--"):
+    return (
+        f"--config.{key} {following}: a config key and its value are one argument, joined by "
+        f"'=': write --config.{key}={following}."
+    )
+  return f"--config.{key} has no value: write --config.{key}=VALUE."
+
+
+def _expected(key: str, default: Any) -> str:
+  """What a value for `key` must look like, with the default as the example."""
+  if isinstance(default, tuple):
+    kind = _element_type(default)
+    what = f"a tuple of {kind.__name__}" if kind else "a tuple"
+    return f"{what}, such as the default: --config.{key}='{default!r}'"
+  return f"a value of type {type(default).__name__} (default {default!r})"
+
+
+def _element_type(default: tuple) -> type | None:
+  """int, float or str when every element of a tuple default is one; None when unknown."""
+  for kind in (int, float, str):
+    if default and all(_has_type(v, kind) for v in default):
+      return kind
+  return None
+
+
+def _has_type(value: Any, kind: type) -> bool:
+  if isinstance(value, bool):
+    return kind is bool
+  if kind is float:
+    return isinstance(value, (int, float))
+  return isinstance(value, kind)
+
+
+def _tuple_items(value: str) -> tuple | None:
+  """The tuple ml_collections makes of a command-line string; None where it cannot make one."""
+  try:
+    parsed = ast.literal_eval(value)
+  except ValueError:  # a bare word
+    parsed = value
+  except SyntaxError:
+    if "," in value or " " in value:
+      return None
+    parsed = value
+  if isinstance(parsed, (tuple, list)):
+    return tuple(parsed)
+  return None if isinstance(parsed, (dict, set)) else (parsed,)
 
 
 def _parses_as(value: str, default: Any) -> bool:
   if isinstance(default, bool):
     return value.lower() in ("true", "false", "1", "0", "")
-  if isinstance(default, int):
-    try:
-      int(value)
-      return True
-    except ValueError:
-      return False
-  if isinstance(default, float):
-    try:
-      float(value)
-      return True
-    except ValueError:
-      return False
+  if isinstance(default, tuple):
+    items, kind = _tuple_items(value), _element_type(default)
+    return items is not None and (kind is None or all(_has_type(v, kind) for v in items))
+  for kind in (int, float):
+    if isinstance(default, kind):
+      try:
+        kind(value)
+        return True
+      except ValueError:
+        return False
   return True
 
 

@@ -6,6 +6,7 @@ import collections
 from collections.abc import Callable
 import contextlib
 import json
+import logging
 import os
 import signal
 import time
@@ -28,6 +29,7 @@ from jaxmodels.train import (
     optim,
     parallel,
     perf,
+    storage,
 )
 
 # config.profile_steps traces steps after this many, so compilation and warm-up stay out of it.
@@ -51,17 +53,16 @@ class Stopped(Exception):
 
 
 def prepare_workdir(workdir: str) -> None:
-  """Creates the workdir and proves it writable before any training starts."""
-  if "://" in workdir:
-    return  # remote filesystems are checked by their first write
+  """Creates the workdir and proves it writable before any training starts; a remote one
+  (gs://) must answer within storage.PROBE_TIMEOUT_S."""
+  if storage.is_remote(workdir):
+    storage.check_remote(workdir)
+    return
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise WorkdirError(f"--workdir={workdir} is a file, not a directory; choose another path.")
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write_test.{jax.process_index()}")  # processes share it
-    with open(probe, "w", encoding="utf-8") as f:
-      f.write("ok")
-    os.remove(probe)
+    storage.write_probe(workdir)
   except OSError as e:
     raise WorkdirError(
         f"--workdir={workdir} is not writable ({e.strerror}); choose a directory "
@@ -69,11 +70,31 @@ def prepare_workdir(workdir: str) -> None:
     ) from e
 
 
+def read_json(path: str, advice: str) -> dict[str, Any]:
+  """The JSON object in a workdir file; WorkdirError naming the file and `advice` if it is
+  damaged (cut off by a full disk, overwritten...)."""
+  try:
+    value = json.loads(epath.Path(path).read_text())
+  except (ValueError, UnicodeDecodeError) as e:
+    problem = f"is not valid JSON ({e})"
+  else:
+    if isinstance(value, dict):
+      return value
+    problem = f"holds a JSON {type(value).__name__}, not an object"
+  raise WorkdirError(f"{path} {problem}. {advice}")
+
+
 def check_resume_config(workdir: str, config: ml_collections.ConfigDict, allow: bool) -> None:
   path = os.path.join(workdir, "config.json")
   if allow or not epath.Path(path).exists():
     return
-  saved = json.loads(epath.Path(path).read_text())
+  saved = read_json(
+      path,
+      "It records the config of the run this workdir resumes; its checkpoints are not affected. "
+      "Restore the file (a copy, or the same values from the original command), pass "
+      "--allow_config_change to resume them with this command's config (config.json is then "
+      "rewritten), or use a new --workdir.",
+  )
   diff = config_lib.differing_keys(saved, config)
   if diff:
     shown = ", ".join(
@@ -96,37 +117,59 @@ class _Signals:
   """Turns SIGTERM/SIGINT into a request to stop after the current step.
 
   With several processes all must stop after the same step, so SIGTERM is left to jax's
-  preemption service, which agrees on that step, and SIGINT keeps its default.
+  preemption service, which agrees on that step, and SIGINT keeps its default. Without that
+  service (jax_enable_preemption_service off) each process catches SIGTERM itself and the
+  processes agree on the step by gathering their flags at every step.
   """
 
   def __init__(self):
     self.signum = 0
     self._old = {}
     self._multi = jax.process_count() > 1
+    self._own_sigterm = False  # multi-process, without the preemption service
+    self._caught = 0
 
   def poll(self, step: int) -> int:
     """The signal to stop on after `step`, or 0; every process must call it at every step."""
-    if self._multi and not self.signum:
-      from jax.experimental import multihost_utils
+    if not self._multi or self.signum:
+      return self.signum
+    from jax.experimental import multihost_utils
 
+    if not self._own_sigterm:
       try:
         if multihost_utils.reached_preemption_sync_point(step):
           self.signum = signal.SIGTERM
-      except RuntimeError:  # jax_enable_preemption_service is off
-        pass
+        return self.signum
+      except RuntimeError as e:  # jax_enable_preemption_service is off
+        print(
+            f"WARNING: jax's preemption service is off ({e}): each process catches SIGTERM "
+            "itself, and the processes agree on the step to stop at by exchanging a flag at "
+            "every step.",
+            flush=True,
+        )
+        self._own_sigterm = True
+        self._catch((signal.SIGTERM,))
+    flags = multihost_utils.process_allgather(np.int32(self._caught))
+    self.signum = int(np.max(flags))
     return self.signum
 
   def __enter__(self):
-    for sig in () if self._multi else (signal.SIGTERM, signal.SIGINT):
+    if not self._multi:
+      self._catch((signal.SIGTERM, signal.SIGINT))
+    return self
+
+  def _catch(self, signals) -> None:
+    for sig in signals:
       try:
         self._old[sig] = signal.signal(sig, self._handle)
       except ValueError:  # not the main thread
         pass
-    return self
 
   def _handle(self, signum, frame):
     del frame
-    self.signum = signum
+    self._caught = signum
+    if not self._multi:
+      self.signum = signum
 
   def __exit__(self, *exc):
     for sig, handler in self._old.items():
@@ -147,9 +190,62 @@ def train_and_evaluate(
   start_time = time.time()
   config = ml_collections.FrozenConfigDict(config)
   is_main = jax.process_index() == 0
+  check_config(config)  # before the workdir is created: a bad value leaves no trace
+  before, missing = _entries(workdir), _missing_dirs(workdir)
   prepare_workdir(workdir)
   with _workdir_lock(workdir, is_main):
-    return _train_and_evaluate(experiment, config, workdir, allow_config_change, start_time)
+    try:
+      return _train_and_evaluate(experiment, config, workdir, allow_config_change, start_time)
+    except BaseException:
+      if is_main:
+        _undo_untrained(workdir, before, missing)
+      raise
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """config.check for this process's devices and processes."""
+  config_lib.check(config, jax.device_count())
+  if config.parallelism == "none" and jax.process_count() > 1:
+    raise config_lib.ConfigError(
+        f"config.parallelism='none' trains on one device, but this run has {jax.process_count()} "
+        "processes; use --config.parallelism=pmap or mesh."
+    )
+
+
+def _entries(workdir: str) -> set[str]:
+  """The names in a local workdir; none where it does not exist yet (or is remote)."""
+  if "://" in workdir or not os.path.isdir(workdir):
+    return set()
+  return set(os.listdir(workdir))
+
+
+def _missing_dirs(workdir: str) -> list[str]:
+  """The workdir and those of its parents that do not exist yet, deepest first."""
+  missing, path = [], os.path.abspath(workdir)
+  while "://" not in workdir and not os.path.exists(path):
+    missing.append(path)
+    path = os.path.dirname(path)
+  return missing
+
+
+def _undo_untrained(workdir: str, before: set[str], missing: list[str]) -> None:
+  """After a run that failed before saving any checkpoint, removes what it created (the lock,
+  an empty checkpoints/, config.json and run.json, and the directories it made if they are left
+  empty), so that a failed command leaves no workdir for the next one to resume or refuse."""
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  if "://" in workdir or os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
+    return
+  for name in ("config.json", "run.json", ".lock"):  # the lock's file goes while it is held
+    if name not in before:
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(workdir, name))
+  made = ([] if "checkpoints" in before else [ckpt_dir]) + missing
+  for path in made:
+    try:
+      os.rmdir(path)
+    except OSError:  # not empty (or gone): what is in it stays
+      if os.path.exists(path):
+        break
 
 
 def _workdir_lock(workdir: str, is_main: bool) -> contextlib.AbstractContextManager:
@@ -159,12 +255,6 @@ def _workdir_lock(workdir: str, is_main: bool) -> contextlib.AbstractContextMana
 
 def _train_and_evaluate(experiment, config, workdir, allow_config_change, start_time):
   is_main = jax.process_index() == 0
-  config_lib.check(config, jax.device_count())
-  if config.parallelism == "none" and jax.process_count() > 1:
-    raise config_lib.ConfigError(
-        f"config.parallelism='none' trains on one device, but this run has {jax.process_count()} "
-        "processes; use --config.parallelism=pmap or mesh."
-    )
   check_resume_config(workdir, config, allow_config_change)
   if config.compilation_cache_dir == "none":
     perf.disable_compilation_cache()
@@ -200,9 +290,9 @@ def _train_and_evaluate(experiment, config, workdir, allow_config_change, start_
   if fine_tune:  # checkpoint 0 is the run's own start from now on
     ckpts.save(state, {"step": 0, "wall_s": 0.0, "train_metrics": {}, "init_from": report.source})
   summary_path = os.path.join(workdir, "summary.json")
-  if start >= config.num_train_steps and epath.Path(summary_path).exists():
+  summary = _finished_summary(summary_path) if start >= config.num_train_steps else None
+  if summary is not None:
     ckpts.close()
-    summary = json.loads(epath.Path(summary_path).read_text())
     if is_main:
       print(f"{workdir} already finished {start} steps; nothing to do. Summary: {summary_path}")
     return summary
@@ -210,8 +300,13 @@ def _train_and_evaluate(experiment, config, workdir, allow_config_change, start_
   run = _Run(config, workdir, data, task, strategy, ckpts, is_main, shard, start)
   try:
     summary = run.train(state, start, tx, schedule, meta, start_time)
-  finally:
-    run.close()
+  except BaseException as e:
+    full = _full_disk_error(e, workdir, ckpts)
+    run.close(quiet=True)  # a full disk fails the closing writes too: report the first error
+    if full:
+      raise full from None
+    raise
+  run.close()
   if hasattr(experiment, "on_finish"):
     final = strategy.get_state(run.final_state)  # every process: a mesh state is gathered
     if is_main:
@@ -219,6 +314,27 @@ def _train_and_evaluate(experiment, config, workdir, allow_config_change, start_
       summary.update(experiment.on_finish(model, variables, data.info, config))
       _write_json(summary_path, summary)
   return summary
+
+
+def _full_disk_error(error: BaseException, workdir: str, ckpts) -> storage.StorageError | None:
+  """The paragraph for a metrics or event file write that found the disk full, else None."""
+  if not (isinstance(error, OSError) and storage.is_full(error)):
+    return None
+  return storage.StorageError(
+      f"writing to {workdir} failed: {storage.write_failure(error)}. {ckpts.intact(error)}"
+  )
+
+
+def _finished_summary(path: str) -> dict[str, Any] | None:
+  """summary.json of a finished run; None if there is none or it is damaged (the final
+  evaluation then runs again and rewrites it)."""
+  if not epath.Path(path).exists():
+    return None
+  try:
+    return read_json(path, "Evaluating the final checkpoint again to rewrite it.")
+  except WorkdirError as e:
+    print(e, flush=True)
+    return None
 
 
 def _initial_state(strategy, ckpts, task, tx, batch, seed) -> tuple[Any, dict[str, Any]]:
@@ -294,11 +410,16 @@ class _Run:
     self.progress = None
     self.final_state = None  # the device state after the last step
 
-  def close(self) -> None:
-    if self.progress:
-      self.progress.close()
-    self.writer.close()
-    self.ckpts.close()
+  def close(self, quiet: bool = False) -> None:
+    """Closes the writers and checkpoints; `quiet` logs their errors instead of raising them."""
+    closers = [self.progress.close] if self.progress else []
+    for close in closers + [self.writer.close, self.ckpts.close]:
+      try:
+        close()
+      except Exception as e:
+        if not quiet:
+          raise
+        logging.warning("closing after an error failed too: %s: %s", type(e).__name__, e)
 
   def train(self, state, start, tx, schedule, meta, start_time) -> dict[str, Any]:
     config, strategy = self.config, self.strategy
@@ -465,13 +586,22 @@ class _Run:
         raise NonFiniteError(
             f"training {name} is {values[name]} at step {step} (the mean over steps since the "
             "last log); no checkpoint of this state was written. Lower config.learning_rate, set "
-            "config.grad_clip_norm, or check the data; the run resumes from the last checkpoint "
-            "with the same command (add --allow_config_change to resume with changed values)."
+            f"config.grad_clip_norm, or check the data, then run again: {self._resume_advice()}"
         )
     values = self.task.finalize(values)
     self.last_train = values
     self.writer.write(step, "train", values)
     self.progress.log(step, "train", values)
+
+  def _resume_advice(self) -> str:
+    saved = self.ckpts.steps()
+    if not saved:
+      return "no checkpoint was saved, so it starts over from step 0 with the values you give."
+    lower = f"--config.learning_rate={self.config.learning_rate / 10:g}"
+    return (
+        f"it resumes from the checkpoint of step {saved[-1]}, and resuming with a changed value "
+        f"needs --allow_config_change (for example {lower} --allow_config_change)."
+    )
 
   def evaluate(self, dstate, step: int, splits) -> dict[str, float]:
     values = {}
@@ -490,6 +620,7 @@ class _Run:
   def _save(self, dstate, step: int) -> None:
     if self.pending:
       self._log_train(step)  # also checks the state is finite before it is saved
+    self.writer.flush()  # the records up to a checkpoint are stored before it is
     state = self.strategy.checkpoint_state(dstate)
     wall_s = self.prior_wall_s + time.time() - self.start_time
     # The last train metrics go along, so a run resumed at its final step still reports them.

@@ -11,6 +11,9 @@ from typing import Any
 
 import numpy as np
 
+# The longest a gs:// metrics.jsonl goes without an upload while records come in.
+REMOTE_FLUSH_S = 60.0
+
 
 def reduce_sums(sums_list: list[dict[str, Any]]) -> dict[str, float]:
   """Metric value = total sum / total weight over a list of {name: (sum, weight)} dicts."""
@@ -30,9 +33,19 @@ class MetricWriter:
   the rest, so no step appears twice: records written after the checkpoint it resumes from, and
   a last line cut off mid-write. A run that starts from scratch over records of an earlier one
   (its checkpoints gone) moves that file aside first.
+
+  A local metrics.jsonl gets each record as it comes. An object store (gs://) cannot append, so
+  there the records are buffered and the file uploaded whole at `flush()` (the loop calls it
+  before each checkpoint) and at most every `remote_flush_s` seconds otherwise.
   """
 
-  def __init__(self, workdir: str, enabled: bool = True, start_step: int = 0):
+  def __init__(
+      self,
+      workdir: str,
+      enabled: bool = True,
+      start_step: int = 0,
+      remote_flush_s: float = REMOTE_FLUSH_S,
+  ):
     self.enabled = enabled
     self._tb = None
     self._jsonl = None
@@ -41,7 +54,8 @@ class MetricWriter:
 
       path = os.path.join(workdir, "metrics.jsonl")
       _resume_records(path, start_step)
-      self._jsonl = _RewrittenFile(path) if "://" in path else open(path, "a", encoding="utf-8")
+      remote = "://" in path
+      self._jsonl = _RewrittenFile(path, remote_flush_s) if remote else _AppendedFile(path)
       self._tb = SummaryWriter(logdir=workdir, flush_secs=30)
 
   def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
@@ -50,7 +64,6 @@ class MetricWriter:
     record = {"step": int(step), "split": split}
     record.update({k: float(v) for k, v in metrics.items()})
     self._jsonl.write(json.dumps(record) + "\n")
-    self._jsonl.flush()
     for name, value in metrics.items():
       self._tb.add_scalar(f"{split}/{name}", float(value), int(step))
 
@@ -98,25 +111,48 @@ def _resume_records(path: str, start_step: int) -> None:
     tmp.replace(file)
 
 
-class _RewrittenFile:
-  """Appending for object stores (gs:// through etils.epath), which cannot append to an object:
-  keeps the text and uploads all of it at each flush."""
+class _AppendedFile:
+  """A local file each record is appended and flushed to, so a crash loses none."""
 
   def __init__(self, path: str):
+    self._file = open(path, "a", encoding="utf-8")
+
+  def write(self, text: str) -> None:
+    self._file.write(text)
+    self._file.flush()
+
+  def flush(self) -> None:
+    self._file.flush()
+
+  def close(self) -> None:
+    self._file.close()
+
+
+class _RewrittenFile:
+  """Appending for object stores (gs:// through etils.epath), which cannot append to an object:
+  keeps the text and uploads all of it at a flush, and on a write once `flush_s` seconds have
+  passed since the last upload."""
+
+  def __init__(self, path: str, flush_s: float):
     from etils import epath
 
     self.path = epath.Path(path)
     self.text = self.path.read_text() if self.path.exists() else ""
+    self.flush_s = flush_s
     self.dirty = False
+    self.flushed_at = time.monotonic()
 
   def write(self, text: str) -> None:
     self.text += text
     self.dirty = True
+    if time.monotonic() - self.flushed_at >= self.flush_s:
+      self.flush()
 
   def flush(self) -> None:
     if self.dirty:
       self.path.write_text(self.text)
       self.dirty = False
+    self.flushed_at = time.monotonic()
 
   def close(self) -> None:
     self.flush()
