@@ -123,6 +123,25 @@ def test_bad_input_creates_no_workdir(tmp_path, args):
   assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.parametrize(
+    "module,arg,words",
+    [
+        ("experiments.fashion_mnist_resnet", "--config.model.stem=foo", ["unknown stem 'foo'"]),
+        ("experiments.imdb_lstm", "--config.model.cell=gruu", ["unknown cell 'gruu'", "lstm"]),
+    ],
+)
+def test_a_model_option_the_model_lacks_is_one_paragraph(tmp_path, module, arg, words):
+  workdir = tmp_path / "w"
+  tiny = ["--config.synthetic_data=True", "--config.num_train_steps=2", "--config.warmup_steps=0"]
+  result = run([f"--workdir={workdir}", *tiny, "--config.batch_size=8", arg], module=module)
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert result.stderr.startswith("error: config.model: "), result.stderr[-3000:]
+  assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+  for word in words:
+    assert word in result.stderr
+  assert not workdir.exists()
+
+
 def test_a_data_dir_that_is_a_file_leaves_no_workdir(tmp_path):
   path = tmp_path / "afile"
   path.write_text("keep me")

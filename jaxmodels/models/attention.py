@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmodels.models.common import constrain
+from jaxmodels.models.common import ModelOptionError, constrain
 
 Array = jax.Array
 HEADS = ("batch", "length", "heads", "kv")
@@ -42,7 +42,9 @@ def dot_product_attention(
   that path; 'xla' or 'cudnn' force `jax.nn.dot_product_attention` with that backend.
   """
   if implementation not in _IMPLEMENTATIONS:
-    raise ValueError(f"implementation must be one of {_IMPLEMENTATIONS}, got {implementation!r}")
+    raise ModelOptionError(
+        f"implementation must be one of {_IMPLEMENTATIONS}, got {implementation!r}"
+    )
   dropout = dropout_rng is not None and dropout_rate > 0.0
   if mask is not None:
     mask = jnp.asarray(mask, bool)

@@ -11,6 +11,11 @@ import jax
 import jax.numpy as jnp
 
 
+class ModelOptionError(ValueError):
+  """A model field set to a value the model does not have (an unknown cell, stem, activation...);
+  the message names the field and the valid values."""
+
+
 def logits_dtype(dtype: Any) -> Any:
   """float32 for float32 and narrower compute dtypes, float64 when computing in float64."""
   return jnp.promote_types(dtype, jnp.float32)

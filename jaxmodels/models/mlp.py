@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmodels.models.common import dense_flops, logits_dtype
+from jaxmodels.models.common import ModelOptionError, dense_flops, logits_dtype
 
 Activation = str | Callable[[jax.Array], jax.Array]
 
@@ -19,7 +19,7 @@ def get_activation(activation: Activation) -> Callable[[jax.Array], jax.Array]:
     return activation
   fn = getattr(nn, activation, None)
   if not callable(fn):
-    raise ValueError(
+    raise ModelOptionError(
         f"unknown activation {activation!r}: give a flax.linen function name "
         "such as 'relu', 'gelu', 'tanh', 'silu', or a callable"
     )

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmodels.models.cnn import conv_flops, conv_general_dilated, conv_output_size
-from jaxmodels.models.common import dense_flops, logits_dtype
+from jaxmodels.models.common import ModelOptionError, dense_flops, logits_dtype
 
 ModuleDef = Callable[..., nn.Module]
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -61,7 +61,7 @@ class BatchNorm(nn.BatchNorm):
       self, x: jax.Array, use_running_average: bool | None = None, *, mask: jax.Array | None = None
   ) -> jax.Array:
     if self.running_variance not in RUNNING_VARIANCES:
-      raise ValueError(
+      raise ModelOptionError(
           f"unknown running_variance {self.running_variance!r}: use 'biased' or 'unbiased'"
       )
     running = nn.merge_param("use_running_average", self.use_running_average, use_running_average)
@@ -238,7 +238,7 @@ class ResNet(nn.Module):
     if self.stem == "cifar":
       x = conv(self.num_filters, (3, 3), padding=_pad(3), name="stem_conv")(x)
       return nn.relu(norm(name="stem_bn")(x))
-    raise ValueError(f"unknown stem {self.stem!r}: use 'imagenet' or 'cifar'")
+    raise ModelOptionError(f"unknown stem {self.stem!r}: use 'imagenet' or 'cifar'")
 
   @nn.nowrap
   def flops_per_example(self, input_shape: Sequence[int], *unused: Sequence[int]) -> float:

@@ -27,7 +27,7 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-from jaxmodels.models.common import logits_dtype, sample_logits
+from jaxmodels.models.common import ModelOptionError, logits_dtype, sample_logits
 from jaxmodels.models.rnn_fused import Carry, carry_output, run_fused
 
 Initializer = Callable[..., jax.Array]
@@ -42,7 +42,7 @@ _zeros = nn.initializers.zeros_init()
 
 def _check_cell(cell: str) -> None:
   if cell not in CELLS:
-    raise ValueError(f"unknown cell {cell!r}: choose one of {CELLS}")
+    raise ModelOptionError(f"unknown cell {cell!r}: choose one of {CELLS}")
 
 
 class SimpleRNNCell(nn.RNNCellBase):
@@ -296,7 +296,7 @@ class Recurrent(nn.Module):
   ):
     _check_cell(self.cell)
     if self.impl not in ("fused", "flax"):
-      raise ValueError(f"unknown impl {self.impl!r}: 'fused' or 'flax'")
+      raise ModelOptionError(f"unknown impl {self.impl!r}: 'fused' or 'flax'")
     h = x.astype(self.dtype) if self.time_major else swap_time_batch(x.astype(self.dtype))
     directions = (False, True) if self.bidirectional else (False,)
     carries = []

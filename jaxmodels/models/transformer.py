@@ -30,7 +30,7 @@ from jaxmodels.models.attention import (
     combine_masks,
     key_padding_mask,
 )
-from jaxmodels.models.common import constrain, logits_dtype, sample_logits
+from jaxmodels.models.common import ModelOptionError, constrain, logits_dtype, sample_logits
 
 Array = jax.Array
 _EMBED_INIT = nn.initializers.normal(stddev=0.02)
@@ -264,7 +264,7 @@ class TransformerEncoder(nn.Module):
       self, input_ids: Array, attention_mask: Array | None = None, train: bool = False
   ) -> Array:
     if self.pooling not in ("mean", "first"):
-      raise ValueError(f"pooling must be 'mean' or 'first', got {self.pooling!r}")
+      raise ModelOptionError(f"pooling must be 'mean' or 'first', got {self.pooling!r}")
     valid = (input_ids != 0) if attention_mask is None else attention_mask.astype(bool)
     _, x = _embed(self, input_ids, self.vocab_size, self.model_dim, self.max_len, "token")
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
@@ -517,7 +517,9 @@ def _rematerialised(
   if isinstance(remat, bool):
     remat = "full" if remat else "none"
   if remat not in REMAT_POLICIES:
-    raise ValueError(f"remat must be one of {list(REMAT_POLICIES)} (or a bool), got {remat!r}")
+    raise ModelOptionError(
+        f"remat must be one of {list(REMAT_POLICIES)} (or a bool), got {remat!r}"
+    )
   if remat == "none":
     return cls
   return nn.remat(
@@ -570,7 +572,7 @@ GPT_SIZES: dict[str, dict[str, Any]] = {
 def gpt_size(name: str) -> dict[str, Any]:
   """The GPT keyword arguments of a published size (a copy of GPT_SIZES[name])."""
   if name not in GPT_SIZES:
-    raise ValueError(f"unknown GPT size {name!r}; valid sizes: {', '.join(GPT_SIZES)}")
+    raise ModelOptionError(f"unknown GPT size {name!r}; valid sizes: {', '.join(GPT_SIZES)}")
   return dict(GPT_SIZES[name])
 
 

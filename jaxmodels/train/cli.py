@@ -10,6 +10,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxmodels import _env
+from jaxmodels.models.common import ModelOptionError
 from jaxmodels.train import checkpoint, config as config_lib, lock, loop, storage
 
 # Errors a user can fix: printed as one paragraph, exit status 2 (1 for a diverged run).
@@ -97,6 +98,8 @@ def run_experiment(experiment: ModuleType, argv: list[str] | None = None) -> Non
       sys.exit(128 + e.signum)
     except loop.NonFiniteError as e:
       _fail(str(e), status=1)
+    except ModelOptionError as e:
+      _fail(f"config.model: {e}.")
     except _user_errors() as e:
       _fail(str(e))
 
