@@ -386,6 +386,20 @@ def test_validation_size_carves_a_fixed_validation_split(prepared):
   np.testing.assert_array_equal(rows(ds.eval_batches("validation", 4), "targets"), full[held])
 
 
+@pytest.mark.parametrize("name,options", [("mnist", {}), ("shakespeare", {"block_size": 16})])
+def test_num_batches_serves_a_fixed_sample_of_the_split(prepared, name, options):
+  ds = load(prepared, name, **options)
+  n = ds.num_examples("test")
+  full = rows(ds.eval_batches("test", 4), "targets")
+  sample = list(ds.eval_batches("test", 4, num_batches=2))
+  assert len(sample) == 2 and all(b["mask"].all() for b in sample)
+  again = rows(ds.eval_batches("test", 4, num_batches=2), "targets")
+  np.testing.assert_array_equal(rows(sample, "targets"), again)  # the same rows every call
+  np.testing.assert_array_equal(again, full[np.sort(np.random.default_rng(0).permutation(n)[:8])])
+  whole = rows(ds.eval_batches("test", 4, num_batches=n), "targets")  # more than the split
+  np.testing.assert_array_equal(whole, full)
+
+
 @pytest.mark.parametrize(
     "name,options",
     [("fashion_mnist", {"augment": True}), ("imdb", {"max_len": 8, "vocab_size": 6})],

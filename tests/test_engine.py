@@ -329,6 +329,27 @@ def test_a_damaged_config_json_is_named_and_the_checkpoints_resume(tmp_path, gar
   assert out["steps"] == 20 and json.load(open(path))["num_train_steps"] == 20
 
 
+def test_eval_batches_samples_the_evaluations_during_training_only(tmp_path, monkeypatch):
+  served = []
+  original = SyntheticDataset.eval_batches
+
+  def counting(self, split, batch_size, **kwargs):
+    batches = list(original(self, split, batch_size, **kwargs))
+    served.append((split, kwargs.get("num_batches", 0), len(batches)))
+    return iter(batches)
+
+  monkeypatch.setattr(SyntheticDataset, "eval_batches", counting)
+  sampled = loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(eval_batches=2), str(tmp_path))
+  during, final = served[0], served[1:]
+  assert during == ("validation", 2, 2)
+  assert [num for _, num, _ in final] == [0] * len(final) and all(n > 2 for _, _, n in final)
+  served.clear()
+  whole = loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(), str(tmp_path / "whole"))
+  assert served[0][1] == 0 and served[0][2] > 2
+  assert sampled["test_loss"] == whole["test_loss"]  # the final numbers read every example
+  assert sampled["eval_loss"] == whole["eval_loss"]
+
+
 def test_a_damaged_summary_of_a_finished_run_is_evaluated_again(tmp_path, capsys):
   first = loop.train_and_evaluate(
       fashion_mnist_cnn, _tiny_config(num_train_steps=10), str(tmp_path)

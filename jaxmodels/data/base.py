@@ -47,9 +47,19 @@ class Dataset(abc.ABC):
 
   @abc.abstractmethod
   def eval_batches(
-      self, split: str, batch_size: int, *, process_index: int = 0, process_count: int = 1
+      self,
+      split: str,
+      batch_size: int,
+      *,
+      num_batches: int = 0,
+      process_index: int = 0,
+      process_count: int = 1,
   ) -> Iterator[Batch]:
-    """Every example of `split` exactly once, in fixed order, padded batches with `mask`."""
+    """Every example of `split` exactly once, in fixed order, padded batches with `mask`.
+
+    `num_batches` > 0 serves only that many full batches, of a fixed random sample of the split
+    (the same rows at every call), for a cheap estimate; 0 or a sample that would be the whole
+    split serves every example."""
 
   @abc.abstractmethod
   def num_examples(self, split: str) -> int:

@@ -130,10 +130,19 @@ class _TableDataset(Dataset):
     return len(self.tables["train"])
 
   def eval_batches(
-      self, split: str, batch_size: int, *, process_index: int = 0, process_count: int = 1
+      self,
+      split: str,
+      batch_size: int,
+      *,
+      num_batches: int = 0,
+      process_index: int = 0,
+      process_count: int = 1,
   ) -> Iterator[Batch]:
     table = self._table(split)
     n = len(table)
+    if 0 < num_batches * batch_size < n:
+      table = pipeline.SubsetTable(table, eval_sample(n, num_batches * batch_size))
+      n = len(table)
     pipeline.local_batch_size(batch_size, process_count)
     make = functools.partial(
         pipeline.padded_eval_batch,
@@ -147,6 +156,11 @@ class _TableDataset(Dataset):
     return pipeline.prefetched(
         make, 0, -(-n // batch_size), num_threads=self._threads, prefetch=self._prefetch
     )
+
+
+def eval_sample(n: int, size: int) -> np.ndarray:
+  """Sorted row indices of a fixed random `size` of `n` rows: the sample of a cheap evaluation."""
+  return np.sort(np.random.default_rng(0).permutation(n)[:size])
 
 
 def _tables(splits: dict[str, Any], in_memory: bool, arrays_of, example) -> dict[str, Any]:

@@ -87,11 +87,18 @@ class SyntheticDataset(Dataset):
     return _EVAL_EXAMPLES if split != "train" else 10**9
 
   def eval_batches(
-      self, split: str, batch_size: int, *, process_index: int = 0, process_count: int = 1
+      self,
+      split: str,
+      batch_size: int,
+      *,
+      num_batches: int = 0,
+      process_index: int = 0,
+      process_count: int = 1,
   ) -> Iterator[Batch]:
     self.num_examples(split)  # a clear KeyError for an unknown split
     split_id = _SPLITS.index(split)
-    data = self._batch(np.random.default_rng([12345, split_id]), _EVAL_EXAMPLES)
+    size = num_batches * batch_size if 0 < num_batches * batch_size < _EVAL_EXAMPLES else None
+    data = self._batch(np.random.default_rng([12345, split_id]), size or _EVAL_EXAMPLES)
     yield from pad_and_batch(data, batch_size, process_index, process_count)
 
 

@@ -17,6 +17,7 @@ RESUMABLE_KEYS = (
     "num_train_steps",
     "log_every_steps",
     "eval_every_steps",
+    "eval_batches",
     "checkpoint_every_steps",
     "keep_checkpoints",
     "max_steps_in_flight",
@@ -57,6 +58,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.label_smoothing = 0.0
   c.log_every_steps = 100
   c.eval_every_steps = 1000
+  # >0: evaluations during training read that many batches of a fixed sample of the split (an
+  # estimate); the final evaluation always reads the whole split.
+  c.eval_batches = 0
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
   c.parallelism = "pmap"

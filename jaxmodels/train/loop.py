@@ -479,7 +479,7 @@ class _Run:
           timed_steps += 1
           timed_flops += flops or 0.0
         if step % config.eval_every_steps == 0 and not done:
-          self.evaluate(dstate, step, self.data.eval_splits[:1])
+          self.evaluate(dstate, step, self.data.eval_splits[:1], config.eval_batches)
         stop = signals.poll(step)
         if step % config.checkpoint_every_steps == 0 or done or stop:
           self._save(dstate, step)
@@ -603,14 +603,16 @@ class _Run:
         f"needs --allow_config_change (for example {lower} --allow_config_change)."
     )
 
-  def evaluate(self, dstate, step: int, splits) -> dict[str, float]:
+  def evaluate(self, dstate, step: int, splits, num_batches: int = 0) -> dict[str, float]:
+    """Metrics of each split: all of it, or an estimate on `num_batches` batches of a fixed
+    sample (config.eval_batches, for the evaluations during training)."""
     values = {}
     for split in splits:
       in_flight = InFlight(self.config.max_steps_in_flight)
-      sums = [
-          in_flight.add(self.eval_fn(dstate, self.strategy.put_batch(b)))
-          for b in self.data.eval_batches(split, self.eval_batch_size, **self.shard)
-      ]
+      batches = self.data.eval_batches(
+          split, self.eval_batch_size, num_batches=num_batches, **self.shard
+      )
+      sums = [in_flight.add(self.eval_fn(dstate, self.strategy.put_batch(b))) for b in batches]
       values = self.task.finalize(metrics_lib.reduce_sums([self.strategy.fetch(s) for s in sums]))
       name = recorded_split(split)
       self.writer.write(step, name, values)
