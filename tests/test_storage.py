@@ -125,6 +125,36 @@ def test_a_full_disk_under_the_metrics_is_one_paragraph_too(tmp_path, monkeypatc
   assert "intact checkpoint is step 10" in message
 
 
+def test_a_metrics_file_that_cannot_be_written_is_one_paragraph(tmp_path, monkeypatch):
+  write = metrics.MetricWriter.write
+  path = str(tmp_path / "metrics.jsonl")
+
+  def denied_at_20(self, step, split, values):
+    if step == 20:
+      raise PermissionError(errno.EACCES, "Permission denied", path)
+    write(self, step, split, values)
+
+  monkeypatch.setattr(metrics.MetricWriter, "write", denied_at_20)
+  with pytest.raises(storage.StorageError) as failed:
+    loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(), str(tmp_path))
+  message = str(failed.value)
+  assert message.startswith(f"writing to {tmp_path} failed: Permission denied"), message
+  assert "Make the workdir writable again" in message and "step 10" in message
+
+
+def test_an_os_error_outside_the_workdir_is_not_called_a_write_failure(tmp_path, monkeypatch):
+  write = metrics.MetricWriter.write
+
+  def data_error_at_20(self, step, split, values):
+    if step == 20:
+      raise PermissionError(errno.EACCES, "Permission denied", "/elsewhere/data.tfrecord")
+    write(self, step, split, values)
+
+  monkeypatch.setattr(metrics.MetricWriter, "write", data_error_at_20)
+  with pytest.raises(PermissionError):
+    loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(), str(tmp_path / "w"))
+
+
 def test_write_failures_are_told_apart_from_other_errors():
   assert storage.write_failure(FULL) == "the filesystem is full (No space left on device)"
   assert storage.write_failure(OSError(errno.EDQUOT, "Disk quota exceeded")).startswith(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 from collections.abc import Callable
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -301,10 +302,10 @@ def _train_and_evaluate(experiment, config, workdir, allow_config_change, start_
   try:
     summary = run.train(state, start, tx, schedule, meta, start_time)
   except BaseException as e:
-    full = _full_disk_error(e, workdir, ckpts)
+    failed = _write_error(e, workdir, ckpts)
     run.close(quiet=True)  # a full disk fails the closing writes too: report the first error
-    if full:
-      raise full from None
+    if failed:
+      raise failed from None
     raise
   run.close()
   if hasattr(experiment, "on_finish"):
@@ -316,9 +317,14 @@ def _train_and_evaluate(experiment, config, workdir, allow_config_change, start_
   return summary
 
 
-def _full_disk_error(error: BaseException, workdir: str, ckpts) -> storage.StorageError | None:
-  """The paragraph for a metrics or event file write that found the disk full, else None."""
-  if not (isinstance(error, OSError) and storage.is_full(error)):
+def _write_error(error: BaseException, workdir: str, ckpts) -> storage.StorageError | None:
+  """The paragraph for a metrics or event file write that found the disk full, or a file of the
+  workdir that cannot be written (permissions, a read-only filesystem); else None."""
+  if not isinstance(error, OSError):
+    return None
+  denied = error.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+  in_workdir = str(error.filename or "").startswith(str(workdir))
+  if not (storage.is_full(error) or (denied and in_workdir)):
     return None
   return storage.StorageError(
       f"writing to {workdir} failed: {storage.write_failure(error)}. {ckpts.intact(error)}"
