@@ -36,6 +36,7 @@ import jax
 import numpy as np
 
 from jaxmodels.train.config import ConfigError
+from jaxmodels.train.optim import param_path
 from jaxmodels.train.steps import TrainState
 
 SOURCES = (
@@ -297,7 +298,7 @@ def _flat(variables: Mapping[str, Any]) -> dict[str, Any]:
   for collection in sorted(variables, key=lambda c: (c != "params", c)):
     leaves = jax.tree_util.tree_flatten_with_path(variables[collection])[0]
     for path, value in leaves:
-      out["/".join([collection, jax.tree_util.keystr(path, simple=True, separator="/")])] = value
+      out[f"{collection}/{param_path(path)}"] = value
   return out
 
 
