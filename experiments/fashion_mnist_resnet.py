@@ -14,8 +14,12 @@ import ml_collections
 from jaxmodels import tasks
 from jaxmodels.data.synthetic import SyntheticDataset
 from jaxmodels.models.resnet import ResNet18
+from jaxmodels.report import Headline
 from jaxmodels.sweep import LogUniform, Sweep
 from jaxmodels.train import base_config, run_experiment
+
+# The result column of the README's table (python -m jaxmodels.report).
+HEADLINE = Headline("test_accuracy", "{} test accuracy", about="ResNet-18, width 16, crop + flip")
 
 
 def get_config() -> ml_collections.ConfigDict:

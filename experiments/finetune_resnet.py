@@ -42,10 +42,16 @@ import ml_collections
 from jaxmodels import tasks
 from jaxmodels.data.synthetic import SyntheticDataset
 from jaxmodels.models.resnet import ResNet18, ResNet34, ResNet50
+from jaxmodels.report import Headline
 from jaxmodels.train import ConfigError, base_config, run_experiment
 
 ARCHS = {"resnet18": ResNet18, "resnet34": ResNet34, "resnet50": ResNet50}
 IMAGE_SHAPES = {"cifar10": (32, 32, 3), "mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1)}
+
+# The result column of the README's table (python -m jaxmodels.report).
+HEADLINE = Headline(
+    "test_accuracy", "{} test accuracy", about="torchvision ResNet-50 (ImageNet) on CIFAR-10"
+)
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -34,6 +34,7 @@ from jaxmodels import tasks
 from jaxmodels.data.synthetic import SyntheticDataset
 from jaxmodels.models import transformer
 from jaxmodels.predict import print_sample
+from jaxmodels.report import Headline
 from jaxmodels.train import base_config, run_experiment
 from jaxmodels.train.config import ConfigError
 
@@ -50,6 +51,14 @@ ARCHITECTURE = (
     "use_bias",
     "layer_norm_epsilon",
     "gelu_approximate",
+)
+
+# The result column of the README's table (python -m jaxmodels.report).
+HEADLINE = Headline(
+    "eval_loss",
+    "validation {} nats/char",
+    "{:.2f}",
+    about="GPT-2 architecture, 4 layers, 128 wide",
 )
 
 

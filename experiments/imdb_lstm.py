@@ -15,8 +15,14 @@ import ml_collections
 from jaxmodels import tasks
 from jaxmodels.data.synthetic import SyntheticDataset
 from jaxmodels.models import rnn
+from jaxmodels.report import Headline
 from jaxmodels.sweep import Choice, LogUniform, Sweep, Uniform
 from jaxmodels.train import base_config, run_experiment
+
+# The result column of the README's table (python -m jaxmodels.report).
+HEADLINE = Headline(
+    "test_accuracy", "{} on the held-out test split", about="bidirectional LSTM 128, 256 tokens"
+)
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -16,10 +16,14 @@ from jaxmodels import tasks
 from jaxmodels.data.synthetic import SyntheticDataset
 from jaxmodels.models import rnn
 from jaxmodels.predict import print_sample
+from jaxmodels.report import Headline
 from jaxmodels.sweep import Choice, LogUniform, Sweep
 from jaxmodels.train import base_config, run_experiment
 
 VOCAB_SIZE = 84
+
+# The result column of the README's table (python -m jaxmodels.report).
+HEADLINE = Headline("eval_loss", "validation {} nats/char", "{:.2f}", about="LSTM 384, context 128")
 
 
 def get_config() -> ml_collections.ConfigDict:

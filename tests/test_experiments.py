@@ -82,5 +82,6 @@ def test_experiment_trains_on_synthetic_data(name, tmp_path):
   assert [r["step"] for r in records if r["split"] == "train"] == [1, 2, 3]
   assert module.__doc__.lstrip().splitlines()[0]
   assert f"python -m experiments.{name}" in module.__doc__
+  assert isinstance(summary[module.HEADLINE.metric], float)  # the README table's result column
   if hasattr(module, "generate"):
     assert len(summary["sample"]) > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from types import ModuleType
 from typing import Any
@@ -87,7 +88,11 @@ def run_experiment(experiment: ModuleType, argv: list[str] | None = None) -> Non
     _init_distributed(fv)
     try:
       loop.train_and_evaluate(
-          experiment, config_flag.value, fv.workdir, allow_config_change=fv.allow_config_change
+          experiment,
+          config_flag.value,
+          fv.workdir,
+          allow_config_change=fv.allow_config_change,
+          command=command_line(loop.experiment_name(experiment), argv[1:]),
       )
     except loop.Stopped as e:
       print(
@@ -104,6 +109,11 @@ def run_experiment(experiment: ModuleType, argv: list[str] | None = None) -> Non
       _fail(str(e))
 
   app.run(main, argv=argv, flags_parser=lambda args: _parse_flags(fv, args))
+
+
+def command_line(experiment: str, args: list[str]) -> str:
+  """The command that runs `experiment` with `args` again, quoted for a POSIX shell."""
+  return shlex.join(["python", "-m", experiment, *args])
 
 
 def _parse_flags(fv: flags.FlagValues, args: list[str]) -> list[str]:

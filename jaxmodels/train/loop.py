@@ -30,6 +30,7 @@ from jaxmodels.train import (
     optim,
     parallel,
     perf,
+    runinfo,
     storage,
 )
 
@@ -182,11 +183,13 @@ def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str,
     allow_config_change: bool = False,
+    command: str | None = None,
 ) -> dict[str, Any]:
   """Trains `experiment` to config.num_train_steps in `workdir`, resuming if it can.
 
   The experiment module provides get_data(config), get_model(config, info) and
-  get_task(config, info). Returns the summary also written to workdir/summary.json.
+  get_task(config, info). Returns the summary also written to workdir/summary.json, which also
+  records `command` (the command line that ran it, when there is one) and runinfo.facts.
   """
   start_time = time.time()
   config = ml_collections.FrozenConfigDict(config)
@@ -196,7 +199,9 @@ def train_and_evaluate(
   prepare_workdir(workdir)
   with _workdir_lock(workdir, is_main):
     try:
-      return _train_and_evaluate(experiment, config, workdir, allow_config_change, start_time)
+      return _train_and_evaluate(
+          experiment, config, workdir, allow_config_change, start_time, command
+      )
     except BaseException:
       if is_main:
         _undo_untrained(workdir, before, missing)
@@ -254,7 +259,7 @@ def _workdir_lock(workdir: str, is_main: bool) -> contextlib.AbstractContextMana
   return lock.WorkdirLock(workdir) if is_main else contextlib.nullcontext()
 
 
-def _train_and_evaluate(experiment, config, workdir, allow_config_change, start_time):
+def _train_and_evaluate(experiment, config, workdir, allow_config_change, start_time, command):
   is_main = jax.process_index() == 0
   check_resume_config(workdir, config, allow_config_change)
   if config.compilation_cache_dir == "none":
@@ -298,7 +303,8 @@ def _train_and_evaluate(experiment, config, workdir, allow_config_change, start_
       print(f"{workdir} already finished {start} steps; nothing to do. Summary: {summary_path}")
     return summary
 
-  run = _Run(config, workdir, data, task, strategy, ckpts, is_main, shard, start)
+  about = (experiment_name(experiment), command)
+  run = _Run(config, workdir, data, task, strategy, ckpts, is_main, shard, start, about)
   try:
     summary = run.train(state, start, tx, schedule, meta, start_time)
   except BaseException as e:
@@ -405,7 +411,7 @@ class InFlight:
 class _Run:
   """State of one invocation of the loop: writers, compiled steps, timers."""
 
-  def __init__(self, config, workdir, data, task, strategy, ckpts, is_main, shard, start):
+  def __init__(self, config, workdir, data, task, strategy, ckpts, is_main, shard, start, about):
     self.config, self.workdir, self.data, self.task = config, workdir, data, task
     self.strategy, self.ckpts, self.is_main, self.shard = strategy, ckpts, is_main, shard
     self.writer = metrics_lib.MetricWriter(workdir, enabled=is_main, start_step=start)
@@ -415,6 +421,7 @@ class _Run:
     self.decode = tasks.decodes(task)
     self.progress = None
     self.final_state = None  # the device state after the last step
+    self.about: tuple[str, str | None] = about  # (experiment, command) for summary.json
 
   def close(self, quiet: bool = False) -> None:
     """Closes the writers and checkpoints; `quiet` logs their errors instead of raising them."""
@@ -544,12 +551,12 @@ class _Run:
       summary.update(
           flops_per_step=timed_flops / timed_steps, mfu=achieved / perf.process_peak_flops()
       )
+    summary.update(runinfo.facts(*self.about))
     if self.is_main:
       _write_json(os.path.join(self.workdir, "summary.json"), summary)
-      print(
-          json.dumps({k: v for k, v in summary.items() if not k.startswith("train_")}, indent=None),
-          flush=True,
-      )
+      quiet = ("machine", "versions")  # in the file; too long for the line printed
+      shown = {k: v for k, v in summary.items() if not k.startswith("train_") and k not in quiet}
+      print(json.dumps(shown, indent=None), flush=True)
     self.writer.flush()
     return summary
 
