@@ -143,8 +143,8 @@ def read_run(workdir: str) -> Run:
   headline = getattr(module, "HEADLINE", None)
   if not isinstance(headline, Headline):
     raise ReportError(
-        f"{experiment} declares no HEADLINE; add `HEADLINE = report.Headline(metric, text)` "
-        "to the module (from jaxmodels import report)"
+        f"{experiment} declares no HEADLINE; add `HEADLINE = Headline(metric, text)` to the "
+        "module (from jaxmodels.report import Headline), as the modules in experiments/ do"
     )
   if not isinstance(summary.get(headline.metric), (int, float)):
     numbers = sorted(k for k, v in summary.items() if isinstance(v, (int, float)))

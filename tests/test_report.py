@@ -180,13 +180,17 @@ def test_bad_workdirs_are_skipped_with_their_reason(tmp_path, capsys):
   )
   unknown = fake_run(tmp_path / "unknown", record=False)  # the experiment from run.json
   (tmp_path / "unknown" / "run.json").write_text('{"experiment": "experiments.nope"}')
-  assert report.report([good, str(unfinished), damaged, str(no_metric), unknown]) == 0
+  no_headline = fake_run(tmp_path / "no_headline", record=False)
+  (tmp_path / "no_headline" / "run.json").write_text('{"experiment": "jaxmodels.tasks"}')
+  paths = [good, str(unfinished), damaged, str(no_metric), unknown, no_headline]
+  assert report.report(paths) == 0
   out, err = capsys.readouterr()
   assert out.count("`mnist_mlp`") == 1
   assert f"skipped {unfinished}: no summary.json" in err
   assert f"skipped {damaged}: {damaged}/summary.json is not valid JSON" in err
   assert "no_metric: summary.json has no number 'test_accuracy'" in err and "test_loss" in err
   assert "'experiments.nope' cannot be imported" in err
+  assert "jaxmodels.tasks declares no HEADLINE; add `HEADLINE = Headline(metric, text)`" in err
 
 
 def test_nothing_usable_is_an_error(tmp_path, capsys):
@@ -231,3 +235,33 @@ def test_the_report_reads_a_real_run(tmp_path):
   assert f"| `digits_mlp`, synthetic data | `{command}` | {accuracy} |" in result.stdout
   assert summary["finished_at"][:10] in result.stdout
   assert result.stdout.split("\n", 1)[1].strip() in readme.read_text()
+
+
+@pytest.mark.parametrize(
+    "seconds,text", [(9.4, "9 s"), (59.6, "1m00s"), (406, "6m46s"), (3930, "1h05m")]
+)
+def test_duration(seconds, text):
+  assert report.duration(seconds) == text
+
+
+def test_cpu_model_from_proc_cpuinfo(tmp_path):
+  from jaxmodels.train import runinfo
+
+  cpuinfo = tmp_path / "cpuinfo"
+  cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\n")
+  assert runinfo.cpu_model(str(cpuinfo)) == "AMD EPYC 7B13"
+  assert runinfo.cpu_model(str(tmp_path / "missing"))  # platform's name, never empty
+
+
+def test_gpu_machine_cell():
+  summary = {
+      "machine": {
+          "cpu": "Intel Xeon",
+          "cpus": 16,
+          "platform": "gpu",
+          "device_kind": "NVIDIA H200",
+          "num_devices": 1,
+      },
+      "versions": {"jax": "0.11.0"},
+  }
+  assert report.machine(summary) == "1x NVIDIA H200, 16-core CPU (Intel Xeon), jax 0.11.0"
