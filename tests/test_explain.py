@@ -162,7 +162,7 @@ def test_sown_attention_weights_reproduce_the_attention_output():
   assert weights.shape == (2, 2, 5, 5)
   np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-6)
   assert np.all(np.triu(np.asarray(weights), k=1) == 0.0)
-  p = variables["params"]
+  p = nn.meta.unbox(variables["params"])
   v = jnp.einsum("btc,chd->bthd", x, p["value"]["kernel"]) + p["value"]["bias"]
   heads = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(2, 5, 8)
   np.testing.assert_allclose(heads @ p["out"]["kernel"] + p["out"]["bias"], out, atol=1e-5)

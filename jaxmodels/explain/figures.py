@@ -52,7 +52,7 @@ def image_grid(
     axes[i, 0].imshow(images[i], **gray)
     axes[i, 1].imshow(integrated[i], cmap="bwr", vmin=-bound, vmax=bound)
     axes[i, 2].imshow(np.abs(saliency[i]), cmap="magma")
-    axes[i, 3].imshow(images[i], **gray)
+    axes[i, 3].imshow(images[i], cmap="gray", vmin=0.0, vmax=2.0)  # dimmed: the heat shows on white
     heat = np.abs(integrated[i]) / bound
     axes[i, 3].imshow(heat, cmap="hot", alpha=np.clip(heat, 0.0, 1.0) * 0.8)
     axes[i, 0].set_ylabel(titles[i], fontsize=9)
