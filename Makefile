@@ -14,7 +14,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,sweep,lint]'
+	$(PY) -m pip install -q -e '.[test,sweep,explain,lint]'
 	-$(MAKE) -s jemalloc
 	touch $(STAMP)
 

@@ -170,6 +170,9 @@ class MultiHeadAttention(nn.Module):
   all cached positions up to their own: call once with the full-length input to create the cache
   (as `init` does), then feed one or more new tokens per call with `mutable=['cache']`. A `mask`
   given in decode mode must broadcast to [B, H, Tq, L] and is combined with that causal mask.
+
+  With the 'intermediates' collection mutable, the attention weights [B, H, Tq, Tk] (before
+  dropout) are sown there as 'attention_weights'.
   """
 
   num_heads: int
@@ -198,6 +201,10 @@ class MultiHeadAttention(nn.Module):
       if inputs_kv is not None:
         raise ValueError("decode=True caches self-attention only; give inputs_kv=None")
       k, v, mask = self._update_cache(k, v, mask)
+    if self.is_mutable_collection("intermediates"):
+      # Only when a caller asks (apply(..., mutable=["intermediates"]), as jaxmodels.explain
+      # does): the default outputs and numerics are untouched and nothing extra is computed.
+      self.sow("intermediates", "attention_weights", attention_weights(q, k, mask))
     rng = self.make_rng("dropout") if train and self.dropout_rate > 0.0 else None
     out = dot_product_attention(q, k, v, mask, rng, self.dropout_rate, self.implementation)
     out = constrain(out, HEADS)

@@ -465,7 +465,7 @@ class GPT(nn.Module):
       cls = _rematerialised(_ScannedBlock, self.remat, static_argnums=(3,), prevent_cse=False)
       stack = nn.scan(
           cls,
-          variable_axes={"params": 0, "cache": 0},
+          variable_axes={"params": 0, "cache": 0, "intermediates": 0},
           split_rngs={"params": True, "dropout": True},
           in_axes=(nn.broadcast, nn.broadcast),
           length=self.num_layers,
