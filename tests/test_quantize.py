@@ -23,7 +23,8 @@ from jaxmodels.quantize import __main__ as quantize_cli
 from jaxmodels.train import config as config_lib, loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-IMAGES = np.random.default_rng(0).standard_normal((4, 28, 28, 1)).astype(np.float32)
+IMAGES = np.random.default_rng(0).standard_normal((4, 12, 12, 1)).astype(np.float32)
+FASHION = np.random.default_rng(1).standard_normal((4, 28, 28, 1)).astype(np.float32)
 TOKENS = np.random.default_rng(0).integers(0, 84, (2, 16)).astype(np.int32)
 TINY_GPT = transformer.GPT(
     vocab_size=84, model_dim=32, num_layers=2, num_heads=2, mlp_dim=64, max_len=16
@@ -119,7 +120,7 @@ def _tiny_config(**overrides):
   config.synthetic_data = True
   config.batch_size = 16
   config.model.features = (4,)
-  config.model.dense_features = 16
+  config.model.dense_features = 64  # weights large enough that the .npz headers are small
   config.num_train_steps = 4
   config.log_every_steps = 2
   config.eval_every_steps = 4
@@ -176,10 +177,10 @@ def test_predict_loads_the_quantized_model(quantized):
   int8, float32 = predict.load_quantized(workdir), predict.load(workdir)
   assert int8.step == float32.step == results["step"]
   assert quantize.num_quantized(int8.variables) == results["quantized_arrays"]
-  qmodel, qvars = quantize.quantize_variables(float32.model, float32.variables, (IMAGES[:2],))
+  qmodel, qvars = quantize.quantize_variables(float32.model, float32.variables, (FASHION[:2],))
   np.testing.assert_array_equal(  # the saved int8 weights are the ones quantized from the ckpt
-      predict.predict_classes(int8, IMAGES)[0],
-      np.asarray(jax.nn.softmax(qmodel.apply(qvars, IMAGES), -1)),
+      predict.predict_classes(int8, FASHION)[0],
+      np.asarray(jax.nn.softmax(qmodel.apply(qvars, FASHION), -1)),
   )
 
 
