@@ -2,6 +2,7 @@
 
 python -m jaxmodels.predict --workdir=runs/digits_mlp --split=test --num_examples=8
 python -m jaxmodels.predict --workdir=runs/shakespeare_gpt --prompt="ROMEO:" --num_tokens=300
+python -m jaxmodels.predict --workdir=runs/fashion_mnist_cnn --quantized  # DIR/quantized/
 python -m jaxmodels.predict --init_from=DIR/gpt2 --prompt="Hello" --num_tokens=40
 """
 
@@ -35,6 +36,29 @@ class Trained:
 
 def load(workdir: str) -> Trained:
   """The experiment, config, model and latest-checkpoint variables of a workdir."""
+  return restore(workdir, *load_run(workdir))
+
+
+def restore(
+    workdir: str, experiment: ModuleType, config: ml_collections.FrozenConfigDict, data, model
+) -> Trained:
+  """The latest checkpoint of `workdir` as variables of `model` (from `load_run`)."""
+  task = experiment.get_task(config, data.info)
+  tx = optim.make_optimizer(config)
+  first = next(data.train_batches(config.batch_size, config.seed))
+  target = steps.init_state(model, task, tx, first, config.seed)
+  ckpts = checkpoint.Checkpoints(workdir, config.keep_checkpoints)
+  restored = ckpts.restore_latest(target)
+  ckpts.close()
+  if restored is None:
+    raise FileNotFoundError(f"{workdir}/checkpoints holds no checkpoint yet; train first.")
+  state, _ = restored
+  variables = {"params": state.params, **state.model_state}
+  return Trained(experiment, config, data, model, variables, int(state.step))
+
+
+def load_run(workdir: str) -> tuple[ModuleType, ml_collections.FrozenConfigDict, Any, Any]:
+  """(experiment, config, data, model) of a training run's workdir that holds checkpoints/."""
   storage.check_remote(workdir, write=False)  # gs://: one paragraph, fast, when unreachable
   run_path = epath.Path(workdir, "run.json")
   if not run_path.exists():
@@ -54,19 +78,19 @@ def load(workdir: str) -> Trained:
       )
   )
   data = experiment.get_data(config)
-  model = experiment.get_model(config, data.info)
+  return experiment, config, data, experiment.get_model(config, data.info)
+
+
+def load_quantized(workdir: str) -> Trained:
+  """Like `load`, with the int8 model and variables that `python -m jaxmodels.quantize` wrote
+  to DIR/quantized/ instead of the float32 checkpoint."""
+  from jaxmodels import quantize
+
+  experiment, config, data, model = load_run(workdir)
   task = experiment.get_task(config, data.info)
-  tx = optim.make_optimizer(config)
   first = next(data.train_batches(config.batch_size, config.seed))
-  target = steps.init_state(model, task, tx, first, config.seed)
-  ckpts = checkpoint.Checkpoints(workdir, config.keep_checkpoints)
-  restored = ckpts.restore_latest(target)
-  ckpts.close()
-  if restored is None:
-    raise FileNotFoundError(f"{workdir}/checkpoints holds no checkpoint yet; train first.")
-  state, _ = restored
-  variables = {"params": state.params, **state.model_state}
-  return Trained(experiment, config, data, model, variables, int(state.step))
+  saved = quantize.load(workdir, model, task.model_args(first))
+  return Trained(experiment, config, data, saved.model, saved.variables, saved.meta.get("step", -1))
 
 
 def predict_classes(trained: Trained, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -158,6 +182,8 @@ def main(argv: list[str]) -> None:
       )
     if fv.prompt is None:
       raise ValueError(f"--init_from={fv.init_from} is a language model: give --prompt=TEXT.")
+    if fv.quantized:
+      raise ValueError("--quantized reads DIR/quantized/ of a training run: give --workdir=DIR.")
     print(
         sample_pretrained(
             fv.init_from, fv.prompt, fv.num_tokens, fv.seed, fv.temperature, fv.top_k or None
@@ -169,7 +195,7 @@ def main(argv: list[str]) -> None:
         "give --workdir=DIR (a training run) or --init_from=DIR (a Hugging Face GPT-2 "
         "directory, or hf:NAME)."
     )
-  trained = load(fv.workdir)
+  trained = load_quantized(fv.workdir) if fv.quantized else load(fv.workdir)
   if fv.prompt is None and hasattr(trained.experiment, "generate"):
     raise ValueError(
         f"{trained.experiment.__name__} is a language model: give --prompt=TEXT to continue "
@@ -221,6 +247,12 @@ def cli() -> None:
       None,
       "A Hugging Face GPT-2 directory (config.json, model.safetensors or pytorch_model.bin, "
       "tokenizer.json or vocab.json + merges.txt) or hf:NAME, instead of --workdir.",
+  )
+  flags.DEFINE_bool(
+      "quantized",
+      False,
+      "Use the int8 model of DIR/quantized/ (python -m jaxmodels.quantize) instead of the "
+      "float32 checkpoint.",
   )
   flags.DEFINE_string("split", "test", "Split to take examples from (classifiers).")
   flags.DEFINE_integer("num_examples", 8, "Examples to predict (classifiers).")

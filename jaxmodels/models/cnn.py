@@ -24,6 +24,8 @@ class CNN(nn.Module):
   (skipped when `dense_features` is 0) and a final Dense to `num_classes` float32 logits.
   `axis_name` is given to BatchNorm so that statistics are averaged across pmap devices;
   `freeze_batch_stats` normalises with the running averages in training too, never updating them.
+  `fast_conv_grad` convolves with `conv_general_dilated` below (its faster gradient on CPU);
+  False calls lax.conv_general_dilated itself, which int8 quantization (qwix) intercepts.
   """
 
   features: Sequence[int] = (32, 64)
@@ -36,6 +38,7 @@ class CNN(nn.Module):
   bn_momentum: float = 0.9
   axis_name: str | None = None
   freeze_batch_stats: bool = False
+  fast_conv_grad: bool = True
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -52,7 +55,7 @@ class CNN(nn.Module):
             use_bias=not self.use_batchnorm,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
-            conv_general_dilated=conv_general_dilated,
+            conv_general_dilated=conv_general_dilated if self.fast_conv_grad else None,
         )(x)
         if self.use_batchnorm:
           x = nn.BatchNorm(

@@ -12,6 +12,7 @@ import ml_collections
 PARALLELISM = ("pmap", "mesh", "none")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "step")
+QUANTIZATIONS = ("", "int8_qat")  # "": float32 training; jaxmodels/quantize/__init__.py
 # Keys that may change when a run resumes: they do not change what is computed.
 RESUMABLE_KEYS = (
     "num_train_steps",
@@ -77,6 +78,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.init_from = ""
   c.trainable = ""  # regex on '/'-joined parameter paths; the others are frozen ("": all train)
   c.freeze_batch_stats = False  # BatchNorm uses and keeps its running statistics (torch's eval())
+  # "int8_qat": quantization-aware training, the forward pass on int8 weights (qwix) with float32
+  # parameters, for `python -m jaxmodels.quantize` to quantize after training.
+  c.quantization = ""
   return c
 
 
@@ -85,6 +89,7 @@ def check(config: ml_collections.ConfigDict, num_devices: int) -> None:
   _choice(config, "parallelism", PARALLELISM)
   _choice(config, "optimizer", OPTIMIZERS)
   _choice(config, "schedule", SCHEDULES)
+  _choice(config, "quantization", QUANTIZATIONS)
   for key in (
       "batch_size",
       "num_train_steps",
@@ -334,4 +339,8 @@ def differing_keys(saved: dict[str, Any], config: ml_collections.ConfigDict) -> 
   resumable = set(RESUMABLE_KEYS)
   if now.get("schedule") != "constant" or before.get("schedule") != "constant":
     resumable.discard("num_train_steps")  # the schedule's horizon: a new one bends the lr
-  return [k for k in keys if k not in resumable and now.get(k) != before.get(k)]
+  # A key the engine gained after the saved run began, at its default, computes what that run
+  # computed without it.
+  defaults = flat_keys(base_config())
+  added = {k for k in now if k not in before and k in defaults and now[k] == defaults[k]}
+  return [k for k in keys if k not in resumable | added and now.get(k) != before.get(k)]

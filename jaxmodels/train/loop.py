@@ -19,7 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxmodels import tasks
+from jaxmodels import quantize, tasks
 from jaxmodels.models.common import HasFlops
 from jaxmodels.train import (
     checkpoint,
@@ -269,6 +269,7 @@ def _train_and_evaluate(experiment, config, workdir, allow_config_change, start_
 
   data = experiment.get_data(config)
   model = finetune.freeze_batch_stats(experiment.get_model(config, data.info), config)
+  model = quantize.for_training(model, config)  # config.quantization="int8_qat": QAT
   task: tasks.Task = experiment.get_task(config, data.info)
   tx = optim.make_optimizer(config)
   schedule = optim.learning_rate_schedule(config)
