@@ -142,7 +142,7 @@ def _model_grads(model, x, train):
         (CNN(features=(4, 6), dense_features=8), (3, 12, 12, 1)),
         (
             ResNet(stage_sizes=(1, 1), block_cls=BasicBlock, num_filters=4, stem="imagenet"),
-            (4, 32, 32, 3),
+            (4, 16, 16, 3),
         ),
     ],
 )
