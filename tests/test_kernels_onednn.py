@@ -218,3 +218,13 @@ def test_auto_uses_onednn_for_float32_and_xla_where_it_cannot():
   assert "jaxmodels_onednn" not in lower("auto", xb, wb)
   with pytest.raises(conv.ConvImplError, match="bfloat16"):
     _call("onednn", xb, wb)
+
+
+@needs_kernels
+def test_layer_benchmark_pairs_both_impls():
+  from benchmarks import conv_impl  # noqa: PLC0415  (benchmarks/ runs from the repository root)
+
+  result = conv_impl.measure_layer("2,6,3,3,2", rounds=2, chunk_s=0.01)
+  assert result["xla_step_s"] > 0 and result["onednn_step_s"] > 0
+  low, high = result["ratio_range"]
+  assert low <= result["ratio_xla_over_onednn"] <= high
