@@ -6,9 +6,9 @@ STAMP := $(VENV)/.installed
 WORKDIR ?= runs/fashion_mnist_cnn
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup jemalloc train test test-slow lint format data bench finetune clean
+.PHONY: setup jemalloc kernels train test test-slow lint format data bench finetune clean
 
-setup: $(STAMP)
+setup: $(STAMP) kernels
 
 # Reinstalled only when pyproject.toml changes; a no-op (about a second) otherwise.
 $(STAMP): pyproject.toml
@@ -26,6 +26,13 @@ jemalloc:
 	   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libjemalloc2 >/dev/null 2>&1)) || \
 	  echo "jemalloc not installed (optional)"; \
 	else echo "jemalloc not found; optional (Debian: apt-get install libjemalloc2)"; fi
+
+# Optional and best effort: the oneDNN convolution kernels (README: oneDNN kernels), rebuilt when
+# their sources change. Without a compiler or oneDNN it prints why once and the models use XLA.
+KERNELS := jaxmodels/kernels/onednn/_build/libjaxmodels_onednn.so
+kernels: $(KERNELS)
+$(KERNELS): $(wildcard jaxmodels/kernels/onednn/*.cc) jaxmodels/kernels/onednn/build.py $(STAMP)
+	-@$(PY) -m jaxmodels.kernels.onednn.build
 
 # Every dataset that can be had offline, as the package's specs say (cifar10 needs the internet
 # or --manual_dir).

@@ -1,9 +1,10 @@
 """Small convolutional classifier: [conv -> (BN) -> ReLU]*k -> 2x2 max-pool blocks, dense head.
 
-Also `conv_general_dilated`, the convolution every conv net here runs (through nn.Conv).
+Also `conv_general_dilated`, the convolution every conv net here runs (through nn.Conv), by XLA or
+by oneDNN (`impl`, jaxmodels.kernels.conv).
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 import functools
 from typing import Any
 
@@ -12,6 +13,7 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
+from jaxmodels.kernels import conv as conv_kernels
 from jaxmodels.models.common import dense_flops, logits_dtype
 
 
@@ -24,8 +26,9 @@ class CNN(nn.Module):
   (skipped when `dense_features` is 0) and a final Dense to `num_classes` float32 logits.
   `axis_name` is given to BatchNorm so that statistics are averaged across pmap devices;
   `freeze_batch_stats` normalises with the running averages in training too, never updating them.
-  `fast_conv_grad` convolves with `conv_general_dilated` below (its faster gradient on CPU);
-  False calls lax.conv_general_dilated itself, which int8 quantization (qwix) intercepts.
+  `fast_conv_grad` convolves with `conv_general_dilated` below (its faster gradient on CPU) and
+  `conv_impl` chooses who computes it there: 'xla', 'onednn' or 'auto'; False calls
+  lax.conv_general_dilated itself, which int8 quantization (qwix) intercepts.
   """
 
   features: Sequence[int] = (32, 64)
@@ -39,6 +42,7 @@ class CNN(nn.Module):
   axis_name: str | None = None
   freeze_batch_stats: bool = False
   fast_conv_grad: bool = True
+  conv_impl: str = "xla"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -55,7 +59,11 @@ class CNN(nn.Module):
             use_bias=not self.use_batchnorm,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
-            conv_general_dilated=conv_general_dilated if self.fast_conv_grad else None,
+            conv_general_dilated=(
+                functools.partial(conv_general_dilated, impl=self.conv_impl)
+                if self.fast_conv_grad
+                else None
+            ),
         )(x)
         if self.use_batchnorm:
           x = nn.BatchNorm(
@@ -103,9 +111,13 @@ def conv_general_dilated(
     rhs_dilation: Sequence[int] | None = None,
     dimension_numbers: Any = None,
     feature_group_count: int = 1,
+    impl: str = "xla",
     **kwargs,
 ) -> jax.Array:
   """`lax.conv_general_dilated`, same arguments and values, with a gradient that runs faster on CPU.
+
+  `impl` ('xla', 'onednn', 'auto'; jaxmodels.kernels.conv) may hand a float32 NHWC convolution to
+  oneDNN's kernels on CPU; other platforms always take the XLA path below.
 
   XLA:CPU computes a kernel gradient from the input transposed to a batch-last layout, and it
   fuses that transpose with the elementwise ops that produced the input (a BatchNorm and ReLU,
@@ -127,6 +139,24 @@ def conv_general_dilated(
       **kwargs,
   )
   feature_axis = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers).lhs_spec[1]
+  xla = functools.partial(_xla_conv, conv, feature_axis)
+  reason = conv_kernels.unsupported(
+      lhs, rhs, lhs_dilation, dimension_numbers, feature_group_count, kwargs
+  )
+  if conv_kernels.choose(impl, reason):
+    dilation = rhs_dilation or (1, 1)
+    pads = conv_kernels.explicit_padding(lhs.shape, rhs.shape, window_strides, padding, dilation)
+    onednn = functools.partial(
+        conv_kernels.conv2d, strides=window_strides, padding=pads, dilation=dilation
+    )
+    return lax.platform_dependent(lhs, rhs, cpu=onednn, default=xla)
+  return xla(lhs, rhs)
+
+
+def _xla_conv(
+    conv: Callable[..., jax.Array], feature_axis: int, lhs: jax.Array, rhs: jax.Array
+) -> jax.Array:
+  """`conv(lhs, rhs)` with the CPU kernel gradient that `conv_general_dilated` describes."""
 
   @jax.custom_vjp
   def convolve(x, w):

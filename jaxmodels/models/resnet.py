@@ -178,7 +178,8 @@ class ResNet(nn.Module):
   `bn_running_variance='unbiased'` tracks the unbiased batch variance as torch does, 'biased'
   (the default) flax's biased one (`BatchNorm`). `freeze_batch_stats=True` normalises with the
   running averages in training too and never updates them (torch's `model.eval()` applied to
-  the BatchNorm layers), for fine-tuning.
+  the BatchNorm layers), for fine-tuning. `conv_impl` chooses who computes the convolutions on
+  CPU: 'xla', 'onednn' or 'auto' (`jaxmodels.models.cnn.conv_general_dilated`).
   """
 
   stage_sizes: Sequence[int]
@@ -192,6 +193,7 @@ class ResNet(nn.Module):
   bn_running_variance: str = "biased"
   axis_name: str | None = None
   freeze_batch_stats: bool = False
+  conv_impl: str = "xla"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -203,7 +205,7 @@ class ResNet(nn.Module):
         kernel_init=conv_init,
         dtype=self.dtype,
         param_dtype=self.param_dtype,
-        conv_general_dilated=conv_general_dilated,
+        conv_general_dilated=functools.partial(conv_general_dilated, impl=self.conv_impl),
     )
     norm = functools.partial(
         BatchNorm,

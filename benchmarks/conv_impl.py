@@ -1,0 +1,99 @@
+"""The benchmark ResNet-18 train step with its convolutions by XLA and by oneDNN, paired per round.
+
+  python -m benchmarks.conv_impl [--strategy=none|pmap] [--rounds=5] [--chunk_s=2] [--quick]
+  python -m benchmarks.conv_impl --layer=N,H,C,K,S [--rounds=5] [--chunk_s=2]
+
+Both contenders are the engine's compiled step (benchmarks.jax_side.JaxStep) on the same batch,
+differing only in ResNet.conv_impl; each round times both, the order rotating, and the ratio
+reported is the median over rounds of xla_time / onednn_time (> 1: oneDNN is faster) with the
+range of the per-round ratios. `--layer` times one convolution's forward and both gradients
+instead (batch N, H x H x C input, K x K kernel to C channels, stride S, padding K // 2).
+"""
+
+import argparse
+import dataclasses
+import json
+import statistics
+import time
+
+from benchmarks import jax_side, run as bench, shapes as shapes_lib
+from jaxmodels import _env
+
+
+def measure(strategy: str, rounds: int, chunk_s: float, quick: bool) -> dict[str, object]:
+  """Seconds per step of each conv impl and the paired ratio xla / onednn."""
+  spec = jax_side.make_spec("resnet18", shapes_lib.shapes("resnet18", quick))
+  contenders = []
+  for impl in ("xla", "onednn"):
+    model_spec = dataclasses.replace(spec, model=spec.model.clone(conv_impl=impl))
+    step = jax_side.JaxStep(model_spec, strategy)
+    contenders.append(bench.Contender(impl, step.run))
+  result = _paired(contenders, rounds, chunk_s, quick)
+  return {"strategy": strategy, "batch_size": spec.batch_size, **result}
+
+
+def measure_layer(layer: str, rounds: int, chunk_s: float) -> dict[str, object]:
+  """The same comparison for one convolution's value and gradients (see the docstring)."""
+  import jax  # noqa: PLC0415  (after configure_process)
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  from jaxmodels.models import cnn  # noqa: PLC0415
+
+  n, h, c, k, s = map(int, layer.split(","))
+  x = jax.random.normal(jax.random.key(0), (n, h, h, c))
+  w = jax.random.normal(jax.random.key(1), (k, k, c, c)) * 0.05
+  pad = ((k // 2, k // 2),) * 2
+  dims = ("NHWC", "HWIO", "NHWC")
+  contenders = []
+  for impl in ("xla", "onednn"):
+
+    def loss(x, w, impl=impl):
+      y = cnn.conv_general_dilated(x, w, (s, s), pad, dimension_numbers=dims, impl=impl)
+      return jnp.sum(y * y)
+
+    step = jax.jit(jax.value_and_grad(loss, (0, 1)))
+    jax.block_until_ready(step(x, w))
+
+    def run(num_steps, step=step):
+      start = time.perf_counter()
+      for _ in range(num_steps):
+        out = step(x, w)
+      jax.block_until_ready(out)
+      return time.perf_counter() - start
+
+    contenders.append(bench.Contender(impl, run))
+  return {"layer": layer, **_paired(contenders, rounds, chunk_s, quick=False)}
+
+
+def _paired(contenders: list, rounds: int, chunk_s: float, quick: bool) -> dict[str, object]:
+  settings = bench.Settings(quick, rounds, chunk_s, ("none",), torch_compile=False)
+  bench.contest(contenders, settings)
+  xla, onednn = contenders
+  ratios = [a / b for a, b in zip(xla.times, onednn.times)]
+  return {
+      "xla_step_s": xla.step_s,
+      "onednn_step_s": onednn.step_s,
+      "ratio_xla_over_onednn": statistics.median(ratios),
+      "ratio_range": [min(ratios), max(ratios)],
+      "rounds": rounds,
+  }
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--strategy", default="none", choices=("none", "pmap"))
+  parser.add_argument("--rounds", type=int, default=5)
+  parser.add_argument("--chunk_s", type=float, default=2.0)
+  parser.add_argument("--quick", action="store_true")
+  parser.add_argument("--layer", default=None, help="N,H,C,K,S: one convolution instead")
+  args = parser.parse_args(argv)
+  _env.configure_process()
+  if args.layer:
+    result = measure_layer(args.layer, args.rounds, args.chunk_s)
+  else:
+    result = measure(args.strategy, args.rounds, args.chunk_s, args.quick)
+  print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+  main()

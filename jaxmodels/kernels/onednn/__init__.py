@@ -1,0 +1,74 @@
+"""oneDNN kernels as XLA FFI targets on CPU: the library `build.py` compiles, loaded on first use.
+
+Importing this package loads nothing; `load()` opens the library with ctypes and registers its
+handlers with jax once per process, `unavailable_reason()` says why it cannot (not built, stale,
+failed to load) or returns None.
+"""
+
+import ctypes
+import functools
+import logging
+import pathlib
+import platform
+import sys
+
+HERE = pathlib.Path(__file__).resolve().parent
+SOURCES = sorted(HERE.glob("*.cc"))
+LIBRARY = HERE / "_build" / "libjaxmodels_onednn.so"  # build.py writes it; git ignores _build/
+
+# FFI target name -> symbol the library exports (XLA_FFI_DEFINE_HANDLER_SYMBOL in the .cc files).
+TARGETS = {
+    "jaxmodels_onednn_conv_forward": "JaxmodelsOnednnConvForward",
+    "jaxmodels_onednn_conv_backward_data": "JaxmodelsOnednnConvBackwardData",
+    "jaxmodels_onednn_conv_backward_weights": "JaxmodelsOnednnConvBackwardWeights",
+}
+
+
+class KernelUnavailableError(RuntimeError):
+  """impl='onednn' was asked for where the oneDNN kernels cannot run; the message says why."""
+
+
+@functools.cache
+def _load() -> tuple[ctypes.CDLL | None, str | None]:
+  if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
+    return None, f"oneDNN kernels run on x86-64 Linux only, not {sys.platform} {platform.machine()}"
+  if not LIBRARY.exists():
+    return (
+        None,
+        f"{LIBRARY} not built: run `make kernels` (python -m jaxmodels.kernels.onednn.build)",
+    )
+  built = LIBRARY.stat().st_mtime
+  stale = [s.name for s in SOURCES if s.stat().st_mtime > built]
+  if stale:
+    return None, f"{LIBRARY} is older than {', '.join(stale)}: run `make kernels`"
+  try:
+    # RTLD_LOCAL (ctypes' default): our libdnnl never meets the oneDNN that torch links in.
+    library = ctypes.CDLL(str(LIBRARY))
+  except OSError as e:
+    return None, f"cannot load {LIBRARY}: {e}"
+  import jax  # noqa: PLC0415  (registration needs jax; importing this package does not)
+
+  missing = [symbol for symbol in TARGETS.values() if not hasattr(library, symbol)]
+  if missing:
+    return None, f"{LIBRARY} lacks {', '.join(missing)}: run `make kernels`"
+  for name, symbol in TARGETS.items():
+    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
+  return library, None
+
+
+def unavailable_reason() -> str | None:
+  """Why the kernels cannot be used in this process, or None when they are loaded."""
+  return _load()[1]
+
+
+def load() -> None:
+  """Loads and registers the kernels (once); KernelUnavailableError says why it cannot."""
+  reason = unavailable_reason()
+  if reason:
+    raise KernelUnavailableError(f"impl='onednn' needs the oneDNN kernels: {reason}")
+
+
+@functools.cache
+def warn_unavailable() -> None:
+  """Logs, once per process, why impl='auto' fell back to XLA."""
+  logging.warning("oneDNN kernels unavailable, using XLA convolutions: %s", unavailable_reason())
