@@ -6,9 +6,9 @@
 Expect (measured Nov 2026 on the 2-core CPU, idle): validation loss 1.83 nats/char at step 500
 and 1.56 at 1000 on the whole split (the default intermediate evaluations estimate it on 20
 batches, config.eval_batches), 1.46 after the 1600 steps (test 1.46) in 6m44s (4.2 steps/s on
-2 host devices, MFU 47%), and a sample that keeps speaker names and verse past the 128-character context. A
-4x192 configuration with dropout reached only 1.90 in 15 minutes: at this budget a narrower,
-faster model that sees more tokens wins.
+2 host devices, MFU 47%), and a sample that keeps speaker names and verse past the
+128-character context. A 4x192 configuration with dropout reached only 1.90 in 15 minutes: at
+this budget a narrower, faster model that sees more tokens wins.
 """
 
 import sys
