@@ -81,8 +81,9 @@ def tensorboard_writer_class() -> type:
   """tensorboardX's SummaryWriter, imported without torch.
 
   tensorboardX imports torch at import time when it is installed (the test and bench extras
-  install it), only to accept torch tensors; the engine writes floats. That import was 2-4 s of a
-  small GPT's start-up on the 2-core CPU. Hiding torch for the import costs nothing later: torch
+  install it), only to accept torch tensors; the engine writes floats. That import took 3.7 s of
+  CPU time (13 s wall) of a small GPT's start-up on the 2-core CPU under load (2026-12-02).
+  Hiding torch for the import costs nothing later: torch
   still imports normally afterwards, and an already imported torch is left alone.
   """
   if "tensorboardX" in sys.modules or "torch" in sys.modules:
