@@ -284,21 +284,52 @@ def _sample(model: nn.Module, prompt: np.ndarray, num_tokens: int, context: int,
   return ids[0].numpy()
 
 
-def train_gpt_small(data: dict[str, np.ndarray], args: dict[str, Any]) -> dict[str, Any]:
-  """Trains the GPT on `data` (train text, validation/test windows, the eval sample) as a
-  nanoGPT-style script does: random windows, AdamW with decay on matrices, warm-up + cosine,
-  clipping, evaluations every eval_every steps on the sampled windows, full splits at the end.
-  Returns the losses and the step time (mean over steps 2..n, evaluations excluded)."""
+def _gpt(args: dict[str, Any]) -> GPT:
   torch.manual_seed(args["seed"])
-  context, batch, steps = args["context"], args["batch_size"], args["steps"]
-  model = GPT(
+  return GPT(
       vocab_size=args["vocab_size"],
       model_dim=args["model_dim"],
       num_layers=args["num_layers"],
       num_heads=args["num_heads"],
       mlp_dim=args["mlp_dim"],
-      context=context,
+      context=args["context"],
   )
+
+
+def faster_threads(args: dict[str, Any], steps: int = 5) -> tuple[int, float]:
+  """(the faster intra-op thread count of 1 and all cores for this model's train step, the
+  seconds the probe took): on a loaded machine OpenMP's barriers made the small GPT's eval
+  batches 4x slower with two threads than with one, so the baseline gets the better of both."""
+  start = time.perf_counter()
+  model = _gpt(args)
+  opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+  x = torch.randint(args["vocab_size"], (args["batch_size"], args["context"] + 1))
+  best = None
+  for threads in sorted({1, os.cpu_count() or 1}):
+    torch.set_num_threads(threads)
+    took = 0.0
+    for i in range(steps + 1):  # the first is a warm-up
+      t = time.perf_counter()
+      loss = F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
+      opt.zero_grad(set_to_none=True)
+      loss.backward()
+      opt.step()
+      took += (time.perf_counter() - t) if i else 0.0
+    best = (took, threads) if best is None or took < best[0] else best
+  torch.set_num_threads(best[1])
+  return best[1], time.perf_counter() - start
+
+
+def train_gpt_small(data: dict[str, np.ndarray], args: dict[str, Any]) -> dict[str, Any]:
+  """Trains the GPT on `data` (train text, validation/test windows, the eval sample) as a
+  nanoGPT-style script does: random windows, AdamW with decay on matrices, warm-up + cosine,
+  clipping, evaluations every eval_every steps on the sampled windows, full splits at the end,
+  a 200-character sample. Threads: the faster of 1 and all cores (faster_threads; its probe's
+  seconds are reported as probe_s, for the caller to leave out of the wall time). Returns the
+  losses and the step time (mean over steps 2..n, evaluations excluded)."""
+  threads, probe_s = faster_threads(args)
+  context, batch, steps = args["context"], args["batch_size"], args["steps"]
+  model = _gpt(args)
   decay = [p for p in model.parameters() if p.dim() >= 2]
   rest = [p for p in model.parameters() if p.dim() < 2]
   groups = [{"params": decay, "weight_decay": args["weight_decay"]}, {"params": rest}]
@@ -335,7 +366,8 @@ def train_gpt_small(data: dict[str, np.ndarray], args: dict[str, Any]) -> dict[s
       "intermediate_eval_loss": evals,
       "step_s": step_time / max(steps - 1, 1),
       "first_step_done": first_step_done,
-      "threads": torch.get_num_threads(),
+      "threads": threads,
+      "probe_s": probe_s,
   }
 
 

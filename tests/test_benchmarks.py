@@ -351,3 +351,27 @@ def test_torch_schedule_equals_optax_warmup_cosine():
   schedule = optax.warmup_cosine_decay_schedule(0.0, 3e-3, 10, 50)
   for step in (0, 5, 10, 11, 30, 49, 50):
     assert torch_models._lr_at(step, 3e-3, 10, 50) == pytest.approx(float(schedule(step)), abs=1e-9)
+
+
+def test_torch_gpt_small_script_learns_a_periodic_text():
+  torch_models = pytest.importorskip("benchmarks.torch_models")
+  text = np.tile(np.arange(7, dtype=np.int32), 200)
+  windows = np.stack([text[i : i + 9] for i in range(0, 90, 8)])
+  data = {
+      "train": text,
+      "val_inputs": windows[:, :-1],
+      "val_targets": windows[:, 1:],
+      "test_inputs": windows[:, :-1],
+      "test_targets": windows[:, 1:],
+      "eval_sample": np.arange(4),
+      "prompt": np.array([0, 1], np.int32),
+  }
+  args = dict(
+      vocab_size=7, model_dim=16, num_layers=1, num_heads=2, mlp_dim=32, context=8, batch_size=4,
+      steps=40, eval_every=10, eval_batches=1, sample_tokens=3, warmup=4, lr=1e-2, b2=0.99,
+      weight_decay=0.1, clip=1.0, seed=0,
+  )  # fmt: skip
+  out = torch_models.train_gpt_small(data, args)
+  assert [s for s, _ in out["intermediate_eval_loss"]] == [10, 20, 30]
+  assert out["eval_loss"] < 0.5 * np.log(7) and out["eval_loss"] == out["test_loss"]
+  assert out["threads"] >= 1 and out["step_s"] > 0 and out["probe_s"] > 0
