@@ -1,6 +1,6 @@
 """Train-step throughput of the jax engine, side by side with PyTorch and the machine's peak.
 
-  python -m benchmarks.run [--quick] [--json=FILE] [--only=gpt,resnet18,...]
+  python -m benchmarks.run [--quick] [--json=FILE] [--only=gpt,resnet18,...] [--repeat=N]
 
 Benchmarks:
   gpt, resnet18, lstm, mlp  the engine's train step (parallel.make(...).train_fn) against the same
@@ -12,12 +12,27 @@ Benchmarks:
                             batches (needs `python -m jaxmodels.data.prepare fashion_mnist`).
   compile_cache             time to the first step in a fresh process, cold vs warm persistent
                             compilation cache.
+  gpt_small                 a whole run end to end (issue 20's laptop GPT: 4 layers x 128, batch
+                            12, context 64, 2000 steps; --quick 60): `python -m
+                            experiments.shakespeare_gpt` against a plain PyTorch eager script
+                            (benchmarks.torch_models) with the same hyper-parameters, eval schedule
+                            (20 sampled validation batches every 500 steps, whole splits at the
+                            end) and validation text, each in fresh processes; PyTorch runs with
+                            the faster of 1 and all-core threads (a probe, its time left out).
+                            ratio = torch wall / jax wall; step_ratio, start-ups and both
+                            validation losses beside it.
+                            Needs `python -m jaxmodels.data.prepare shakespeare`; the full run
+                            takes ~5 minutes per round.
 
 Every contender is timed in rounds, one chunk of steps each in turn, after warm-up; per-step
-times are medians over rounds and ratios are medians of per-round ratios, so load from other
-processes hits both sides alike. The process splits the host CPU into one XLA device per core
-(jaxmodels does this on import) so that 'none' (one device), 'pmap' and 'mesh' (sharded jit over
-the same 2 devices) can all be measured; each model reports its fastest engine strategy.
+times are medians over rounds and ratios are medians of per-round ratios, printed with their
+range over the rounds (min-max), so load from other processes hits both sides alike.
+--repeat=N runs the whole table N times and reports each ratio's median over the N runs with
+their range: a claim is one that the repeats agree on.
+
+The process splits the host CPU into one XLA device per core (jaxmodels does this on import)
+so that 'none' (one device), 'pmap' and 'mesh' (sharded jit over the same 2 devices) can all be
+measured; each model reports its fastest engine strategy.
 """
 
 from __future__ import annotations
@@ -42,7 +57,7 @@ from jaxmodels import _env
 from jaxmodels.train import perf
 
 MODEL_BENCHES = shapes_lib.MODELS
-ALL = MODEL_BENCHES + ("conv_devices", "input_pipeline", "compile_cache")
+ALL = MODEL_BENCHES + ("conv_devices", "input_pipeline", "compile_cache", "gpt_small")
 # (what the goal compares, the threshold, True when higher is better)
 GOALS = {
     "gpt": ("ratio_vs_torch", 1.0, True),
@@ -52,6 +67,7 @@ GOALS = {
     "mlp": ("ratio_vs_torch", 1.2, True),
     "conv_devices": ("ratio", 1.6, True),
     "compile_cache": ("ratio", 0.3, False),
+    "gpt_small": ("ratio", 1.2, True),
 }
 
 
@@ -99,9 +115,48 @@ def contest(
   return extras
 
 
+def paired_ratios(slow: Contender, fast: Contender) -> list[float]:
+  """slow_time / fast_time of each round (> 1: `fast` is faster)."""
+  return [a / b for a, b in zip(slow.times, fast.times)]
+
+
 def paired_ratio(slow: Contender, fast: Contender) -> float:
   """Median over rounds of slow_time / fast_time (> 1: `fast` is faster)."""
-  return statistics.median(a / b for a, b in zip(slow.times, fast.times))
+  return statistics.median(paired_ratios(slow, fast))
+
+
+def spread(values: list[float]) -> dict[str, float]:
+  """The median of `values` with their range: {'': median, '_min': min, '_max': max}."""
+  return {"": statistics.median(values), "_min": min(values), "_max": max(values)}
+
+
+def put_spread(record: dict[str, Any], key: str, values: list[float]) -> None:
+  """Sets record[key] to the median of `values`, and key_min / key_max to their range."""
+  for suffix, value in spread(values).items():
+    record[key + suffix] = value
+
+
+# The keys that --repeat combines over whole runs of the table (each a median over rounds).
+REPEATED_KEYS = ("ratio_vs_torch", "ratio", "mfu", "step_ratio", "ratio_vs_compile")
+
+
+def combine_repeats(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+  """One record per benchmark from several runs of the table: each key of REPEATED_KEYS that
+  every run measured becomes the median over runs, with key_min / key_max their range and
+  `repeats` the values; the other fields are the first run's."""
+  names = [r["benchmark"] for r in runs[0]]
+  out = []
+  for name in names:
+    same = [r for run in runs for r in run if r["benchmark"] == name]
+    record = dict(same[0])
+    record["repeats"] = {}
+    for key in REPEATED_KEYS:
+      values = [r.get(key) for r in same]
+      if len(same) == len(runs) and all(isinstance(v, (int, float)) for v in values):
+        put_spread(record, key, values)
+        record["repeats"][key] = values
+    out.append(finish(record))
+  return out
 
 
 def peak_fn(settings: Settings) -> Callable[[], float]:
@@ -176,8 +231,7 @@ def model_bench(name: str, settings: Settings, jax_only: bool = False) -> dict[s
       "benchmark": name,
       "jax_per_s": per_s(jax_best),
       "torch_per_s": per_s(torch_best),
-      "ratio_vs_torch": paired_ratio(torch_best, jax_best) if torch_best else None,
-      "mfu": statistics.median(mfus),
+      "ratio_vs_torch": None,
       "unit": "examples",
       "jax_variant": jax_best.label,
       "torch_variant": torch_best.label if torch_best else None,
@@ -192,6 +246,9 @@ def model_bench(name: str, settings: Settings, jax_only: bool = False) -> dict[s
       "note": "; ".join(notes),
       "_contenders": contenders,
   }
+  put_spread(record, "mfu", mfus)
+  if torch_best:
+    put_spread(record, "ratio_vs_torch", paired_ratios(torch_best, jax_best))
   return record
 
 
@@ -202,13 +259,14 @@ def conv_devices_record(resnet: dict[str, Any]) -> dict[str, Any]:
   if not (one and two):
     return _skipped("conv_devices", "needs jax:none and jax:pmap on 2 host devices")
   batch = resnet["jax_per_s"] * (by[resnet["jax_variant"]].step_s)
-  return {
+  record = {
       "benchmark": "conv_devices",
       "jax_per_s": batch / two.step_s,
       "one_device_per_s": batch / one.step_s,
-      "ratio": paired_ratio(one, two),
       "note": "resnet18 step: pmap over 2 host devices / parallelism 'none'",
   }
+  put_spread(record, "ratio", paired_ratios(one, two))
+  return record
 
 
 def conv_devices_subprocess(settings: Settings) -> dict[str, Any]:
@@ -263,7 +321,7 @@ def input_pipeline_bench(settings: Settings) -> dict[str, Any]:
   contest(contenders, settings)
   by = {c.label: c for c in contenders}
   n = config.batch_size
-  return {
+  record = {
       "benchmark": "input_pipeline",
       "jax_per_s": n / by["real"].step_s,
       "synthetic_per_s": n / by["synthetic"].step_s,
@@ -275,6 +333,8 @@ def input_pipeline_bench(settings: Settings) -> dict[str, Any]:
       "note": f"fashion_mnist_cnn batch {n}, parallelism {config.parallelism}; "
       "ratio = real/synthetic throughput",
   }
+  put_spread(record, "ratio", paired_ratios(by["synthetic"], by["real"]))
+  return record
 
 
 # ---------- compilation cache
@@ -332,6 +392,167 @@ def compile_cache_bench(settings: Settings, models: tuple[str, ...]) -> list[dic
   return records
 
 
+# ---------- gpt_small: a whole run, end to end
+
+# The laptop configuration of issue 20: shakespeare_gpt's model (4 layers x 128) and optimizer at
+# batch 12, context 64. FULL is the run itself; QUICK a short one with the same eval schedule.
+GPT_SMALL = dict(batch_size=12, context=64, eval_every=500, eval_batches=20, sample_tokens=200)
+GPT_SMALL_STEPS = {False: 2000, True: 60}
+
+
+def gpt_small_args(quick: bool) -> dict[str, Any]:
+  """The run's hyper-parameters, from experiments.shakespeare_gpt's config (both sides)."""
+  from experiments import shakespeare_gpt
+
+  config = shakespeare_gpt.get_config()
+  steps = GPT_SMALL_STEPS[quick]
+  return dict(
+      GPT_SMALL,
+      steps=steps,
+      eval_every=20 if quick else GPT_SMALL["eval_every"],
+      warmup=min(config.warmup_steps, steps // 10),
+      lr=config.learning_rate,
+      b2=config.b2,
+      weight_decay=config.weight_decay,
+      clip=config.grad_clip_norm,
+      seed=config.seed,
+      **{k: config.model[k] for k in ("model_dim", "num_layers", "num_heads", "mlp_dim")},
+  )
+
+
+def gpt_small_data(path: str, args: dict[str, Any]) -> dict[str, Any]:
+  """Writes what the PyTorch script reads (as nanoGPT's prepare.py would): the train text, the
+  validation and test windows of our evaluation and the sample the intermediate evals read."""
+  import numpy as np
+
+  from jaxmodels import data as data_lib
+  from jaxmodels.data import datasets
+
+  ds = data_lib.load("shakespeare", block_size=args["context"])
+  arrays = {"train": ds.text["train"]}
+  for split, short in (("validation", "val"), ("test", "test")):
+    windows = ds.tables[split].take(np.arange(len(ds.tables[split])))
+    arrays[f"{short}_inputs"], arrays[f"{short}_targets"] = windows["inputs"], windows["targets"]
+  n = len(arrays["val_inputs"])
+  arrays["eval_sample"] = datasets.eval_sample(n, args["eval_batches"] * args["batch_size"])
+  vocab = ds.info["vocab"]
+  arrays["prompt"] = np.array([vocab.index(c) for c in "ROMEO:" if c in vocab], np.int32)
+  np.savez(path, **arrays)
+  return dict(args, vocab_size=len(vocab))
+
+
+def _jax_run(args: dict[str, Any], workdir: str) -> dict[str, Any]:
+  """experiments.shakespeare_gpt in a fresh process; its summary plus the process's wall."""
+  steps = args["steps"]
+  argv = [sys.executable, "-m", "experiments.shakespeare_gpt", f"--workdir={workdir}"] + [
+      f"--config.{k}={v}"
+      for k, v in dict(
+          batch_size=args["batch_size"],
+          block_size=args["context"],
+          num_train_steps=steps,
+          warmup_steps=args["warmup"],
+          eval_every_steps=args["eval_every"],
+          eval_batches=args["eval_batches"],
+          sample_tokens=args["sample_tokens"],
+          checkpoint_every_steps=min(500, steps),
+          log_every_steps=min(50, steps),
+          progress_bar=False,
+      ).items()
+  ]
+  t = time.time()
+  proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+  wall = time.time() - t
+  if proc.returncode != 0:
+    raise RuntimeError(f"jax run failed: {proc.stderr.strip()[-300:]}")
+  with open(os.path.join(workdir, "summary.json"), encoding="utf-8") as f:
+    summary = json.load(f)
+  return {
+      "wall_s": wall,
+      "startup_s": summary["startup_s"],
+      "step_s": args["batch_size"] / summary["examples_per_s"],
+      "eval_loss": summary["eval_loss"],
+      "test_loss": summary["test_loss"],
+  }
+
+
+def _torch_run(args: dict[str, Any], data_path: str) -> dict[str, Any]:
+  """benchmarks.torch_models' GPT script in a fresh process; its report plus the wall."""
+  argv = [
+      sys.executable,
+      "-m",
+      "benchmarks.torch_models",
+      f"--gpt_small={data_path}",
+      f"--args={json.dumps(args)}",
+  ]
+  t = time.time()
+  proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+  wall = time.time() - t
+  lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+  if proc.returncode != 0 or not lines:
+    raise RuntimeError(f"torch run failed: {proc.stderr.strip()[-300:]}")
+  out = json.loads(lines[-1])
+  probe = out["probe_s"]  # choosing the thread count is not the script's own work
+  return dict(out, wall_s=wall - probe, startup_s=out["first_step_done"] - t - probe)
+
+
+def gpt_small_bench(settings: Settings) -> dict[str, Any]:
+  """End-to-end wall time of the same run trained by the engine (the experiment command) and
+  by a plain PyTorch eager script, in paired rounds of fresh processes (order alternating);
+  ratio = torch wall / jax wall per round, step_ratio the same of the mean step times."""
+  try:
+    import torch  # noqa: F401
+  except ImportError:
+    return _skipped("gpt_small", "torch not installed (pip install -e '.[bench]')")
+  args = gpt_small_args(settings.quick)
+  jax_c, torch_c = Contender("jax", None), Contender("torch", None)
+  jax_steps, torch_steps, runs = Contender("jax", None), Contender("torch", None), []
+  with tempfile.TemporaryDirectory() as tmp:
+    data_path = os.path.join(tmp, "shakespeare.npz")
+    try:
+      args = gpt_small_data(data_path, args)
+    except Exception as e:  # noqa: BLE001 - a missing dataset is the usual cause
+      return _skipped(
+          "gpt_small", f"skipped: prepare shakespeare ({type(e).__name__}: {str(e)[:120]})"
+      )
+    for r in range(settings.rounds):
+      pair = {}
+      for side in ("jax", "torch") if r % 2 == 0 else ("torch", "jax"):
+        if side == "jax":
+          pair[side] = _jax_run(args, os.path.join(tmp, f"run{r}"))
+        else:
+          pair[side] = _torch_run(args, data_path)
+      runs.append(pair)
+      jax_c.times.append(pair["jax"]["wall_s"])
+      torch_c.times.append(pair["torch"]["wall_s"])
+      jax_steps.times.append(pair["jax"]["step_s"])
+      torch_steps.times.append(pair["torch"]["step_s"])
+  last = runs[-1]
+  med = lambda side, key: statistics.median(p[side][key] for p in runs)
+  record = {
+      "benchmark": "gpt_small",
+      "jax_per_s": args["batch_size"] / jax_steps.step_s,
+      "torch_per_s": args["batch_size"] / torch_steps.step_s,
+      "step_ratio": paired_ratio(torch_steps, jax_steps),
+      "jax_wall_s": jax_c.step_s,
+      "torch_wall_s": torch_c.step_s,
+      "jax_startup_s": med("jax", "startup_s"),
+      "torch_startup_s": med("torch", "startup_s"),
+      "jax_eval_loss": last["jax"]["eval_loss"],
+      "torch_eval_loss": last["torch"]["eval_loss"],
+      "steps": args["steps"],
+      "rounds": runs,
+      "note": (
+          f"{args['steps']} steps end to end, wall jax {jax_c.step_s:.0f}s torch "
+          f"{torch_c.step_s:.0f}s (start-up {med('jax', 'startup_s'):.1f}s vs "
+          f"{med('torch', 'startup_s'):.1f}s), step ratio "
+          f"{paired_ratio(torch_steps, jax_steps):.2f}, validation loss "
+          f"{last['jax']['eval_loss']:.2f} vs {last['torch']['eval_loss']:.2f}"
+      ),
+  }
+  put_spread(record, "ratio", paired_ratios(torch_c, jax_c))
+  return record
+
+
 # ---------- records and the table
 
 
@@ -362,13 +583,20 @@ def _fmt(value: Any, spec: str = ".3g") -> str:
   return format(value, spec) if isinstance(value, (int, float)) else str(value)
 
 
+def _fmt_spread(record: dict[str, Any], key: str, spec: str) -> str:
+  """record[key] and, where measured, its range: '1.05 (0.98-1.12)'."""
+  text = _fmt(record.get(key), spec)
+  low, high = record.get(f"{key}_min"), record.get(f"{key}_max")
+  if record.get(key) is not None and low is not None and high is not None:
+    text += f" ({format(low, spec)}-{format(high, spec)})"
+  return text
+
+
 def table(records: list[dict[str, Any]]) -> str:
   """A plain-text table of the records."""
   rows = [("benchmark", "jax/s", "torch/s", "ratio", "mfu", "variant", "goal", "met", "note")]
   for r in records:
-    ratio = r.get("ratio_vs_torch", r.get("ratio"))
-    if ratio is None:
-      ratio = r.get("ratio")
+    key = "ratio_vs_torch" if r.get("ratio_vs_torch") is not None else "ratio"
     variant = " vs ".join(v for v in (r.get("jax_variant"), r.get("torch_variant")) if v)
     met = {True: "yes", False: "NO", None: "-"}[r.get("goal_met")]
     rows.append(
@@ -376,7 +604,7 @@ def table(records: list[dict[str, Any]]) -> str:
             r["benchmark"],
             _fmt(r.get("jax_per_s")),
             _fmt(r.get("torch_per_s")),
-            _fmt(ratio, ".2f"),
+            _fmt_spread(r, key, ".2f"),
             _fmt(r.get("mfu"), ".0%"),
             variant or "-",
             r.get("goal") or "-",
@@ -411,6 +639,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
       default="none,pmap,mesh",
       help="jax parallelism strategies to time (comma list of none, pmap, mesh)",
   )
+  parser.add_argument(
+      "--repeat",
+      type=int,
+      default=1,
+      help="run the whole table this many times; each ratio is then the median over the runs, "
+      "with their range",
+  )
   parser.add_argument("--no_torch_compile", action="store_true", help="skip torch.compile")
   parser.add_argument(
       "--cache_models",
@@ -418,6 +653,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
       help="models for compile_cache (default gpt,resnet18; quick mlp)",
   )
   args = parser.parse_args(argv)
+  if args.repeat < 1 or (args.rounds is not None and args.rounds < 1):
+    parser.error(f"--repeat={args.repeat} and --rounds={args.rounds} must be >= 1")
   args.only = tuple(s for s in args.only.split(",") if s)
   unknown = [s for s in args.only if s not in ALL]
   if unknown:
@@ -455,6 +692,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
       records.append(conv_devices_record(resnet))
     elif name == "input_pipeline":
       records.append(input_pipeline_bench(settings))
+    elif name == "gpt_small":
+      records.append(gpt_small_bench(settings))
     elif name == "compile_cache":
       models = args.cache_models or ("mlp" if args.quick else "gpt,resnet18")
       records.extend(compile_cache_bench(settings, tuple(models.split(","))))
@@ -471,14 +710,20 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     sys.exit(f"error: {e}")
   args = parse_args(argv)
   load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-  records = run(args)
+  runs = []
+  for i in range(args.repeat):
+    runs.append(run(args))
+    if args.repeat > 1:
+      print(f"run {i + 1} of {args.repeat}:\n{table(runs[-1])}", flush=True)
+  records = combine_repeats(runs) if args.repeat > 1 else runs[0]
   if args.json:
     with open(args.json, "w", encoding="utf-8") as f:
       json.dump(records, f, indent=2)
   print(
       f"jax {jax.__version__}, {jax.local_device_count()} host devices, {os.cpu_count()} cores, "
       f"load average at start {load:.1f} (other processes make absolute numbers noisy; "
-      "ratios are paired per round)"
+      "ratios are paired per round: median (min-max) over rounds"
+      + (f", then the median (range) of {args.repeat} runs)" if args.repeat > 1 else ")")
   )
   print(table(records))
   return records

@@ -243,3 +243,147 @@ class TorchStep:
 
   def num_params(self) -> int:
     return sum(p.numel() for p in self.model.parameters())
+
+
+# ---------- gpt_small: a whole training run, as a plain PyTorch script would do it
+
+
+def _lr_at(step: int, lr: float, warmup: int, steps: int) -> float:
+  """optax.warmup_cosine_decay_schedule(0, lr, warmup, steps): linear from 0, cosine to 0."""
+  if step < warmup:
+    return lr * step / warmup
+  progress = min(1.0, (step - warmup) / max(steps - warmup, 1))
+  return 0.5 * lr * (1 + math.cos(math.pi * progress))
+
+
+def _eval_loss(model: nn.Module, inputs: np.ndarray, targets: np.ndarray, batch: int) -> float:
+  """Mean next-character cross entropy over every target of the windows."""
+  model.eval()
+  total, count = 0.0, 0
+  with torch.no_grad():
+    for i in range(0, len(inputs), batch):
+      x = torch.from_numpy(inputs[i : i + batch]).long()
+      y = torch.from_numpy(targets[i : i + batch]).long()
+      logits = model(x)
+      total += float(F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum"))
+      count += y.numel()
+  model.train()
+  return total / count
+
+
+def _sample(model: nn.Module, prompt: np.ndarray, num_tokens: int, context: int, seed: int):
+  """Samples `num_tokens` characters at temperature 0.8, sliding the window past `context`."""
+  gen = torch.Generator().manual_seed(seed)
+  ids = torch.from_numpy(prompt).long()[None]
+  model.eval()
+  with torch.no_grad():
+    for _ in range(num_tokens):
+      logits = model(ids[:, -context:])[:, -1] / 0.8
+      ids = torch.cat([ids, torch.multinomial(logits.softmax(-1), 1, generator=gen)], 1)
+  model.train()
+  return ids[0].numpy()
+
+
+def _gpt(args: dict[str, Any]) -> GPT:
+  torch.manual_seed(args["seed"])
+  return GPT(
+      vocab_size=args["vocab_size"],
+      model_dim=args["model_dim"],
+      num_layers=args["num_layers"],
+      num_heads=args["num_heads"],
+      mlp_dim=args["mlp_dim"],
+      context=args["context"],
+  )
+
+
+def faster_threads(args: dict[str, Any], steps: int = 5) -> tuple[int, float]:
+  """(the faster intra-op thread count of 1 and all cores for this model's train step, the
+  seconds the probe took): on a loaded machine OpenMP's barriers made the small GPT's eval
+  batches 4x slower with two threads than with one, so the baseline gets the better of both."""
+  start = time.perf_counter()
+  model = _gpt(args)
+  opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+  x = torch.randint(args["vocab_size"], (args["batch_size"], args["context"] + 1))
+  best = None
+  for threads in sorted({1, os.cpu_count() or 1}):
+    torch.set_num_threads(threads)
+    took = 0.0
+    for i in range(steps + 1):  # the first is a warm-up
+      t = time.perf_counter()
+      loss = F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
+      opt.zero_grad(set_to_none=True)
+      loss.backward()
+      opt.step()
+      took += (time.perf_counter() - t) if i else 0.0
+    best = (took, threads) if best is None or took < best[0] else best
+  torch.set_num_threads(best[1])
+  return best[1], time.perf_counter() - start
+
+
+def train_gpt_small(data: dict[str, np.ndarray], args: dict[str, Any]) -> dict[str, Any]:
+  """Trains the GPT on `data` (train text, validation/test windows, the eval sample) as a
+  nanoGPT-style script does: random windows, AdamW with decay on matrices, warm-up + cosine,
+  clipping, evaluations every eval_every steps on the sampled windows, full splits at the end,
+  a 200-character sample. Threads: the faster of 1 and all cores (faster_threads; its probe's
+  seconds are reported as probe_s, for the caller to leave out of the wall time). Returns the
+  losses and the step time (mean over steps 2..n, evaluations excluded)."""
+  threads, probe_s = faster_threads(args)
+  context, batch, steps = args["context"], args["batch_size"], args["steps"]
+  model = _gpt(args)
+  decay = [p for p in model.parameters() if p.dim() >= 2]
+  rest = [p for p in model.parameters() if p.dim() < 2]
+  groups = [{"params": decay, "weight_decay": args["weight_decay"]}, {"params": rest}]
+  opt = torch.optim.AdamW(groups, lr=args["lr"], betas=(0.9, args["b2"]), weight_decay=0.0)
+  text = torch.from_numpy(data["train"]).long()
+  gen = torch.Generator().manual_seed(args["seed"])
+  sample = data["eval_sample"]
+  evals, step_time, first_step_done = [], 0.0, None
+  for step in range(steps):
+    t = time.perf_counter()
+    starts = torch.randint(len(text) - context - 1, (batch,), generator=gen)
+    chunk = text[starts[:, None] + torch.arange(context + 1)[None]]
+    for group in opt.param_groups:
+      group["lr"] = _lr_at(step, args["lr"], args["warmup"], steps)
+    logits = model(chunk[:, :-1])
+    loss = F.cross_entropy(logits.flatten(0, 1), chunk[:, 1:].flatten())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), args["clip"])
+    opt.step()
+    if step == 0:
+      first_step_done = time.time()
+    else:
+      step_time += time.perf_counter() - t
+    if (step + 1) % args["eval_every"] == 0 and step + 1 < steps:
+      v = _eval_loss(model, data["val_inputs"][sample], data["val_targets"][sample], batch)
+      evals.append((step + 1, v))
+  val = _eval_loss(model, data["val_inputs"], data["val_targets"], batch)
+  test = _eval_loss(model, data["test_inputs"], data["test_targets"], batch)
+  _sample(model, data["prompt"], args["sample_tokens"], context, args["seed"])
+  return {
+      "eval_loss": val,
+      "test_loss": test,
+      "intermediate_eval_loss": evals,
+      "step_s": step_time / max(steps - 1, 1),
+      "first_step_done": first_step_done,
+      "threads": threads,
+      "probe_s": probe_s,
+  }
+
+
+def _main() -> None:
+  """python -m benchmarks.torch_models --gpt_small=DATA.npz --args=JSON: one run, JSON out."""
+  import argparse
+  import json
+
+  parser = argparse.ArgumentParser(description=_main.__doc__)
+  parser.add_argument("--gpt_small", required=True, help="the .npz benchmarks.run wrote")
+  parser.add_argument("--args", required=True, help="hyper-parameters as a JSON object")
+  ns = parser.parse_args()
+  with np.load(ns.gpt_small) as f:
+    data = dict(f)
+  print(json.dumps(train_gpt_small(data, json.loads(ns.args))), flush=True)
+
+
+if __name__ == "__main__":
+  _main()

@@ -40,6 +40,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.length_buckets = 4  # batches of similar length: ~3/4 of the positions were padding
   config.log_every_steps = 100
   config.eval_every_steps = 2000
+  # The whole validation split (6395 words, 50 batches, teacher-forced) at steps 2000 and 4000:
+  # ~1.1% of the run by the estimate in jaxmodels/train/config.py, so they stay exact.
   config.checkpoint_every_steps = 1000
   config.model = ml_collections.ConfigDict(
       dict(model_dim=128, num_layers=3, num_heads=4, mlp_dim=512, dropout_rate=0.0)

@@ -35,6 +35,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.label_smoothing = 0.1
   config.log_every_steps = 100
   config.eval_every_steps = 1000
+  # The whole test split (10000 images, 79 batches) at steps 1000-4000: ~4.1% of the run by the
+  # estimate in jaxmodels/train/config.py, so the intermediate evaluations stay exact.
   config.checkpoint_every_steps = 500
   config.augment = True
   config.validation_size = 0  # >0 holds out that many train examples as the eval split

@@ -37,6 +37,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.grad_clip_norm = 1.0
   config.log_every_steps = 50
   config.eval_every_steps = 500
+  # The whole validation split (2533 reviews, 40 batches) at steps 500 and 1000: ~3.5% of the
+  # run by the estimate in jaxmodels/train/config.py, so the intermediate evaluations stay exact.
   config.checkpoint_every_steps = 500
   config.model = ml_collections.ConfigDict(
       dict(

@@ -37,6 +37,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.grad_clip_norm = 1.0
   config.log_every_steps = 50
   config.eval_every_steps = 1000
+  # The whole validation split (62 batches) at steps 1000 and 2000: ~2.7% of the run by the
+  # estimate in jaxmodels/train/config.py, so the intermediate evaluations stay exact.
   config.checkpoint_every_steps = 500
   config.sample_prompt = "ROMEO:"
   config.sample_tokens = 200

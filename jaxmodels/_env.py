@@ -193,6 +193,27 @@ def restart_with_allocator() -> None:
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
 
 
+def restart_before_imports(package: str) -> None:
+  """restart_with_allocator for the command `python -m <package>.<module>`, from `package`'s
+  `__init__`: the restart then happens before the module's own imports (jax, flax, optax,
+  orbax: 3.9 s of CPU time for shakespeare_gpt on the 2-core host under load, 2026-12-02)
+  instead of repeating them after the exec.
+
+  Does nothing in any other process (an import from a test, a notebook, `python -c`): runpy
+  sets sys.argv[0] to '-m' only while it imports the packages of the module it will run.
+  A bad JAXMODELS_ALLOCATOR is left for the entry point to report as its error.
+  """
+  argv = list(getattr(sys, "orig_argv", []))
+  if sys.argv[:1] != ["-m"] or "-m" not in argv[:-1]:
+    return
+  if not argv[argv.index("-m") + 1].startswith(package + "."):
+    return
+  try:
+    restart_with_allocator()
+  except ValueError:
+    pass
+
+
 def _backends_ready() -> bool:
   try:
     from jax._src import xla_bridge

@@ -277,3 +277,101 @@ def test_first_step_child_fills_the_compilation_cache(tmp_path):
       result["init_s"] + result["compile_s"] + result["step_s"]
   )
   assert any(cache.iterdir())
+
+
+# ---------- spreads over rounds and over repeated runs
+
+
+def test_spread_is_the_median_and_range():
+  assert run.spread([1.2, 0.9, 1.0, 1.5, 1.1]) == {"": 1.1, "_min": 0.9, "_max": 1.5}
+  record = {}
+  run.put_spread(record, "ratio", [2.0, 1.0, 4.0])
+  assert record == {"ratio": 2.0, "ratio_min": 1.0, "ratio_max": 4.0}
+
+
+def test_paired_ratios_are_per_round():
+  slow = run.Contender("torch", None, times=[2.0, 3.0, 1.0, 4.0, 2.0])
+  fast = run.Contender("jax", None, times=[1.0, 2.0, 1.0, 1.0, 2.5])
+  assert run.paired_ratios(slow, fast) == pytest.approx([2.0, 1.5, 1.0, 4.0, 0.8])
+  # Not the ratio of the median times (2.0 / 1.0): each round's load hits both sides alike.
+  assert run.paired_ratio(slow, fast) == pytest.approx(1.5)
+
+
+def test_combine_repeats_takes_the_median_and_range_of_each_ratio():
+  def table_run(gpt, mfu, pipeline):
+    return [
+        run.finish(
+            {"benchmark": "gpt", "ratio_vs_torch": gpt, "mfu": mfu, "ratio_vs_torch_min": 0}
+        ),
+        run.finish({"benchmark": "input_pipeline", "ratio": pipeline}),
+        run.finish({"benchmark": "lstm", "note": "skipped"}),
+    ]
+
+  runs = [table_run(1.3, 0.7, 0.9), table_run(0.95, 0.8, 1.0), table_run(1.05, 0.9, 0.8)]
+  gpt, pipeline, lstm = run.combine_repeats(runs)
+  assert (gpt["ratio_vs_torch"], gpt["ratio_vs_torch_min"], gpt["ratio_vs_torch_max"]) == (
+      1.05,
+      0.95,
+      1.3,
+  )
+  assert gpt["repeats"]["ratio_vs_torch"] == [1.3, 0.95, 1.05]
+  assert gpt["mfu"] == 0.8 and gpt["goal_met"] is True  # the goal is judged on the medians
+  assert (pipeline["ratio"], pipeline["ratio_min"], pipeline["ratio_max"]) == (0.9, 0.8, 1.0)
+  assert lstm["repeats"] == {} and lstm["ratio_vs_torch"] is None
+
+
+def test_table_prints_the_range_beside_the_ratio():
+  record = {"benchmark": "mlp", "ratio_vs_torch": 1.5, "ratio_vs_torch_min": 1.25}
+  record["ratio_vs_torch_max"] = 1.75
+  assert "1.50 (1.25-1.75)" in run.table([run.finish(record)])
+
+
+def test_repeat_must_be_positive(capsys):
+  with pytest.raises(SystemExit):
+    run.parse_args(["--repeat=0"])
+  assert "--repeat=0" in capsys.readouterr().err
+
+
+def test_gpt_small_sides_share_the_hyper_parameters():
+  from experiments import shakespeare_gpt
+
+  config = shakespeare_gpt.get_config()
+  args = run.gpt_small_args(quick=False)
+  assert (args["steps"], args["batch_size"], args["context"]) == (2000, 12, 64)
+  assert (args["model_dim"], args["num_layers"]) == (128, 4)
+  assert (args["lr"], args["warmup"], args["eval_every"]) == (config.learning_rate, 100, 500)
+  quick = run.gpt_small_args(quick=True)
+  assert quick["steps"] < args["steps"] and quick["eval_batches"] == args["eval_batches"]
+
+
+def test_torch_schedule_equals_optax_warmup_cosine():
+  torch_models = pytest.importorskip("benchmarks.torch_models")
+  import optax
+
+  schedule = optax.warmup_cosine_decay_schedule(0.0, 3e-3, 10, 50)
+  for step in (0, 5, 10, 11, 30, 49, 50):
+    assert torch_models._lr_at(step, 3e-3, 10, 50) == pytest.approx(float(schedule(step)), abs=1e-9)
+
+
+def test_torch_gpt_small_script_learns_a_periodic_text():
+  torch_models = pytest.importorskip("benchmarks.torch_models")
+  text = np.tile(np.arange(7, dtype=np.int32), 200)
+  windows = np.stack([text[i : i + 9] for i in range(0, 90, 8)])
+  data = {
+      "train": text,
+      "val_inputs": windows[:, :-1],
+      "val_targets": windows[:, 1:],
+      "test_inputs": windows[:, :-1],
+      "test_targets": windows[:, 1:],
+      "eval_sample": np.arange(4),
+      "prompt": np.array([0, 1], np.int32),
+  }
+  args = dict(
+      vocab_size=7, model_dim=16, num_layers=1, num_heads=2, mlp_dim=32, context=8, batch_size=4,
+      steps=40, eval_every=10, eval_batches=1, sample_tokens=3, warmup=4, lr=1e-2, b2=0.99,
+      weight_decay=0.1, clip=1.0, seed=0,
+  )  # fmt: skip
+  out = torch_models.train_gpt_small(data, args)
+  assert [s for s, _ in out["intermediate_eval_loss"]] == [10, 20, 30]
+  assert out["eval_loss"] < 0.5 * np.log(7) and out["eval_loss"] == out["test_loss"]
+  assert out["threads"] >= 1 and out["step_s"] > 0 and out["probe_s"] > 0

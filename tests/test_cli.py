@@ -209,6 +209,14 @@ def test_resume_with_changed_config_lists_the_keys(trained, tmp_path):
   assert snapshot(workdir) == before
 
 
+def test_summary_counts_startup_from_the_process_start(trained):
+  summary = json.load(open(os.path.join(trained, "summary.json")))
+  # From the process's start (interpreter, imports, jemalloc restart) to the first finished
+  # step: it holds that step's compilation, the only one of this fixed-shape run.
+  assert summary["startup_s"] > 0
+  assert summary["startup_s"] >= summary["compile_s"]
+
+
 def test_finished_run_is_not_retrained(trained, tmp_path):
   workdir = str(tmp_path / "w")
   shutil.copytree(trained, workdir)

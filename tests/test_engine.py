@@ -4,6 +4,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import types
@@ -160,12 +162,29 @@ def test_resume_is_bit_identical(tmp_path):
   assert again == straight
 
 
+def test_metric_writer_does_not_import_torch(tmp_path):
+  # tensorboardX imports torch when it is installed: seconds of every run's start-up.
+  pytest.importorskip("torch")
+  code = (
+      "import sys; from jaxmodels.train import metrics; "
+      f"w = metrics.MetricWriter({str(tmp_path)!r}); w.write(1, 'train', {{'loss': 2.0}}); "
+      "w.close(); print('torch' in sys.modules); import torch; print(torch.ones(1).item())"
+  )
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run(
+      [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
+  ).stdout.split()
+  assert out == ["False", "1.0"]  # and torch still imports afterwards
+  assert any(p.startswith("events.out.tfevents") for p in os.listdir(tmp_path))
+
+
 def test_workdir_outputs_and_tensorboard(tmp_path):
   summary = loop.train_and_evaluate(
       fashion_mnist_cnn, _tiny_config(num_train_steps=20), str(tmp_path)
   )
   for key in ("steps", "wall_s", "compile_s", "examples_per_s", "test_accuracy", "eval_loss"):
     assert key in summary
+  assert summary["startup_s"] > 0  # in-process: from the call to the first finished step
   assert json.load(open(tmp_path / "summary.json")) == summary
   assert json.load(open(tmp_path / "config.json"))["batch_size"] == 16
   records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from jaxmodels import _env
+from jaxmodels.train import perf
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -167,3 +168,56 @@ def test_bad_allocator_choice_is_a_clear_error(tmp_path):
   assert proc.returncode == 2
   assert "JAXMODELS_ALLOCATOR='tcmalloc': valid values are 'jemalloc' and 'system'" in proc.stderr
   assert not workdir.exists()
+
+
+def test_process_age_reads_the_start_field_after_the_command_name():
+  # /proc/<pid>/stat: pid (comm) state ppid ...; field 22 is the start in ticks after boot.
+  fields = ["S"] + ["0"] * 18 + ["250"] + ["7"] * 10
+  stat = "42 (python -m x) " + " ".join(fields)
+  assert perf.process_age_s(stat, "12.50 3.00\n", 100) == pytest.approx(10.0)
+
+
+def test_process_start_time_is_before_this_process_ran_python(tmp_path):
+  code = (
+      "import time; t = time.time(); time.sleep(0.3); from jaxmodels.train import perf; "
+      "print(t - perf.process_start_time())"
+  )
+  out = subprocess.run(
+      [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+  ).stdout
+  assert 0 <= float(out) < 60  # the interpreter started before its first statement
+
+
+_PACKAGE_INIT = "from jaxmodels import _env\n_env.restart_before_imports(__name__)\n"
+_MODULE = (
+    "import os, sys\n"
+    "open(os.environ['MARKER'], 'a').write('ran\\n')\n"
+    "from jaxmodels import _env\n"
+    "_env.restart_with_allocator()\n"
+    "maps = open('/proc/self/maps').read()\n"
+    "print('jemalloc' if 'libjemalloc' in maps else 'system', sys.argv[1:])\n"
+)
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or _env.find_jemalloc() is None,
+    reason="needs Linux with jemalloc installed (make jemalloc)",
+)
+def test_python_m_restarts_in_the_package_before_the_module_runs(tmp_path):
+  (tmp_path / "pkg").mkdir()
+  (tmp_path / "pkg" / "__init__.py").write_text(_PACKAGE_INIT)
+  (tmp_path / "pkg" / "mod.py").write_text(_MODULE)
+  env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
+  env.update(PYTHONPATH=f"{tmp_path}:{ROOT}", MARKER=str(tmp_path / "marker"))
+  env.pop(_env.ALLOCATOR_ENV, None)
+
+  def run(*argv):
+    return subprocess.run(
+        [sys.executable, *argv], cwd=tmp_path, env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+  assert run("-m", "pkg.mod", "--a=1") == "jemalloc ['--a=1']"
+  # The module body ran once: the restart came before it, not after its imports.
+  assert (tmp_path / "marker").read_text() == "ran\n"
+  # Imported from elsewhere, the package leaves the process alone.
+  assert run("-c", "import pkg; import os; print(os.environ.get('LD_PRELOAD', ''))") == ""

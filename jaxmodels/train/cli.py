@@ -12,7 +12,7 @@ from ml_collections import config_flags
 
 from jaxmodels import _env
 from jaxmodels.models.common import ModelOptionError
-from jaxmodels.train import checkpoint, config as config_lib, lock, loop, storage
+from jaxmodels.train import checkpoint, config as config_lib, lock, loop, perf, storage
 
 # Errors a user can fix: printed as one paragraph, exit status 2 (1 for a diverged run).
 USER_ERRORS: tuple[type[BaseException], ...] = (
@@ -93,6 +93,7 @@ def run_experiment(experiment: ModuleType, argv: list[str] | None = None) -> Non
           fv.workdir,
           allow_config_change=fv.allow_config_change,
           command=command_line(loop.experiment_name(experiment), argv[1:]),
+          started_at=perf.process_start_time(),
       )
     except loop.Stopped as e:
       print(

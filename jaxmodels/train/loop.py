@@ -184,14 +184,18 @@ def train_and_evaluate(
     workdir: str,
     allow_config_change: bool = False,
     command: str | None = None,
+    started_at: float | None = None,
 ) -> dict[str, Any]:
   """Trains `experiment` to config.num_train_steps in `workdir`, resuming if it can.
 
   The experiment module provides get_data(config), get_model(config, info) and
   get_task(config, info). Returns the summary also written to workdir/summary.json, which also
   records `command` (the command line that ran it, when there is one) and runinfo.facts.
+  summary.json's startup_s counts from `started_at` (the command line passes the process's
+  start) to the end of this invocation's first step; without it, from this call.
   """
   start_time = time.time()
+  started_at = start_time if started_at is None else started_at
   config = ml_collections.FrozenConfigDict(config)
   is_main = jax.process_index() == 0
   check_config(config)  # before the workdir is created: a bad value leaves no trace
@@ -200,7 +204,7 @@ def train_and_evaluate(
   with _workdir_lock(workdir, is_main):
     try:
       return _train_and_evaluate(
-          experiment, config, workdir, allow_config_change, start_time, command
+          experiment, config, workdir, allow_config_change, (started_at, start_time), command
       )
     except BaseException:
       if is_main:
@@ -259,7 +263,8 @@ def _workdir_lock(workdir: str, is_main: bool) -> contextlib.AbstractContextMana
   return lock.WorkdirLock(workdir) if is_main else contextlib.nullcontext()
 
 
-def _train_and_evaluate(experiment, config, workdir, allow_config_change, start_time, command):
+def _train_and_evaluate(experiment, config, workdir, allow_config_change, times, command):
+  started_at, start_time = times
   is_main = jax.process_index() == 0
   check_resume_config(workdir, config, allow_config_change)
   if config.compilation_cache_dir == "none":
@@ -307,7 +312,7 @@ def _train_and_evaluate(experiment, config, workdir, allow_config_change, start_
   about = (experiment_name(experiment), command)
   run = _Run(config, workdir, data, task, strategy, ckpts, is_main, shard, start, about)
   try:
-    summary = run.train(state, start, tx, schedule, meta, start_time)
+    summary = run.train(state, start, tx, schedule, meta, start_time, started_at)
   except BaseException as e:
     failed = _write_error(e, workdir, ckpts)
     run.close(quiet=True)  # a full disk fails the closing writes too: report the first error
@@ -435,9 +440,10 @@ class _Run:
           raise
         logging.warning("closing after an error failed too: %s: %s", type(e).__name__, e)
 
-  def train(self, state, start, tx, schedule, meta, start_time) -> dict[str, Any]:
+  def train(self, state, start, tx, schedule, meta, start_time, started_at) -> dict[str, Any]:
     config, strategy = self.config, self.strategy
     self.start_time, self.prior_wall_s = start_time, float(meta.get("wall_s", 0.0))
+    self.started_at, self.startup_s = started_at, None
     self.last_train = dict(meta.get("train_metrics", {}))
     train_fn = strategy.train_fn(self.task, tx, schedule, state)
     self.eval_fn = strategy.eval_fn(self.task, False, state)
@@ -481,6 +487,9 @@ class _Run:
         profile.before_step(step)
         dstate, sums = step_fn(dstate, batch)
         step += 1
+        if self.startup_s is None:
+          jax.block_until_ready(sums)  # one wait: start-up ends when the first step has finished
+          self.startup_s = time.time() - self.started_at
         profile.after_step(step, sums)
         self.pending.append(sums)
         in_flight.add(sums)
@@ -542,6 +551,7 @@ class _Run:
         steps=step,
         wall_s=wall_s,
         compile_s=compile_s,
+        startup_s=self.startup_s,
         total_wall_s=wall_s + self.prior_wall_s,
         examples_per_s=examples_per_s,
         num_devices=strategy.num_devices,

@@ -108,3 +108,27 @@ class StepProfile:
     if self.active:
       jax.profiler.stop_trace()
       self.active = False
+
+
+def process_start_time() -> float | None:
+  """The time.time() at which this process started, from /proc (Linux), or None elsewhere.
+
+  An exec keeps the process and its start time, so the allocator restart of an entry point
+  (jaxmodels._env) and the interpreter's own start-up are counted.
+  """
+  try:
+    with open("/proc/self/stat", encoding="ascii") as f:
+      stat = f.read()
+    with open("/proc/uptime", encoding="ascii") as f:
+      uptime = f.read()
+  except OSError:
+    return None
+  return time.time() - process_age_s(stat, uptime, os.sysconf("SC_CLK_TCK"))
+
+
+def process_age_s(stat: str, uptime: str, ticks_per_s: int) -> float:
+  """Seconds since a process started, from its /proc/<pid>/stat line and /proc/uptime: the
+  22nd field of stat is the start in clock ticks after boot (counted after the command name in
+  parentheses, which may itself hold spaces)."""
+  fields = stat[stat.rindex(")") + 2 :].split()
+  return float(uptime.split()[0]) - int(fields[19]) / ticks_per_s
