@@ -86,12 +86,14 @@ class Classification:
     return self.flip_eval
 
   def decode_metrics(self, model: nn.Module, variables: Any, batch: Batch) -> Sums:
-    """Loss and accuracy of the probabilities averaged over each image and its mirror."""
+    """Loss (cross-entropy with the smoothed labels, as `losses`) and accuracy of the class
+    probabilities averaged over each image and its mirror."""
     images, *rest = self.model_args(batch)
     both = [model.apply(variables, x, *rest, train=False) for x in (images, images[:, :, ::-1])]
     probs = sum(jax.nn.softmax(logits.astype(jnp.float32), -1) for logits in both) / 2
     targets, w = batch["targets"], self.weights(batch)
-    loss = -jnp.log(jnp.take_along_axis(probs, targets[:, None], -1)[:, 0] + 1e-12)
+    labels = optax.smooth_labels(jax.nn.one_hot(targets, self.num_classes), self.label_smoothing)
+    loss = -jnp.sum(labels * jnp.log(probs + 1e-12), -1)  # the cross-entropy `loss` reports
     correct = (jnp.argmax(probs, -1) == targets).astype(jnp.float32)
     return {
         "flip_loss": (jnp.sum(loss * w), jnp.sum(w)),
