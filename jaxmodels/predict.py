@@ -53,7 +53,7 @@ def restore(
   if restored is None:
     raise FileNotFoundError(f"{workdir}/checkpoints holds no checkpoint yet; train first.")
   state, _ = restored
-  variables = {"params": state.params, **state.model_state}
+  variables = {"params": optim.eval_params(state.params, state.opt_state), **state.model_state}
   return Trained(experiment, config, data, model, variables, int(state.step))
 
 

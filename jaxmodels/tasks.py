@@ -69,11 +69,36 @@ def _example_weight(batch: Batch) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class Classification:
-  """Cross-entropy on class labels (optionally smoothed), accuracy."""
+  """Cross-entropy on class labels (optionally smoothed), accuracy.
+
+  With `flip_eval` the final evaluation also scores the mean of the class probabilities of each
+  image and its left-right mirror (test-time flip; images [B, H, W, C]): flip_accuracy and
+  flip_loss. It suits models trained on mirrored images too.
+  """
 
   num_classes: int
   label_smoothing: float = 0.0
   inputs: tuple[str, ...] = ("inputs",)  # batch keys passed to the model, in order
+  flip_eval: bool = False
+
+  @property
+  def decodes(self) -> bool:
+    return self.flip_eval
+
+  def decode_metrics(self, model: nn.Module, variables: Any, batch: Batch) -> Sums:
+    """Loss (cross-entropy with the smoothed labels, as `losses`) and accuracy of the class
+    probabilities averaged over each image and its mirror."""
+    images, *rest = self.model_args(batch)
+    both = [model.apply(variables, x, *rest, train=False) for x in (images, images[:, :, ::-1])]
+    probs = sum(jax.nn.softmax(logits.astype(jnp.float32), -1) for logits in both) / 2
+    targets, w = batch["targets"], self.weights(batch)
+    labels = optax.smooth_labels(jax.nn.one_hot(targets, self.num_classes), self.label_smoothing)
+    loss = -jnp.sum(labels * jnp.log(probs + 1e-12), -1)  # the cross-entropy `loss` reports
+    correct = (jnp.argmax(probs, -1) == targets).astype(jnp.float32)
+    return {
+        "flip_loss": (jnp.sum(loss * w), jnp.sum(w)),
+        "flip_accuracy": (jnp.sum(correct * w), jnp.sum(w)),
+    }
 
   def model_args(self, batch: Batch) -> tuple[Any, ...]:
     return tuple(batch[k] for k in self.inputs)

@@ -57,6 +57,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.grad_clip_norm = 0.0  # 0 disables clipping
   c.grad_accum_steps = 1  # >1: sum the gradients of that many micro-batches per update
   c.label_smoothing = 0.0
+  # >0: evaluation, the summary and predictions use a moving average of the parameters with this
+  # decay (train/optim.with_params_ema); 0: the parameters themselves.
+  c.ema_decay = 0.0
   c.log_every_steps = 100
   c.eval_every_steps = 1000
   # >0: evaluations during training read that many batches of a fixed sample of the split (an
@@ -173,6 +176,7 @@ def _check_ranges(config: ml_collections.ConfigDict) -> None:
         f"config.eps={config.eps} must be > 0: it keeps the optimizer's update finite."
     )
   unit = [("label_smoothing", config.label_smoothing), ("momentum", config.momentum)]
+  unit += [("ema_decay", config.ema_decay)]
   unit += [("b1", config.b1), ("b2", config.b2)]
   unit += [(f"model.{k}", v) for k, v in _flat(config).items() if k.endswith("dropout_rate")]
   for key, value in unit:

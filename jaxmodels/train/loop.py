@@ -323,7 +323,8 @@ def _train_and_evaluate(experiment, config, workdir, allow_config_change, times,
   if hasattr(experiment, "on_finish"):
     final = strategy.get_state(run.final_state)  # every process: a mesh state is gathered
     if is_main:
-      variables = {"params": final.params, **final.model_state}
+      params = optim.eval_params(final.params, final.opt_state)
+      variables = {"params": params, **final.model_state}
       summary.update(experiment.on_finish(model, variables, data.info, config))
       _write_json(summary_path, summary)
   return summary

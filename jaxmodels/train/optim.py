@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -69,8 +69,52 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   tx = optax.chain(*parts, opt) if parts else opt
   if config.trainable:
     labels = trainable_labels(config.trainable)
-    return optax.multi_transform({"trainable": tx, "frozen": optax.set_to_zero()}, labels)
-  return tx
+    tx = optax.multi_transform({"trainable": tx, "frozen": optax.set_to_zero()}, labels)
+  return with_params_ema(tx, config.ema_decay) if config.ema_decay else tx
+
+
+class ParamsEMAState(NamedTuple):
+  """The wrapped optimizer's state and the moving average of the parameters after each update."""
+
+  inner: optax.OptState
+  ema: optax.Params
+  count: jax.Array
+
+
+def ema_decay_at(decay: float, count: jax.Array) -> jax.Array:
+  """The decay of update `count` (0-based): min(decay, (1 + count) / (10 + count)), so that the
+  first updates, whose average would still lean on the initialisation, weigh more."""
+  count = jnp.asarray(count, jnp.float32)
+  return jnp.minimum(decay, (1.0 + count) / (10.0 + count))
+
+
+def with_params_ema(tx: optax.GradientTransformation, decay: float) -> optax.GradientTransformation:
+  """`tx`, whose state also keeps ema <- d * ema + (1 - d) * new_params after every update, with
+  d = ema_decay_at(decay, count). Kept in the optimizer state, the average is checkpointed,
+  replicated (pmap) and sharded like the parameters (mesh) with it; `eval_params` reads it."""
+
+  def init(params):
+    copy = jax.tree_util.tree_map(jnp.array, params)  # its own buffers: the state is donated
+    return ParamsEMAState(tx.init(params), copy, jnp.zeros((), jnp.int32))
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError("with_params_ema needs the parameters: call update(grads, state, params).")
+    updates, inner = tx.update(updates, state.inner, params)
+    d = ema_decay_at(decay, state.count)
+    new_params = optax.apply_updates(params, updates)
+    ema = jax.tree_util.tree_map(
+        lambda e, p: (d * e + (1.0 - d) * p).astype(e.dtype), state.ema, new_params
+    )
+    return updates, ParamsEMAState(inner, ema, state.count + 1)
+
+  return optax.GradientTransformation(init, update)
+
+
+def eval_params(params: optax.Params, opt_state: optax.OptState) -> optax.Params:
+  """The parameters to evaluate: the moving average where the optimizer keeps one
+  (config.ema_decay > 0), else `params`."""
+  return opt_state.ema if isinstance(opt_state, ParamsEMAState) else params
 
 
 def param_path(path: jax.tree_util.KeyPath) -> str:

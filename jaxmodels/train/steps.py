@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxmodels.tasks import DecodingTask, Task
+from jaxmodels.train.optim import eval_params
 
 
 @flax.struct.dataclass
@@ -186,8 +187,9 @@ def eval_step(
     decode: bool = False,
 ) -> dict[str, Any]:
   """Metric sums for one evaluation batch (padding carries zero weight); with `decode`, also the
-  task's decode metrics (the task is then a `DecodingTask`)."""
-  variables = {"params": state.params, **state.model_state}
+  task's decode metrics (the task is then a `DecodingTask`). The parameters are the moving
+  average where the optimizer keeps one (config.ema_decay)."""
+  variables = {"params": eval_params(state.params, state.opt_state), **state.model_state}
   outputs = model.apply(variables, *task.model_args(batch), train=False)
   _, sums = task.losses(outputs, batch)
   if decode:
