@@ -277,3 +277,10 @@ def test_first_step_child_fills_the_compilation_cache(tmp_path):
       result["init_s"] + result["compile_s"] + result["step_s"]
   )
   assert any(cache.iterdir())
+
+
+def test_dp_bench_pairs_the_private_and_the_plain_step():
+  records = run.main(["--quick", "--only=dp", "--rounds=1"])
+  (record,) = records
+  assert record["benchmark"] == "dp" and record["goal"] == "ratio >= 0.5"
+  assert record["jax_per_s"] > 0 and record["plain_per_s"] > 0 and record["ratio"] > 0
