@@ -111,7 +111,7 @@ def _one_step_rdp(noise_multiplier: float, sampling_probability: float) -> tuple
 
   accountant = rdp.RdpAccountant()
   accountant.compose(Accountant(noise_multiplier, sampling_probability, 0.0).event(1))
-  # RdpAccountant keeps the composed curve in `_rdp` over `_orders` (dp-accounting 0.4-0.6).
+  # RdpAccountant keeps the composed curve in `_rdp` over `_orders` (dp-accounting 0.6).
   return accountant._orders, accountant._rdp  # pylint: disable=protected-access
 
 
