@@ -7,7 +7,10 @@ batch_size / 60000 sampling spend config.dp.epsilon at config.dp.delta (1e-5 her
 spent so far is logged with the train metrics and summary.json has dp_epsilon and dp_delta.
 See jaxmodels/train/privacy.py for what the accountant assumes (Poisson sampling).
 
-Results: see the README's "Differential privacy" section.
+Expect (measured 2026-12-02 on a 2-core CPU shared with other jobs, the three runs at once,
+46 minutes each at 0.2 steps/s): test accuracy 92.1% / 93.3% / 94.1% at epsilon 1 / 3 / 8
+(delta 1e-5) after these 500 steps (2.1 epochs); still rising, below the 97% target at
+epsilon 3. The README's "Differential privacy" section has the table.
 """
 
 import sys
