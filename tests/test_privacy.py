@@ -202,17 +202,34 @@ def test_batchnorm_is_refused_and_nothing_is_written(tmp_path):
   privacy.check_model(CNN(features=(4,)), TASK, _batch(2))  # no BatchNorm: accepted
 
 
+class SmallTrainSplit(SyntheticDataset):
+  """Synthetic images with a train split of 640 examples, so that epsilon is far from 0."""
+
+  def num_examples(self, split):
+    return 640 if split == "train" else super().num_examples(split)
+
+
+@pytest.fixture
+def small_data(monkeypatch):
+  data = SmallTrainSplit("image_classification", image_shape=(28, 28, 1), num_classes=10)
+  monkeypatch.setattr(mnist_dp, "get_data", lambda config: data)
+  return data
+
+
 def _epsilons(workdir):
   with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
     records = [json.loads(line) for line in f]
   return {r["step"]: r["dp_epsilon"] for r in records if "dp_epsilon" in r}
 
 
-def test_summary_has_dp_epsilon_and_delta_and_a_resume_continues_the_accounting(tmp_path):
+def test_summary_has_dp_epsilon_and_delta_and_a_resume_continues_the_accounting(
+    tmp_path, small_data
+):
   workdir = str(tmp_path / "run")
   config = _tiny(4, epsilon=None, noise_multiplier=0.8)
   first = loop.train_and_evaluate(mnist_dp, config, workdir)
-  accountant = privacy.Accountant(0.8, 16 / DATA.num_examples("train"), 1e-5)
+  accountant = privacy.Accountant(0.8, 16 / 640, 1e-5)
+  assert accountant.epsilon(4) > 0.1
   assert first["dp_delta"] == 1e-5
   assert first["dp_epsilon"] == pytest.approx(accountant.epsilon(4), rel=1e-9)
   with open(os.path.join(workdir, "summary.json"), encoding="utf-8") as f:
@@ -229,13 +246,13 @@ def test_summary_has_dp_epsilon_and_delta_and_a_resume_continues_the_accounting(
     assert epsilon == pytest.approx(accountant.epsilon(step), rel=1e-9)
 
 
-def test_a_calibrated_run_refuses_a_new_horizon_on_resume(tmp_path):
+def test_a_calibrated_run_refuses_a_new_horizon_on_resume(tmp_path, small_data):
   workdir = str(tmp_path / "run")
-  first = loop.train_and_evaluate(mnist_dp, _tiny(2, epsilon=2.0), workdir)
+  first = loop.train_and_evaluate(mnist_dp, _tiny(2, epsilon=2.0, delta=None), workdir)
   assert first["dp_epsilon"] == pytest.approx(2.0, rel=1e-3) and first["dp_epsilon"] <= 2.0
-  assert first["dp_delta"] == privacy.default_delta(DATA.num_examples("train"))
+  assert first["dp_delta"] == pytest.approx(1e-3)  # 1/640 rounded down to a power of ten
   with pytest.raises(config_lib.ConfigError, match="DP-SGD noise was calibrated"):
-    loop.train_and_evaluate(mnist_dp, _tiny(4, epsilon=2.0), workdir)
+    loop.train_and_evaluate(mnist_dp, _tiny(4, epsilon=2.0, delta=None), workdir)
 
 
 def test_a_saved_config_without_dp_keys_resumes():
