@@ -97,9 +97,10 @@ class JaxStep:
       lr: float = 1e-3,
       seed: int = 0,
       max_in_flight: int = 2,
+      dp: Any = None,
   ):
     self.spec, self.max_in_flight = spec, max_in_flight
-    self.strategy = parallel.make(strategy, spec.model)
+    self.strategy = parallel.make(strategy, spec.model, dp=dp)  # dp: a privacy.DPSGD
     if spec.batch_size % self.strategy.num_devices:
       raise ValueError(
           f"batch {spec.batch_size} does not split over " f"{self.strategy.num_devices} devices"

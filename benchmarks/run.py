@@ -23,6 +23,8 @@ Benchmarks:
                             validation losses beside it.
                             Needs `python -m jaxmodels.data.prepare shakespeare`; the full run
                             takes ~5 minutes per round.
+  dp                        experiments.mnist_dp's CNN: the DP-SGD step (per-example gradients,
+                            clipping, noise) vs the plain step, same model, batch and device.
 
 Every contender is timed in rounds, one chunk of steps each in turn, after warm-up; per-step
 times are medians over rounds and ratios are medians of per-round ratios, printed with their
@@ -57,7 +59,7 @@ from jaxmodels import _env
 from jaxmodels.train import perf
 
 MODEL_BENCHES = shapes_lib.MODELS
-ALL = MODEL_BENCHES + ("conv_devices", "input_pipeline", "compile_cache", "gpt_small")
+ALL = MODEL_BENCHES + ("conv_devices", "input_pipeline", "compile_cache", "gpt_small", "dp")
 # (what the goal compares, the threshold, True when higher is better)
 GOALS = {
     "gpt": ("ratio_vs_torch", 1.0, True),
@@ -68,6 +70,7 @@ GOALS = {
     "conv_devices": ("ratio", 1.6, True),
     "compile_cache": ("ratio", 0.3, False),
     "gpt_small": ("ratio", 1.2, True),
+    "dp": ("ratio", 0.5, True),
 }
 
 
@@ -553,6 +556,35 @@ def gpt_small_bench(settings: Settings) -> dict[str, Any]:
   return record
 
 
+# ---------- differential privacy
+
+
+def dp_bench(settings: Settings) -> dict[str, Any]:
+  """Throughput of mnist_dp's DP-SGD step over its plain step ('none', one device), paired."""
+  from experiments import mnist_dp
+  from jaxmodels.train import privacy
+
+  config = mnist_dp.get_config()
+  n = 8 if settings.quick else config.batch_size
+  shape = dict(image_shape=(28, 28, 1), num_classes=10, batch_size=n)
+  batch = shapes_lib.make_batch("mlp", shape)
+  info = {"num_classes": 10}
+  model, task = mnist_dp.get_model(config, info), mnist_dp.get_task(config, info)
+  spec = jax_side.Spec("mnist_dp", model, task, batch, model.flops_per_example((28, 28, 1)))
+  dp = privacy.DPSGD(config.dp.l2_clip, 1.0)
+  plain = Contender("plain", jax_side.JaxStep(spec, "none").run)
+  private = Contender("dp", jax_side.JaxStep(spec, "none", dp=dp).run)
+  contest([plain, private], settings)
+  record = {
+      "benchmark": "dp",
+      "jax_per_s": n / private.step_s,
+      "plain_per_s": n / plain.step_s,
+      "note": f"mnist_dp CNN batch {n}, parallelism 'none'; ratio = DP-SGD / plain throughput",
+  }
+  put_spread(record, "ratio", paired_ratios(plain, private))
+  return record
+
+
 # ---------- records and the table
 
 
@@ -697,6 +729,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     elif name == "compile_cache":
       models = args.cache_models or ("mlp" if args.quick else "gpt,resnet18")
       records.extend(compile_cache_bench(settings, tuple(models.split(","))))
+    elif name == "dp":
+      records.append(dp_bench(settings))
     print(f"[{name} done]", file=sys.stderr, flush=True)
   return [finish(r) for r in records]
 

@@ -247,7 +247,7 @@ def plan(experiment: ModuleType, config: Any, target: Target) -> dict[str, Any]:
   """Compiles the experiment's mesh train step for `target`; returns the report's numbers."""
   import jax
 
-  from jaxmodels.train import optim, parallel
+  from jaxmodels.train import optim, parallel, privacy
 
   config = _mesh_config(config)
   n = len(target.devices)
@@ -263,6 +263,8 @@ def plan(experiment: ModuleType, config: Any, target: Target) -> dict[str, Any]:
       tensor=config.tensor,
       grad_accum_steps=config.grad_accum_steps,
       devices=target.devices,
+      # DP-SGD's step (per-example gradients); the noise's size does not change what compiles.
+      dp=privacy.DPSGD(config.dp.l2_clip, 1.0) if config.dp.enabled else None,
   )
   batch = _abstract_batch(data, config, strategy.batch_sharding)
   state = strategy.abstract_state(task, tx, batch, config.seed)

@@ -375,3 +375,10 @@ def test_torch_gpt_small_script_learns_a_periodic_text():
   assert [s for s, _ in out["intermediate_eval_loss"]] == [10, 20, 30]
   assert out["eval_loss"] < 0.5 * np.log(7) and out["eval_loss"] == out["test_loss"]
   assert out["threads"] >= 1 and out["step_s"] > 0 and out["probe_s"] > 0
+
+
+def test_dp_bench_pairs_the_private_and_the_plain_step():
+  records = run.main(["--quick", "--only=dp", "--rounds=1"])
+  (record,) = records
+  assert record["benchmark"] == "dp" and record["goal"] == "ratio >= 0.5"
+  assert record["jax_per_s"] > 0 and record["plain_per_s"] > 0 and record["ratio"] > 0

@@ -11,6 +11,7 @@ from jaxmodels.train import loop
 TINY = {
     "fashion_mnist_cnn": {"model.features": (4,), "model.dense_features": 8},
     "mnist_mlp": {"model.hidden_sizes": (8,)},
+    "mnist_dp": {"model.features": (4,), "model.dense_features": 8},
     "digits_mlp": {"model.hidden_sizes": (8,)},
     "fashion_mnist_resnet": {"model.num_filters": 4},
     "cifar10_resnet": {"model.num_filters": 2},

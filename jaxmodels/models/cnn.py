@@ -15,15 +15,18 @@ import jax.numpy as jnp
 
 from jaxmodels.kernels import conv as conv_kernels
 from jaxmodels.models.common import dense_flops, logits_dtype
+from jaxmodels.models.mlp import get_activation
 
 
 class CNN(nn.Module):
   """A cheap image classifier, sized for 28x28 greyscale data such as Fashion-MNIST.
 
   Each entry of `features` is one block: `convs_per_block` SAME-padded `kernel_size` convolutions
-  with that many channels, each followed by BatchNorm (if `use_batchnorm`) and ReLU, then a 2x2
-  max-pool of stride 2. The head flattens, applies Dense(`dense_features`) + ReLU + dropout
-  (skipped when `dense_features` is 0) and a final Dense to `num_classes` float32 logits.
+  with that many channels, each followed by BatchNorm (if `use_batchnorm`) and the activation
+  (ReLU; `activation` names another, such as 'tanh', which DP-SGD trains better with), then a
+  2x2 max-pool of stride 2. The head flattens, applies Dense(`dense_features`), the activation
+  and dropout (skipped when `dense_features` is 0) and a final Dense to `num_classes` float32
+  logits.
   `axis_name` is given to BatchNorm so that statistics are averaged across pmap devices;
   `freeze_batch_stats` normalises with the running averages in training too, never updating them.
   `fast_conv_grad` convolves with `conv_general_dilated` below (its faster gradient on CPU) and
@@ -38,6 +41,7 @@ class CNN(nn.Module):
   num_classes: int = 10
   dropout_rate: float = 0.0
   use_batchnorm: bool = False
+  activation: str = "relu"
   bn_momentum: float = 0.9
   axis_name: str | None = None
   freeze_batch_stats: bool = False
@@ -49,6 +53,7 @@ class CNN(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     x = x.astype(self.dtype)
+    act = get_activation(self.activation)
     k = (self.kernel_size, self.kernel_size)
     for features in self.features:
       for _ in range(self.convs_per_block):
@@ -73,12 +78,12 @@ class CNN(nn.Module):
               dtype=self.dtype,
               param_dtype=self.param_dtype,
           )(x)
-        x = nn.relu(x)
+        x = act(x)
       x = max_pool_2x2(x)
     x = x.reshape((x.shape[0], -1))
     if self.dense_features:
       x = nn.Dense(self.dense_features, dtype=self.dtype, param_dtype=self.param_dtype)(x)
-      x = nn.relu(x)
+      x = act(x)
       if self.dropout_rate > 0:
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)(x)

@@ -89,7 +89,19 @@ def base_config() -> ml_collections.ConfigDict:
   # "int8_qat": quantization-aware training, the forward pass on int8 weights (qwix) with float32
   # parameters, for `python -m jaxmodels.quantize` to quantize after training.
   c.quantization = ""
+  c.dp = dp_config()
   return c
+
+
+def dp_config() -> ml_collections.ConfigDict:
+  """DP-SGD (jaxmodels/train/privacy.py): give exactly one of noise_multiplier and epsilon."""
+  dp = ml_collections.ConfigDict()
+  dp.enabled = False
+  dp.l2_clip = 1.0  # each example's gradient is scaled to at most this L2 norm
+  dp.noise_multiplier = ml_collections.config_dict.placeholder(float)  # noise std / l2_clip
+  dp.epsilon = ml_collections.config_dict.placeholder(float)  # target: calibrates the noise
+  dp.delta = ml_collections.config_dict.placeholder(float)  # None: 1/N down to a power of ten
+  return dp
 
 
 def check(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -126,6 +138,7 @@ def check(config: ml_collections.ConfigDict, num_devices: int) -> None:
         f">= 0; got {config.warmup_steps}, {config.grad_clip_norm}, {config.weight_decay}."
     )
   _check_warmup(config)
+  _check_dp(config)
   _check_ranges(config)
   _check_counts(config)
   if config.parallelism == "mesh" and num_devices % (config.fsdp * config.tensor):
@@ -166,6 +179,40 @@ def _check_warmup(config: ml_collections.ConfigDict) -> None:
         "learning rate would still be warming up at the last step, and the "
         f"{config.schedule!r} schedule would never reach its full value. Give "
         f"--config.warmup_steps a value below {steps} (0: no warmup), or train for more steps."
+    )
+
+
+def _check_dp(config: ml_collections.ConfigDict) -> None:
+  """DP-SGD's keys: a positive clip, exactly one of noise_multiplier and epsilon, delta in (0, 1),
+  and no option whose examples are not independent."""
+  dp = config.get("dp")
+  if dp is None or not dp.enabled:
+    return
+  sigma, epsilon, delta = dp.noise_multiplier, dp.epsilon, dp.delta
+  if not dp.l2_clip > 0:
+    raise ConfigError(f"config.dp.l2_clip={dp.l2_clip} must be > 0 (the per-example L2 bound).")
+  if (sigma is None) == (epsilon is None):
+    raise ConfigError(
+        "config.dp.enabled=True needs exactly one of config.dp.noise_multiplier (the noise std "
+        "over l2_clip) and config.dp.epsilon (a target the noise is calibrated to); got "
+        f"noise_multiplier={sigma}, epsilon={epsilon}."
+    )
+  if sigma is not None and not sigma > 0:
+    raise ConfigError(
+        f"config.dp.noise_multiplier={sigma} must be > 0: without noise no epsilon is finite."
+    )
+  if epsilon is not None and not epsilon > 0:
+    raise ConfigError(f"config.dp.epsilon={epsilon} must be > 0 (for example 1, 3 or 8).")
+  if delta is not None and not 0 < delta < 1:
+    raise ConfigError(
+        f"config.dp.delta={delta} must be in (0, 1), well below 1/N (unset: 1/N rounded down "
+        "to a power of ten)."
+    )
+  if config.grad_accum_steps > 1:
+    raise ConfigError(
+        f"config.dp.enabled=True with config.grad_accum_steps={config.grad_accum_steps}: DP-SGD "
+        "clips and noises the whole batch's per-example gradients in one step and does not "
+        "accumulate micro-batches; set --config.grad_accum_steps=1."
     )
 
 
@@ -345,11 +392,21 @@ def differing_keys(saved: dict[str, Any], config: ml_collections.ConfigDict) -> 
   now = flat_keys(ml_collections.ConfigDict(json.loads(to_json(config))))
   before = flat_keys(ml_collections.ConfigDict(saved))
   keys = sorted(set(now) | set(before))
+  # A key the saved config lacks (added to the engine after that run began) had its default.
+  defaults = flat_keys(ml_collections.ConfigDict(json.loads(to_json(base_config()))))
+  before = {k: before[k] if k in before else defaults.get(k) for k in keys}
   resumable = set(RESUMABLE_KEYS)
   if now.get("schedule") != "constant" or before.get("schedule") != "constant":
     resumable.discard("num_train_steps")  # the schedule's horizon: a new one bends the lr
+  if calibrates_noise(now) or calibrates_noise(before):
+    resumable.discard("num_train_steps")  # the noise was calibrated for that many steps
   # A key the engine gained after the saved run began, at its default, computes what that run
   # computed without it.
   defaults = flat_keys(base_config())
   added = {k for k in now if k not in before and k in defaults and now[k] == defaults[k]}
   return [k for k in keys if k not in resumable | added and now.get(k) != before.get(k)]
+
+
+def calibrates_noise(flat: dict[str, Any]) -> bool:
+  """Whether a flat config runs DP-SGD with noise calibrated to a target epsilon."""
+  return bool(flat.get("dp.enabled")) and flat.get("dp.epsilon") is not None

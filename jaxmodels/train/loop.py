@@ -31,6 +31,7 @@ from jaxmodels.train import (
     parallel,
     perf,
     runinfo,
+    privacy,
     storage,
 )
 
@@ -104,7 +105,12 @@ def check_resume_config(workdir: str, config: ml_collections.ConfigDict, allow: 
         for k in diff
     )
     why = ""
-    if "num_train_steps" in diff:
+    if "num_train_steps" in diff and config_lib.calibrates_noise(config_lib.flat_keys(config)):
+      why = (
+          " num_train_steps is the horizon the DP-SGD noise was calibrated to (config.dp.epsilon): "
+          "resumed with another one, the noise would change and the target epsilon would not hold."
+      )
+    elif "num_train_steps" in diff:
       why = (
           f" num_train_steps is the horizon of the {config.schedule!r} learning-rate schedule: "
           "resumed with another one, the learning rate would jump."
@@ -278,14 +284,20 @@ def _train_and_evaluate(experiment, config, workdir, allow_config_change, times,
   task: tasks.Task = experiment.get_task(config, data.info)
   tx = optim.make_optimizer(config)
   schedule = optim.learning_rate_schedule(config)
-  strategy = parallel.make(
-      config.parallelism, model, config.fsdp, config.grad_accum_steps, config.tensor
-  )
   shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
 
   batches = data.train_batches(config.batch_size, config.seed, 0, **shard)
   init_batch = next(batches)
   _close(batches)
+  dp = _dp_plan(config, data, model, task, init_batch, is_main)
+  strategy = parallel.make(
+      config.parallelism,
+      model,
+      config.fsdp,
+      config.grad_accum_steps,
+      config.tensor,
+      dp=dp.sgd if dp else None,
+  )
   ckpts = checkpoint.Checkpoints(workdir, config.keep_checkpoints)
   state, meta = _initial_state(strategy, ckpts, task, tx, init_batch, config.seed)
   fine_tune = config.init_from and not meta  # a fresh start: a resumed run never reads it again
@@ -310,7 +322,7 @@ def _train_and_evaluate(experiment, config, workdir, allow_config_change, times,
     return summary
 
   about = (experiment_name(experiment), command)
-  run = _Run(config, workdir, data, task, strategy, ckpts, is_main, shard, start, about)
+  run = _Run(config, workdir, data, task, strategy, ckpts, is_main, shard, start, about, dp)
   try:
     summary = run.train(state, start, tx, schedule, meta, start_time, started_at)
   except BaseException as e:
@@ -328,6 +340,18 @@ def _train_and_evaluate(experiment, config, workdir, allow_config_change, times,
       summary.update(experiment.on_finish(model, variables, data.info, config))
       _write_json(summary_path, summary)
   return summary
+
+
+def _dp_plan(config, data, model, task, batch, is_main) -> privacy.Plan | None:
+  """DP-SGD's settings (the noise calibrated to a target epsilon) after refusing a model that
+  mixes the examples of a batch; None when config.dp is off."""
+  if not config.dp.enabled:
+    return None
+  privacy.check_model(model, task, batch)
+  dp = privacy.plan(config, data.num_examples("train"))
+  if is_main:
+    print(dp.describe(config.num_train_steps), flush=True)
+  return dp
 
 
 def _write_error(error: BaseException, workdir: str, ckpts) -> storage.StorageError | None:
@@ -418,8 +442,11 @@ class InFlight:
 class _Run:
   """State of one invocation of the loop: writers, compiled steps, timers."""
 
-  def __init__(self, config, workdir, data, task, strategy, ckpts, is_main, shard, start, about):
+  def __init__(
+      self, config, workdir, data, task, strategy, ckpts, is_main, shard, start, about, dp
+  ):
     self.config, self.workdir, self.data, self.task = config, workdir, data, task
+    self.dp = dp  # privacy.Plan of a DP-SGD run, else None
     self.strategy, self.ckpts, self.is_main, self.shard = strategy, ckpts, is_main, shard
     self.writer = metrics_lib.MetricWriter(workdir, enabled=is_main, start_step=start)
     self.pending: list[Any] = []
@@ -558,6 +585,8 @@ class _Run:
         num_devices=strategy.num_devices,
         parallelism=strategy.name,
     )
+    if self.dp:
+      summary.update(self.dp.summary(step))
     if timed_flops and train_time:
       achieved = timed_flops / train_time / jax.process_count()
       summary.update(
@@ -614,6 +643,8 @@ class _Run:
             f"config.grad_clip_norm, or check the data, then run again: {self._resume_advice()}"
         )
     values = self.task.finalize(values)
+    if self.dp:  # the privacy spent up to this step (a function of the step: resumes continue it)
+      values["dp_epsilon"] = self.dp.accountant.epsilon(step)
     self.last_train = values
     self.writer.write(step, "train", values)
     self.progress.log(step, "train", values)

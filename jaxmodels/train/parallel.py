@@ -25,7 +25,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
 from jaxmodels.tasks import Task
-from jaxmodels.train import sharding, steps
+from jaxmodels.train import privacy, sharding, steps
 from jaxmodels.train.config import ConfigError
 
 AXIS = "batch"
@@ -43,9 +43,10 @@ class Strategy:
 
   name = ""
 
-  def __init__(self, model: nn.Module, grad_accum_steps: int = 1):
+  def __init__(self, model: nn.Module, grad_accum_steps: int = 1, dp: privacy.DPSGD | None = None):
     self.model = model
     self.grad_accum_steps = grad_accum_steps
+    self.dp = dp  # DP-SGD's clip and noise for the train step; None: the plain step
 
   @property
   def num_devices(self) -> int:
@@ -86,6 +87,7 @@ class Strategy:
         tx=tx,
         schedule=schedule,
         grad_accum_steps=self.grad_accum_steps,
+        dp=self.dp,
         **kwargs,
     )
 
@@ -135,8 +137,8 @@ def _first_replica(tree: Any) -> Any:
 class Pmap(Strategy):
   name = "pmap"
 
-  def __init__(self, model: nn.Module, grad_accum_steps: int = 1):
-    super().__init__(with_axis_name(model, AXIS), grad_accum_steps)
+  def __init__(self, model: nn.Module, grad_accum_steps: int = 1, dp: privacy.DPSGD | None = None):
+    super().__init__(with_axis_name(model, AXIS), grad_accum_steps, dp)
     self.devices = jax.local_devices()
 
   def put_state(self, state):
@@ -188,8 +190,9 @@ class MeshStrategy(Strategy):
       tensor: int = 1,
       grad_accum_steps: int = 1,
       devices: Any = None,
+      dp: privacy.DPSGD | None = None,
   ):
-    super().__init__(model, grad_accum_steps)
+    super().__init__(model, grad_accum_steps, dp)
     self.mesh = sharding.make_mesh(fsdp, tensor, devices)
     sharding.check_model(model, tensor)
     self.fsdp, self.tensor = fsdp, tensor
@@ -291,10 +294,16 @@ class MeshStrategy(Strategy):
 
 
 def make(
-    name: str, model: nn.Module, fsdp: int = 1, grad_accum_steps: int = 1, tensor: int = 1
+    name: str,
+    model: nn.Module,
+    fsdp: int = 1,
+    grad_accum_steps: int = 1,
+    tensor: int = 1,
+    dp: privacy.DPSGD | None = None,
 ) -> Strategy:
+  """The strategy `name`; `dp` makes its train step DP-SGD's."""
   if name == "pmap":
-    return Pmap(model, grad_accum_steps)
+    return Pmap(model, grad_accum_steps, dp)
   if name == "mesh":
-    return MeshStrategy(model, fsdp, tensor, grad_accum_steps)
-  return Single(model, grad_accum_steps)
+    return MeshStrategy(model, fsdp, tensor, grad_accum_steps, dp=dp)
+  return Single(model, grad_accum_steps, dp)

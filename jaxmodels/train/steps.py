@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxmodels.tasks import DecodingTask, Task
+from jaxmodels.train import privacy
 from jaxmodels.train.optim import eval_params
 
 
@@ -96,6 +97,7 @@ def train_step(
     schedule: optax.Schedule,
     axis_name: str | None = None,
     grad_accum_steps: int = 1,
+    dp: privacy.DPSGD | None = None,
 ) -> tuple[TrainState, dict[str, Any]]:
   """One optimizer step; returns the new state and metric sums {name: (sum, weight)}.
 
@@ -103,10 +105,18 @@ def train_step(
   i+2k, ... form micro-batch i) whose gradients are summed before the one update: the same
   update as the whole batch at 1/k of the activation memory. BatchNorm statistics are then
   those of the micro-batches, updated k times.
+
+  With `dp` the gradient is DP-SGD's (privacy.py): per-example gradients clipped, summed over
+  the global batch, noised once with a key that is the same on every device, divided by the
+  global batch size.
   """
-  rng = jax.random.fold_in(state.rng, state.step)
+  step_rng = jax.random.fold_in(state.rng, state.step)
+  rng = step_rng
   if axis_name:
     rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+  if dp is not None:
+    grads, sums = _dp_grads(state, batch, rng, step_rng, model, task, axis_name, dp)
+    return _apply(state, grads, sums, state.model_state, tx, schedule)
   total_weight = _psum(jnp.sum(task.weights(batch)), axis_name)
 
   def grads_of(model_state, micro_batch, micro_rng):
@@ -134,6 +144,11 @@ def train_step(
         grads_of, state.model_state, batch, rng, grad_accum_steps
     )
   grads, sums = _psum((grads, sums), axis_name)
+  return _apply(state, grads, sums, new_model_state, tx, schedule)
+
+
+def _apply(state, grads, sums, new_model_state, tx, schedule):
+  """The optimizer update from the global gradient, with grad_norm and learning_rate metrics."""
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   one = jnp.ones((), jnp.float32)
@@ -146,6 +161,40 @@ def train_step(
       step=state.step + 1, params=params, model_state=new_model_state, opt_state=opt_state
   )
   return new_state, sums
+
+
+def _dp_grads(state, batch, rng, step_rng, model, task, axis_name, dp):
+  """DP-SGD's gradient and the metric sums (plus dp_clipped_fraction) of the global batch."""
+
+  def example_loss(params, example, key):
+    one = jax.tree_util.tree_map(lambda x: x[None], example)
+    outputs = model.apply(
+        {"params": params, **state.model_state},
+        *task.model_args(one),
+        train=True,
+        rngs={"dropout": key},
+    )
+    losses, sums = task.losses(outputs, one)
+    # The example's own mean: its gradient must not depend on the other examples' weights.
+    return jnp.sum(losses) / jnp.maximum(jnp.sum(task.weights(one)), 1e-9), sums
+
+  n = jax.tree_util.tree_leaves(batch)[0].shape[0]
+  keys = jax.random.split(rng, n)
+  per_example, sums = jax.vmap(jax.grad(example_loss, has_aux=True), in_axes=(None, 0, 0))(
+      state.params, batch, keys
+  )
+  clipped, norms = privacy.clip_per_example(per_example, dp.l2_clip)
+  grads, sums = jax.tree_util.tree_map(lambda x: jnp.sum(x, 0), (clipped, sums))
+  was_clipped = jnp.sum((norms > dp.l2_clip).astype(jnp.float32))
+  sums["dp_clipped_fraction"] = (was_clipped, jnp.asarray(n, jnp.float32))
+  grads, sums = _psum((grads, sums), axis_name)
+  global_n = n * (jax.lax.psum(1, axis_name) if axis_name else 1)
+  # One draw for the global sum, from a key without the device index: every device adds the
+  # same noise to the same psum, which is the one-device update.
+  noise_key = jax.random.split(step_rng)[0]
+  grads = privacy.add_noise(grads, noise_key, dp.noise_multiplier * dp.l2_clip)
+  grads = jax.tree_util.tree_map(lambda g: g / global_n, grads)
+  return grads, sums
 
 
 def _accumulate(grads_of, model_state, batch, rng, k):
