@@ -44,7 +44,7 @@ train: setup
 	$(PY) -m experiments.fashion_mnist_cnn --workdir=$(WORKDIR)
 
 test: setup
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --timeout=900 -m "not slow" tests
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --timeout=900 --durations=15 -m "not slow" tests
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow --timeout=3600 tests

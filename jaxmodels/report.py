@@ -203,10 +203,16 @@ def overrides(run: Run) -> dict[str, Any]:
 
 def group(runs: Sequence[Run]) -> list[list[Run]]:
   """Runs of one experiment and config, but for the seed and IGNORED_KEYS, in one group each;
-  groups in the order of their first run, runs by seed."""
+  groups in the order of their first run, runs by seed. A base-config key missing from a run's
+  config (a run from before the engine had it) counts as its default."""
+  from jaxmodels.train.config import base_config, flat_keys
+
+  # A key the engine gained after a run, at its default, computes what that run computed.
+  defaults = flat_keys(base_config())
   groups: dict[str, list[Run]] = {}
   for run in runs:
-    same = {k: v for k, v in run.config.items() if k not in IGNORED_KEYS}
+    full = {**defaults, **run.config}
+    same = {k: v for k, v in full.items() if k not in IGNORED_KEYS}
     key = json.dumps([run.experiment, same], sort_keys=True, default=str)
     groups.setdefault(key, []).append(run)
   return [sorted(g, key=lambda r: (r.seed, r.workdir)) for g in groups.values()]

@@ -92,6 +92,23 @@ def test_keys_that_change_nothing_computed_still_group(tmp_path):
   assert len(rows([a, b])) == 1
 
 
+def test_a_run_from_before_a_config_key_existed_groups_with_one_at_its_default(tmp_path):
+  a = fake_run(tmp_path / "a", seed=0)
+  b = fake_run(tmp_path / "b", seed=1)
+  with open(os.path.join(b, "config.json")) as f:
+    older = json.load(f)
+  del older["dp"]  # an engine without DP-SGD wrote no dp key
+  with open(os.path.join(b, "config.json"), "w") as f:
+    json.dump(older, f)
+  assert len(rows([a, b])) == 1
+  c = fake_run(tmp_path / "c", seed=2, dp=dict(older_dp_default(), l2_clip=3.0))
+  assert len(rows([b, c])) == 2
+
+
+def older_dp_default():
+  return config_lib.base_config().dp.to_dict()
+
+
 def test_a_run_that_recorded_no_command_gets_an_equivalent_one(tmp_path):
   path = fake_run(tmp_path / "old", record=False, seed=3, learning_rate=0.05, progress_bar=False)
   (row,) = rows([path])

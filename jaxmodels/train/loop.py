@@ -22,17 +22,17 @@ import numpy as np
 from jaxmodels import quantize, tasks
 from jaxmodels.models.common import HasFlops
 from jaxmodels.train import (
-  checkpoint,
-  config as config_lib,
-  finetune,
-  lock,
-  metrics as metrics_lib,
-  optim,
-  parallel,
-  perf,
-  privacy,
-  runinfo,
-  storage,
+    checkpoint,
+    config as config_lib,
+    finetune,
+    lock,
+    metrics as metrics_lib,
+    optim,
+    parallel,
+    perf,
+    privacy,
+    runinfo,
+    storage,
 )
 
 # config.profile_steps traces steps after this many, so compilation and warm-up stay out of it.
