@@ -8,6 +8,7 @@ python -m jaxmodels.predict --init_from=DIR/gpt2 --prompt="Hello" --num_tokens=4
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import dataclasses
 import importlib
 import os
@@ -233,6 +234,26 @@ def main(argv: list[str]) -> None:
     )
 
 
+def guard(fn: Callable[[], None], *errors: type[Exception]) -> None:
+  """Runs a workdir command's `fn` with absl logging at WARNING; a bad flag, workdir or
+  checkpoint (or one of `errors`) is one 'error:' line and exit status 2, no traceback."""
+  from absl import logging
+
+  logging.set_verbosity(logging.WARNING)
+  try:
+    fn()
+  except (
+      ValueError,
+      FileNotFoundError,
+      checkpoint.CheckpointError,
+      storage.StorageError,
+      loop.WorkdirError,
+      *errors,
+  ) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
 def cli() -> None:
   from absl import app, flags
 
@@ -262,23 +283,7 @@ def cli() -> None:
   flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens; 0 for all.")
   flags.DEFINE_integer("seed", 0, "Sampling seed.")
 
-  def guarded(argv):
-    from absl import logging
-
-    logging.set_verbosity(logging.WARNING)
-    try:
-      main(argv)
-    except (
-        ValueError,
-        FileNotFoundError,
-        checkpoint.CheckpointError,
-        storage.StorageError,
-        loop.WorkdirError,
-    ) as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
-
-  app.run(guarded)
+  app.run(lambda argv: guard(lambda: main(argv)))
 
 
 if __name__ == "__main__":

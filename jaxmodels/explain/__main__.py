@@ -75,28 +75,16 @@ def cli() -> None:
   flags.DEFINE_integer("steps", 64, "Integration steps of integrated gradients.")
 
   def guarded(argv):
-    from absl import logging
-
+    from jaxmodels import predict
     from jaxmodels.explain.explainer import UnsupportedModelError
-    from jaxmodels.train import checkpoint, loop, storage
 
     if len(argv) > 1:
       print(f"error: unexpected argument {argv[1]!r}; flags are --name=value.", file=sys.stderr)
       sys.exit(2)
-    logging.set_verbosity(logging.WARNING)
     fv = flags.FLAGS
-    try:
-      main(fv.workdir, fv.num_examples, fv.split, fv.steps)
-    except (
-        UnsupportedModelError,
-        ValueError,
-        FileNotFoundError,
-        checkpoint.CheckpointError,
-        storage.StorageError,
-        loop.WorkdirError,
-    ) as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
+    predict.guard(
+        lambda: main(fv.workdir, fv.num_examples, fv.split, fv.steps), UnsupportedModelError
+    )
 
   app.run(guarded)
 

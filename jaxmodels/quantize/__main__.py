@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmodels import _env, predict, quantize
-from jaxmodels.train import checkpoint, loop, metrics, parallel, steps, storage
+from jaxmodels.train import loop, metrics, parallel, steps
 
 
 def evaluate(
@@ -124,23 +124,7 @@ def cli() -> None:
   flags.DEFINE_string("workdir", None, "A training run's workdir.")
   flags.DEFINE_string("split", "test", "Split to evaluate float32 and int8 on.")
 
-  def guarded(argv):
-    from absl import logging
-
-    logging.set_verbosity(logging.WARNING)
-    try:
-      main(argv)
-    except (
-        ValueError,
-        FileNotFoundError,
-        checkpoint.CheckpointError,
-        storage.StorageError,
-        loop.WorkdirError,
-    ) as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
-
-  app.run(guarded)
+  app.run(lambda argv: predict.guard(lambda: main(argv)))
 
 
 if __name__ == "__main__":
