@@ -120,6 +120,21 @@ def test_pmap_over_host_devices():
   np.testing.assert_allclose(ours, want, rtol=1e-4, atol=1e-4)
 
 
+@needs_kernels
+def test_a_shape_first_run_by_concurrent_calls_is_right_when_run_alone():
+  # Under pmap the calls share the cores (fewer threads each); alone, one call takes them all.
+  # The weight gradient of a 1x1 stride-2 convolution, first under pmap, then alone.
+  n = jax.local_device_count()
+  x, w = randn((n, 2, 8, 8, 6), 3), randn((1, 1, 6, 7), 4)
+  args = ((2, 2), ((0, 0), (0, 0)))
+  grad = lambda f: jax.grad(lambda w, x: jnp.sum(f(x, w) ** 2))
+  ours = grad(lambda x, w: conv.conv2d(x, w, *args))
+  ref = grad(lambda x, w: lax.conv_general_dilated(x, w, *args, dimension_numbers=conv.NHWC))
+  jax.block_until_ready(jax.pmap(ours, in_axes=(None, 0))(w, x))
+  for i in range(n):
+    np.testing.assert_allclose(jax.jit(ours)(w, x[i]), jax.jit(ref)(w, x[i]), rtol=1e-4, atol=1e-4)
+
+
 def _model_grads(model, x, train):
   variables = model.clone(conv_impl="xla").init(jax.random.key(0), x, train=False)
 

@@ -149,11 +149,13 @@ std::shared_ptr<Plan> MakePlan(char op, const Geometry& g) {
   return plan;
 }
 
-// Creating a primitive compiles a kernel (milliseconds); each shape's plan is made once.
-std::shared_ptr<Plan> GetPlan(char op, const Geometry& g) {
+// Creating a primitive compiles a kernel (milliseconds); each shape's plan is made once per thread
+// count. oneDNN's OpenMP kernels size their per-thread work (the reduction buffers of
+// backward-weights) for the thread count at creation, so a plan only runs under that count.
+std::shared_ptr<Plan> GetPlan(char op, const Geometry& g, int threads) {
   static std::mutex mutex;
   static std::unordered_map<std::string, std::shared_ptr<Plan>> plans;
-  std::string key = g.Key(op);
+  std::string key = g.Key(op) + ",threads=" + std::to_string(threads);
   std::lock_guard<std::mutex> lock(mutex);
   auto& plan = plans[key];
   if (!plan) plan = MakePlan(op, g);
@@ -166,10 +168,14 @@ std::shared_ptr<Plan> GetPlan(char op, const Geometry& g) {
 // alone uses them all. XLA's own pool is idle meanwhile: this op is the one XLA is waiting on.
 class CoreShare {
  public:
-  CoreShare() { omp_set_num_threads(std::max(1, omp_get_num_procs() / ++running_)); }
+  CoreShare() : threads_(std::max(1, omp_get_num_procs() / ++running_)) {
+    omp_set_num_threads(threads_);
+  }
   ~CoreShare() { --running_; }
+  int threads() const { return threads_; }
 
  private:
+  int threads_;
   static inline std::atomic<int> running_{0};
 };
 
@@ -188,8 +194,8 @@ void Execute(const dnnl::primitive& p, std::unordered_map<int, memory> args, voi
 
 // `src` is the NHWC input side (x, or dx for backward-data), `dst` the output side (y or dy).
 ffi::Error Run(char op, const Geometry& g, void* src, void* weights, void* dst) {
-  auto plan = GetPlan(op, g);
-  CoreShare share;
+  CoreShare share;  // before the plan: it is made for, and runs under, this thread count
+  auto plan = GetPlan(op, g, share.threads());
   void* scratch = scratchpad.Get(plan->scratch_bytes);
   memory user_weights(g.Weights(Tag::hwio), Engine(), weights);
   memory conv_weights = user_weights;
