@@ -420,6 +420,7 @@ def _import_experiment(name: str) -> ModuleType:
 def _parse(argv: list[str], base: Any) -> tuple[flags.FlagValues, Any]:
   """The flags as `python -m experiments.<name>` parses them, plus the check's own."""
   config_lib.check_overrides(argv[1:], base)
+  config_lib.prefer_given(argv[1:], base)
   fv = flags.FlagValues()
   flags.DEFINE_string("topology", None, "TPU topology or 'local'.", flag_values=fv, required=True)
   flags.DEFINE_integer("num_slices", 1, "Slices of the topology (multi-slice).", flag_values=fv)

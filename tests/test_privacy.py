@@ -263,3 +263,27 @@ def test_a_saved_config_without_dp_keys_resumes():
   assert config_lib.differing_keys(saved, config) == []
   config.dp.enabled = True
   assert "dp.enabled" in config_lib.differing_keys(saved, config)
+
+
+@pytest.mark.parametrize(
+    "argv, sigma, epsilon",
+    [
+        (["--config.dp.noise_multiplier=1.1"], None, None),  # the experiment's epsilon is unset
+        (["--config.dp.epsilon=8"], None, 3.0),  # epsilon given: noise stays unset
+        (["--config.dp.epsilon=8", "--config.dp.noise_multiplier=1.1"], None, 3.0),  # both: kept
+    ],
+)
+def test_the_noise_key_given_alone_replaces_the_experiments_default(argv, sigma, epsilon):
+  config = mnist_dp.get_config()  # dp.epsilon=3 by default
+  config_lib.prefer_given(argv, config)
+  assert config.dp.noise_multiplier == sigma and config.dp.epsilon == epsilon
+
+
+def test_mnist_dp_runs_with_a_given_noise_multiplier_instead_of_its_epsilon():
+  config = mnist_dp.get_config()
+  argv = ["--config.dp.noise_multiplier=1.1"]
+  config_lib.check_overrides(argv, config)
+  config_lib.prefer_given(argv, config)
+  config.dp.noise_multiplier = 1.1  # what absl then parses from argv
+  config_lib.check(config, num_devices=1)
+  assert privacy.plan(config, 60000).calibrated is False

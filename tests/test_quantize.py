@@ -83,6 +83,24 @@ def test_int8_weights_dequantize_within_half_a_per_channel_scale(name):
     assert np.any(error > 0), path  # the weights really went through int8
 
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_gpt_embedding_tables_are_int8_per_row_and_the_model_reads_them(tied):
+  model = TINY_GPT.clone(tie_embeddings=tied)
+  variables = _float_variables(model, TOKENS)
+  qmodel, qvars = quantize.quantize_variables(model, variables, (TOKENS,))
+  floats = quantize.nn.meta.unbox(variables["params"])
+  for module in ("token_embed", "token_pos"):
+    w, q = np.asarray(floats[module]["embedding"]), qvars["params"][module]["embedding"]
+    assert q.qvalue.dtype == jnp.int8 and q.qvalue.shape == w.shape
+    want = np.max(np.abs(w), axis=1, keepdims=True) / 127.5  # one scale per row
+    np.testing.assert_allclose(np.asarray(q.scale), want, rtol=1e-6, err_msg=module)
+    error = np.abs(np.asarray(quantize.dequantize(q)) - w)
+    assert np.all(error <= np.asarray(q.scale) * (0.5 + 1e-4)) and np.any(error > 0), module
+  deq = {**variables, "params": quantize.dequantize(qvars["params"])}
+  ref = model.apply(deq, TOKENS)
+  np.testing.assert_allclose(qmodel.apply(qvars, TOKENS), ref, atol=1e-4 * np.max(np.abs(ref)))
+
+
 @pytest.mark.parametrize("name", ["mlp", "cnn", "gpt"])
 def test_int8_outputs_are_close_to_float32(name):
   model, x = MODELS[name]

@@ -5,8 +5,10 @@ Both use the same rule, so a QAT run trains exactly the model that PTQ of its ch
 every Dense and convolution kernel (a `dot_general`, `einsum` or `conv_general_dilated` with a
 parameter operand) becomes int8, symmetric, with one float32 scale per output channel (absmax
 calibration: scale = max|w| / 127.5, qwix's int8 bound). Activations stay float32: the int8 model
-computes with its kernels dequantized (q * scale). Embedding tables, biases, LayerNorm and
-BatchNorm stay float32.
+computes with its kernels dequantized (q * scale). Post-training quantization also stores every
+embedding table (nn.Embed's and the learned position table, the 2-D params named 'embedding') as
+int8 with one scale per row, read back as float32 on the way into the model (qwix intercepts no
+table look-up); QAT leaves them float32. Biases, LayerNorm and BatchNorm stay float32.
 
 The command-line tool: `python -m jaxmodels.quantize --workdir=DIR` (quantize/__main__.py).
 """
@@ -64,10 +66,15 @@ def check_supported(model: nn.Module, what: str = "this model") -> None:
 
 
 def rules() -> list[Any]:
-  """The qwix rule of int8 quantization (the module docstring says what it does)."""
+  """The qwix rules of int8 quantization (the module docstring says what they do). The first
+  keeps qwix off the embedding modules (nn.Embed named '*_embed'): a tied output head reads the
+  table transposed (`attend`), which qwix cannot store as a kernel; `quantize_rows` stores it."""
   import qwix
 
-  return [qwix.QuantizationRule(weight_qtype=jnp.int8)]
+  return [
+      qwix.QuantizationRule(module_path=r"(.*/)?[^/]*_embed"),
+      qwix.QuantizationRule(weight_qtype=jnp.int8),
+  ]
 
 
 def _ptq_provider() -> Any:
@@ -144,10 +151,51 @@ def for_training(model: nn.Module, config: ml_collections.ConfigDict) -> nn.Modu
 
 def ptq_model(model: nn.Module) -> nn.Module:
   """`model` running on int8 weights: applied to variables from `quantize_variables`."""
+  check_supported(model)
+  qmodel = _qwix_ptq(model)
+  # The int8 embedding rows are dequantized as the params enter the model (no extra nesting);
+  # mutable so that init (generate sizes its cache with one) can still create params.
+  reading = nn.map_variables(type(qmodel), "params", trans_in_fn=_dequantize_rows, mutable=True)
+  fields = {f.name: getattr(qmodel, f.name) for f in dataclasses.fields(qmodel) if f.init}
+  return reading(**{k: v for k, v in fields.items() if k not in ("parent", "name")})
+
+
+def _qwix_ptq(model: nn.Module) -> nn.Module:
   import qwix
 
-  check_supported(model)
   return qwix.quantize_model(_plain_ops(model), _ptq_provider())
+
+
+def _is_embedding(path: Any, leaf: Any) -> bool:
+  name = jax.tree_util.keystr(path[-1:])
+  return name == "['embedding']" and getattr(leaf, "ndim", 0) == 2 and not _is_quantized(leaf)
+
+
+def quantize_rows(params: Any) -> Any:
+  """`params` with every embedding table int8, one absmax scale per row (qwix QArray)."""
+  import qwix
+  from qwix._src.providers import ptq  # WithAux: qwix's box of a quantized kernel
+
+  def leaf(path, x):
+    if isinstance(x, ptq.WithAux) or not _is_embedding(path, x):
+      return x
+    return qwix.quantize(x, jnp.int8, channelwise_axes=[0])
+
+  return jax.tree_util.tree_map_with_path(
+      leaf, params, is_leaf=lambda x: isinstance(x, ptq.WithAux) or _is_quantized(x)
+  )
+
+
+def _dequantize_rows(params: Any) -> Any:
+  """The int8 embedding rows of `params` as float32 (qvalue * scale); kernels stay int8."""
+  import qwix
+  from qwix._src.providers import ptq
+
+  return jax.tree_util.tree_map(
+      lambda x: qwix.dequantize(x) if _is_quantized(x) else x,
+      params,
+      is_leaf=lambda x: isinstance(x, ptq.WithAux) or _is_quantized(x),
+  )
 
 
 def _plain_ops(model: nn.Module) -> nn.Module:
@@ -156,10 +204,16 @@ def _plain_ops(model: nn.Module) -> nn.Module:
   return model.clone(fast_conv_grad=False) if hasattr(model, "fast_conv_grad") else model
 
 
-def abstract_variables(qmodel: nn.Module, model_args: tuple[Any, ...]) -> Any:
-  """The shapes of `ptq_model(...)`'s variables for inputs like `model_args` (no computation);
-  quantized kernels are qwix WithAux(QArray(qvalue int8, scale float32)) leaves."""
-  init = functools.partial(qmodel.init, train=False)
+def abstract_variables(model: nn.Module, model_args: tuple[Any, ...]) -> Any:
+  """The shapes of the int8 variables of the float32 `model` for inputs like `model_args` (no
+  computation): quantized kernels are qwix WithAux(QArray(qvalue int8, scale float32)) leaves,
+  embedding tables QArray leaves."""
+  shapes = _qwix_abstract(model, model_args)
+  return {**shapes, "params": jax.eval_shape(quantize_rows, shapes["params"])}
+
+
+def _qwix_abstract(model: nn.Module, model_args: tuple[Any, ...]) -> Any:
+  init = functools.partial(_qwix_ptq(model).init, train=False)
   return nn.meta.unbox(jax.eval_shape(init, jax.random.PRNGKey(0), *model_args))
 
 
@@ -167,13 +221,14 @@ def quantize_variables(
     model: nn.Module, variables: dict[str, Any], model_args: tuple[Any, ...]
 ) -> tuple[nn.Module, dict[str, Any]]:
   """(int8 model, its variables): the float32 `variables` of `model` with every weight that the
-  rules match quantized; `model_args` is one batch of model inputs (only its shapes are read)."""
+  rules match, and every embedding table, quantized; `model_args` is one batch of model inputs
+  (only its shapes are read)."""
   import qwix
 
   qmodel = ptq_model(model)
-  abstract = abstract_variables(qmodel, model_args)
+  abstract = _qwix_abstract(model, model_args)
   params = jax.tree_util.tree_map(jnp.asarray, nn.meta.unbox(variables["params"]))  # host arrays
-  params = qwix.quantize_params(params, abstract["params"])
+  params = quantize_rows(qwix.quantize_params(params, abstract["params"]))
   if not num_quantized(params):
     raise QuantizeError(
         f"no weight of this {type(model).__name__} matched the int8 rules (no Dense or "
@@ -264,7 +319,7 @@ def load(workdir: str, model: nn.Module, model_args: tuple[Any, ...]) -> Quantiz
   if not weights.exists():
     raise FileNotFoundError(f"{weights} does not exist: {redo}.")
   qmodel = ptq_model(model)
-  abstract = abstract_variables(qmodel, model_args)
+  abstract = abstract_variables(model, model_args)
   with weights.open("rb") as f:
     try:
       saved = dict(np.load(io.BytesIO(f.read())))

@@ -51,6 +51,7 @@ def run_experiment(experiment: ModuleType, argv: list[str] | None = None) -> Non
   base = experiment.get_config()
   try:
     config_lib.check_overrides(argv[1:], base)
+    config_lib.prefer_given(argv[1:], base)
   except config_lib.ConfigError as e:
     _fail(str(e))
   fv = flags.FLAGS

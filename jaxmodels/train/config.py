@@ -317,6 +317,24 @@ def check_overrides(argv: Sequence[str], config: ml_collections.ConfigDict) -> N
       raise ConfigError(f"--config.{key}={value!r}: expected {_expected(key, default)}.")
 
 
+# Alternative keys for one setting: the one given on the command line replaces the other's
+# value from get_config() (mnist_dp defaults dp.epsilon; --config.dp.noise_multiplier=X alone
+# then means "this noise instead").
+ALTERNATIVES = (("dp.noise_multiplier", "dp.epsilon"),)
+
+
+def prefer_given(argv: Sequence[str], config: ml_collections.ConfigDict) -> None:
+  """Unsets in `config` (before flags are parsed) the alternative of a key that `argv` gives
+  alone; given both, config.check still reports the clash."""
+  given = {a[len("--config.") :].partition("=")[0] for a in argv if a.startswith("--config.")}
+  for pair in ALTERNATIVES:
+    for key, other in (pair, pair[::-1]):
+      if key in given and other not in given:
+        parent, _, leaf = other.rpartition(".")
+        with config.unlocked():
+          config[parent][leaf] = None
+
+
 def _missing_value(key: str, following: str | None) -> str:
   if following is not None and not following.startswith("--"):
     return (
