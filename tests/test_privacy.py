@@ -3,7 +3,9 @@
 import json
 import os
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -287,3 +289,56 @@ def test_mnist_dp_runs_with_a_given_noise_multiplier_instead_of_its_epsilon():
   config.dp.noise_multiplier = 1.1  # what absl then parses from argv
   config_lib.check(config, num_devices=1)
   assert privacy.plan(config, 60000).calibrated is False
+
+
+class _Mixed(nn.Module):
+  """Convolutions the ghost-clipping patches must get right (stride, dilation, VALID, explicit
+  and int padding, no bias) and a Dense over positions ([B, T, d] inputs)."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = jnp.tanh(nn.Conv(3, (3, 3), strides=2, padding="SAME")(x))
+    x = jnp.tanh(nn.Conv(4, (2, 3), kernel_dilation=(2, 1), padding="VALID", use_bias=False)(x))
+    x = jnp.tanh(nn.Conv(4, (1, 1), padding=((1, 0), (0, 2)))(x))
+    x = jnp.tanh(nn.Conv(5, (3, 3), padding=1)(x))
+    x = jnp.tanh(nn.Dense(32)(x.reshape(x.shape[0], -1, x.shape[-1])))  # over 12 positions
+    x = jnp.tanh(nn.Dense(32)(x))  # its per-example norm from the 12 x 12 Gram matrices
+    return nn.Dense(10)(x.reshape(x.shape[0], -1))
+
+
+class _WithNorm(nn.Module):
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    return nn.Dense(10)(nn.LayerNorm()(x.reshape(x.shape[0], -1)))
+
+
+GHOST_MODELS = {
+    "mlp": MLP(hidden_sizes=(16, 8), activation="tanh"),
+    "cnn": CNN(features=(4, 8), dense_features=16, activation="tanh"),
+    "mixed": _Mixed(),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GHOST_MODELS))
+@pytest.mark.parametrize("l2_clip", [0.05, 1e6])
+def test_ghost_clipping_equals_per_example_vmap(name, l2_clip):
+  batch = _batch(12)
+  ghost, ghost_sums, before = _step(
+      "none", privacy.DPSGD(l2_clip, 0.0, "ghost"), batch, GHOST_MODELS[name]
+  )
+  vmap, vmap_sums, _ = _step("none", privacy.DPSGD(l2_clip, 0.0, "vmap"), batch, GHOST_MODELS[name])
+  moved = _flat(ghost) - _flat(before)
+  assert np.max(np.abs(moved)) > 0
+  np.testing.assert_allclose(moved, _flat(vmap) - _flat(before), rtol=1e-4, atol=1e-7)
+  assert ghost_sums["dp_clipped_fraction"] == vmap_sums["dp_clipped_fraction"]
+  np.testing.assert_allclose(ghost_sums["loss"], vmap_sums["loss"], rtol=1e-5)
+
+
+def test_auto_falls_back_to_vmap_and_ghost_names_the_model_it_cannot_cover():
+  batch = _batch(8)
+  auto, _, _ = _step("none", privacy.DPSGD(1.0, 0.0, "auto"), batch, _WithNorm())
+  vmap, _, _ = _step("none", privacy.DPSGD(1.0, 0.0, "vmap"), batch, _WithNorm())
+  np.testing.assert_array_equal(_flat(auto), _flat(vmap))
+  with pytest.raises(config_lib.ConfigError, match=r"per_example='ghost'.*_WithNorm.*'vmap'"):
+    _step("none", privacy.DPSGD(1.0, 0.0, "ghost"), batch, _WithNorm())

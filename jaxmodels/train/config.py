@@ -12,6 +12,7 @@ import ml_collections
 PARALLELISM = ("pmap", "mesh", "none")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "step")
+DP_PER_EXAMPLE = ("auto", "ghost", "vmap")
 QUANTIZATIONS = ("", "int8_qat")  # "": float32 training; jaxmodels/quantize/__init__.py
 # Keys that may change when a run resumes: they do not change what is computed.
 RESUMABLE_KEYS = (
@@ -101,6 +102,7 @@ def dp_config() -> ml_collections.ConfigDict:
   dp.noise_multiplier = ml_collections.config_dict.placeholder(float)  # noise std / l2_clip
   dp.epsilon = ml_collections.config_dict.placeholder(float)  # target: calibrates the noise
   dp.delta = ml_collections.config_dict.placeholder(float)  # None: 1/N down to a power of ten
+  dp.per_example = "auto"  # 'ghost' (ghost clipping), 'vmap', or 'auto': ghost where it applies
   return dp
 
 
@@ -191,6 +193,12 @@ def _check_dp(config: ml_collections.ConfigDict) -> None:
   sigma, epsilon, delta = dp.noise_multiplier, dp.epsilon, dp.delta
   if not dp.l2_clip > 0:
     raise ConfigError(f"config.dp.l2_clip={dp.l2_clip} must be > 0 (the per-example L2 bound).")
+  per_example = dp.get("per_example", "auto")
+  if per_example not in DP_PER_EXAMPLE:
+    raise ConfigError(
+        f"config.dp.per_example={per_example!r} is not valid; choose one of: "
+        f"{', '.join(DP_PER_EXAMPLE)}."
+    )
   if (sigma is None) == (epsilon is None):
     raise ConfigError(
         "config.dp.enabled=True needs exactly one of config.dp.noise_multiplier (the noise std "

@@ -1,12 +1,19 @@
 """Differentially private training: DP-SGD (Abadi et al. 2016) and its privacy accounting.
 
 With `config.dp.enabled`, each step of the engine (steps.train_step) computes every example's
-gradient (jax.vmap of jax.grad), scales it to an L2 norm of at most `dp.l2_clip`, sums them over
-the global batch, adds Gaussian noise of standard deviation `dp.noise_multiplier * dp.l2_clip`
-once, and divides by the global batch size; the optimizer then reads that gradient as usual.
+gradient, scales it to an L2 norm of at most `dp.l2_clip`, sums them over the global batch,
+adds Gaussian noise of standard deviation `dp.noise_multiplier * dp.l2_clip` once, and divides
+by the global batch size; the optimizer then reads that gradient as usual.
 Under pmap the clipped sums are summed across devices first and every device draws the same
 noise from the same key, so the update is the one-device update; under mesh the sum is over the
 sharded batch, with the same noise.
+
+How the per-example gradients are had (`dp.per_example`): 'vmap' is jax.vmap of jax.grad, for
+any model; 'ghost' is ghost clipping (ghost_clipping.py: the norms and the clipped sum from each
+Dense/Conv layer's inputs and output gradients of one ordinary backward pass), for models made
+of Dense and 2-D Conv layers only; 'auto' (the default) takes 'ghost' where it covers the model,
+else 'vmap'. Both give the same clipped sum (tests/test_privacy.py); dropout masks differ (one
+key per example under vmap, one per batch under ghost).
 
 Accounting: `Accountant` uses dp-accounting's Renyi-DP accountant for a Poisson-sampled Gaussian
 mechanism, sampling rate q = batch_size / N (N train examples), composed once per step, and
@@ -46,6 +53,7 @@ class DPSGD:
 
   l2_clip: float
   noise_multiplier: float
+  per_example: str = "auto"  # config.dp.per_example: 'auto', 'ghost' or 'vmap'
 
 
 def clip_per_example(per_example_grads: Any, l2_clip: float) -> tuple[Any, jax.Array]:
@@ -181,7 +189,8 @@ def plan(config: ml_collections.ConfigDict, num_examples: int) -> Plan | None:
   sigma = dp.noise_multiplier
   if sigma is None:
     sigma = calibrate_noise(dp.epsilon, delta, q, config.num_train_steps)
-  return Plan(DPSGD(dp.l2_clip, sigma), Accountant(sigma, q, delta), dp.noise_multiplier is None)
+  sgd = DPSGD(dp.l2_clip, sigma, dp.get("per_example", "auto"))
+  return Plan(sgd, Accountant(sigma, q, delta), dp.noise_multiplier is None)
 
 
 def check_model(model: nn.Module, task: Any, batch: Any) -> None:

@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import optax
 
 from jaxmodels.tasks import DecodingTask, Task
-from jaxmodels.train import privacy
+from jaxmodels.train import ghost_clipping, privacy
+from jaxmodels.train.config import ConfigError
 from jaxmodels.train.optim import eval_params
 
 
@@ -179,12 +180,25 @@ def _dp_grads(state, batch, rng, step_rng, model, task, axis_name, dp):
     return jnp.sum(losses) / jnp.maximum(jnp.sum(task.weights(one)), 1e-9), sums
 
   n = jax.tree_util.tree_leaves(batch)[0].shape[0]
-  keys = jax.random.split(rng, n)
-  per_example, sums = jax.vmap(jax.grad(example_loss, has_aux=True), in_axes=(None, 0, 0))(
-      state.params, batch, keys
-  )
-  clipped, norms = privacy.clip_per_example(per_example, dp.l2_clip)
-  grads, sums = jax.tree_util.tree_map(lambda x: jnp.sum(x, 0), (clipped, sums))
+  ghost = None
+  if dp.per_example != "vmap":
+    variables = {"params": state.params, **state.model_state}
+    ghost = ghost_clipping.clipped_sum(model, variables, task, batch, rng, dp.l2_clip)
+    if ghost is None and dp.per_example == "ghost":
+      raise ConfigError(
+          f"config.dp.per_example='ghost', but the model {type(model).__name__} has parameters "
+          "other than Dense and 2-D Conv kernels and biases, each layer called once (ghost "
+          "clipping covers only those); use 'auto' or 'vmap'."
+      )
+  if ghost is not None:
+    grads, norms, sums = ghost.grads, ghost.norms, ghost.sums
+  else:
+    keys = jax.random.split(rng, n)
+    per_example, sums = jax.vmap(jax.grad(example_loss, has_aux=True), in_axes=(None, 0, 0))(
+        state.params, batch, keys
+    )
+    clipped, norms = privacy.clip_per_example(per_example, dp.l2_clip)
+    grads, sums = jax.tree_util.tree_map(lambda x: jnp.sum(x, 0), (clipped, sums))
   was_clipped = jnp.sum((norms > dp.l2_clip).astype(jnp.float32))
   sums["dp_clipped_fraction"] = (was_clipped, jnp.asarray(n, jnp.float32))
   grads, sums = _psum((grads, sums), axis_name)
