@@ -24,7 +24,8 @@ Benchmarks:
                             Needs `python -m jaxmodels.data.prepare shakespeare`; the full run
                             takes ~5 minutes per round.
   dp                        experiments.mnist_dp's CNN: the DP-SGD step (per-example gradients,
-                            clipping, noise) vs the plain step, same model, batch and device.
+                            clipping, noise) vs the plain step, same model, batch and device;
+                            vmap_ratio the same with jax.vmap per-example gradients.
 
 Every contender is timed in rounds, one chunk of steps each in turn, after warm-up; per-step
 times are medians over rounds and ratios are medians of per-round ratios, printed with their
@@ -140,7 +141,7 @@ def put_spread(record: dict[str, Any], key: str, values: list[float]) -> None:
 
 
 # The keys that --repeat combines over whole runs of the table (each a median over rounds).
-REPEATED_KEYS = ("ratio_vs_torch", "ratio", "mfu", "step_ratio", "ratio_vs_compile")
+REPEATED_KEYS = ("ratio_vs_torch", "ratio", "mfu", "step_ratio", "ratio_vs_compile", "vmap_ratio")
 
 
 def combine_repeats(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -571,17 +572,25 @@ def dp_bench(settings: Settings) -> dict[str, Any]:
   info = {"num_classes": 10}
   model, task = mnist_dp.get_model(config, info), mnist_dp.get_task(config, info)
   spec = jax_side.Spec("mnist_dp", model, task, batch, model.flops_per_example((28, 28, 1)))
-  dp = privacy.DPSGD(config.dp.l2_clip, 1.0)
+  dp = privacy.DPSGD(config.dp.l2_clip, 1.0, config.dp.per_example)
   plain = Contender("plain", jax_side.JaxStep(spec, "none").run)
   private = Contender("dp", jax_side.JaxStep(spec, "none", dp=dp).run)
-  contest([plain, private], settings)
+  vmap_dp = dataclasses.replace(dp, per_example="vmap")
+  vmap = Contender("dp_vmap", jax_side.JaxStep(spec, "none", dp=vmap_dp).run)
+  contest([plain, private, vmap], settings)
   record = {
       "benchmark": "dp",
       "jax_per_s": n / private.step_s,
       "plain_per_s": n / plain.step_s,
-      "note": f"mnist_dp CNN batch {n}, parallelism 'none'; ratio = DP-SGD / plain throughput",
+      "vmap_per_s": n / vmap.step_s,
+      "note": (
+          f"mnist_dp CNN batch {n}, parallelism 'none'; ratio = DP-SGD ({dp.per_example}) / "
+          "plain throughput; vmap_ratio = the same with per-example gradients by jax.vmap"
+      ),
   }
   put_spread(record, "ratio", paired_ratios(plain, private))
+  put_spread(record, "vmap_ratio", paired_ratios(plain, vmap))
+  record["note"] += f" ({record['vmap_ratio']:.2f})"
   return record
 
 

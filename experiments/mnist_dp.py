@@ -21,7 +21,9 @@ from jaxmodels import tasks
 from jaxmodels.data.synthetic import SyntheticDataset
 from jaxmodels.models.cnn import CNN
 from jaxmodels.report import Headline
-from jaxmodels.train import base_config, run_experiment
+from jaxmodels.train import ConfigError, base_config, run_experiment
+
+DATASETS = ("mnist", "fashion_mnist")  # 28x28 greyscale, 10 classes, 60k train examples
 
 # The result column of the README's table (python -m jaxmodels.report).
 HEADLINE = Headline("test_accuracy", "{} test accuracy", about="tanh CNN, DP-SGD at epsilon 3")
@@ -29,6 +31,7 @@ HEADLINE = Headline("test_accuracy", "{} test accuracy", about="tanh CNN, DP-SGD
 
 def get_config() -> ml_collections.ConfigDict:
   config = base_config()
+  config.dataset = "mnist"
   config.batch_size = 256
   config.num_train_steps = 500  # 2.1 epochs of 60k: what the shared 2-core machine allowed
   config.optimizer = "adam"
@@ -48,12 +51,14 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 def get_data(config):
+  if config.dataset not in DATASETS:
+    raise ConfigError(f"config.dataset={config.dataset!r} is not one of: {', '.join(DATASETS)}.")
   if config.synthetic_data:
     return SyntheticDataset("image_classification", image_shape=(28, 28, 1), num_classes=10)
   from jaxmodels import data
 
   return data.load(
-      "mnist", data_dir=config.data_dir or None, validation_size=config.validation_size
+      config.dataset, data_dir=config.data_dir or None, validation_size=config.validation_size
   )
 
 

@@ -382,3 +382,4 @@ def test_dp_bench_pairs_the_private_and_the_plain_step():
   (record,) = records
   assert record["benchmark"] == "dp" and record["goal"] == "ratio >= 0.5"
   assert record["jax_per_s"] > 0 and record["plain_per_s"] > 0 and record["ratio"] > 0
+  assert record["vmap_per_s"] > 0 and record["vmap_ratio"] > 0

@@ -342,3 +342,12 @@ def test_auto_falls_back_to_vmap_and_ghost_names_the_model_it_cannot_cover():
   np.testing.assert_array_equal(_flat(auto), _flat(vmap))
   with pytest.raises(config_lib.ConfigError, match=r"per_example='ghost'.*_WithNorm.*'vmap'"):
     _step("none", privacy.DPSGD(1.0, 0.0, "ghost"), batch, _WithNorm())
+
+
+def test_mnist_dp_names_its_datasets_for_another():
+  config = mnist_dp.get_config()
+  config.dataset = "cifar10"
+  with pytest.raises(
+      config_lib.ConfigError, match="config.dataset='cifar10'.*mnist, fashion_mnist"
+  ):
+    mnist_dp.get_data(config)

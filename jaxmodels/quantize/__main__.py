@@ -69,7 +69,7 @@ def run(workdir: str, split: str) -> dict[str, Any]:
   meta = {
       "step": trained.step,
       "library": quantize.library(),
-      "scheme": "int8 weights per output channel (absmax); convolution inputs int8 per batch",
+      "scheme": "int8 kernels per output channel, tables per row (absmax); float32 activations",
       "quantized_arrays": quantize.num_quantized(qvariables),
   }
   int8_bytes = quantize.save(workdir, qvariables, meta)
