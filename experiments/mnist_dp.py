@@ -12,7 +12,7 @@ Expect (measured 2026-12-02 on a 2-core CPU, one host device, two or three runs 
 10-16 minutes each): MNIST test accuracy 95.41% / 97.33% / 98.05% at epsilon 1 / 3 / 8
 (delta 1e-5, 2000 steps of batch 1024 = 34 epochs); Fashion-MNIST
 (--config.dataset=fashion_mnist) 85.27% / 87.67% / 88.74%. Ghost clipping
-(config.dp.per_example='auto' picks it for this CNN) runs the step at 0.75 of the plain step's
+(config.dp.per_example='auto' picks it for this CNN) runs the step at 0.71 of the plain step's
 throughput. The README's "Differential privacy" section has the table.
 """
 

@@ -181,21 +181,22 @@ def quantize_rows(params: Any) -> Any:
       return x
     return qwix.quantize(x, jnp.int8, channelwise_axes=[0])
 
-  return jax.tree_util.tree_map_with_path(
-      leaf, params, is_leaf=lambda x: isinstance(x, ptq.WithAux) or _is_quantized(x)
-  )
+  return jax.tree_util.tree_map_with_path(leaf, params, is_leaf=_is_int8_leaf)
 
 
 def _dequantize_rows(params: Any) -> Any:
   """The int8 embedding rows of `params` as float32 (qvalue * scale); kernels stay int8."""
   import qwix
-  from qwix._src.providers import ptq
 
-  return jax.tree_util.tree_map(
-      lambda x: qwix.dequantize(x) if _is_quantized(x) else x,
-      params,
-      is_leaf=lambda x: isinstance(x, ptq.WithAux) or _is_quantized(x),
-  )
+  dequantize_bare = lambda x: qwix.dequantize(x) if _is_quantized(x) else x
+  return jax.tree_util.tree_map(dequantize_bare, params, is_leaf=_is_int8_leaf)
+
+
+def _is_int8_leaf(x: Any) -> bool:
+  """A quantized kernel (qwix WithAux, left whole) or a bare int8 table (QArray)."""
+  from qwix._src.providers import ptq  # WithAux: qwix's box of a quantized kernel
+
+  return isinstance(x, ptq.WithAux) or _is_quantized(x)
 
 
 def _plain_ops(model: nn.Module) -> nn.Module:

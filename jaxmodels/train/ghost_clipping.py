@@ -23,12 +23,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from flax import traverse_util
 import flax.linen as nn
 import jax
 from jax import lax
 import jax.numpy as jnp
 
 from jaxmodels.kernels import conv as conv_kernels
+from jaxmodels.train import privacy
 
 INPUTS = "dp_layer_inputs"  # the collection the captured inputs are sown into
 
@@ -101,7 +103,8 @@ def clipped_sum(
     shapes = jax.eval_shape(
         lambda: model.init({"params": rng, "dropout": rng}, *task.model_args(batch), train=True)
     )
-  layers = _covered(capture.layers, nn.meta.unbox(params))
+  flat_params = traverse_util.flatten_dict(nn.meta.unbox(params))
+  layers = _covered(capture.layers, flat_params)
   if layers is None:
     return None
 
@@ -115,36 +118,34 @@ def clipped_sum(
           mutable=[INPUTS],
       )
     losses, sums = task.losses(outputs, batch)
-    weights = task.weights(batch)
-    axes = tuple(range(1, losses.ndim))
-    per_example = jnp.sum(losses, axes) / jnp.maximum(jnp.sum(weights, axes), 1e-9)
+    per_example = privacy.example_means(losses, task.weights(batch))
     return jnp.sum(per_example), (captured[INPUTS], sums)
 
   zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["perturbations"])
   g_out, (inputs, sums) = jax.grad(total_loss, has_aux=True)(zeros)
+  inputs, g_out = traverse_util.flatten_dict(inputs), traverse_util.flatten_dict(g_out)
   pieces = {}
   for path, kind in layers.items():
-    a, g = _get(inputs, path)["x"][0], _get(g_out, path)["y"]
-    layer = _get(params, path)
-    shape, bias = nn.meta.unbox(layer["kernel"]).shape, "bias" in layer
+    a, g = inputs[path + ("x",)][0], g_out[path + ("y",)]
+    shape, bias = flat_params[path + ("kernel",)].shape, path + ("bias",) in flat_params
     pieces[path] = (
         _DenseLayer(a, g, bias) if kind == "dense" else _ConvLayer(a, g, bias, shape, kind)
     )
   norms = jnp.sqrt(sum(piece.square_norms() for piece in pieces.values()))
-  scale = jnp.minimum(1.0, l2_clip / jnp.maximum(norms, 1e-12))
-  grads = nn.meta.unbox(params)
+  scale = privacy.clip_factors(norms, l2_clip)
+  grads = {}
   for path, piece in pieces.items():
-    grads = _set(grads, path, piece.weighted_sum(scale, _get(grads, path)))
-  return Result(grads, norms, sums)
+    for name, value in piece.weighted_sum(scale).items():
+      grads[path + (name,)] = value.astype(flat_params[path + (name,)].dtype)
+  return Result(traverse_util.unflatten_dict(grads), norms, sums)
 
 
-def _covered(layers: dict[tuple[str, ...], list[Any]], params: Any) -> dict | None:
-  """{module path: "dense" or _Conv} when every parameter is the kernel or bias of a Dense or
-  covered 2-D Conv called once; None otherwise."""
+def _covered(layers: dict[tuple[str, ...], list[Any]], flat: dict[tuple, Any]) -> dict | None:
+  """{module path: "dense" or _Conv} when every parameter (`flat`, by path) is the kernel or
+  bias of a Dense or covered 2-D Conv called once; None otherwise."""
   if any(len(calls) != 1 or calls[0] is None for calls in layers.values()):
     return None
   names = {path + (name,) for path in layers for name in ("kernel", "bias")}
-  flat = _flat(params)
   if not flat or set(flat) - names:
     return None
   return {path: calls[0] for path, calls in layers.items() if path + ("kernel",) in flat}
@@ -170,12 +171,12 @@ class _DenseLayer:
       kernel = jnp.sum(jnp.einsum("bti,bto->bio", a, g) ** 2, (1, 2))
     return kernel + jnp.sum(jnp.sum(g, 1) ** 2, -1) if self.has_bias else kernel
 
-  def weighted_sum(self, scale: jax.Array, params: dict[str, Any]) -> dict[str, jax.Array]:
+  def weighted_sum(self, scale: jax.Array) -> dict[str, jax.Array]:
     g = self.g * scale[:, None, None]
     out = {"kernel": jnp.einsum("bti,bto->io", self.a, g)}
     if self.has_bias:
       out["bias"] = jnp.sum(g, (0, 1))
-    return _like(out, params)
+    return out
 
 
 class _ConvLayer:
@@ -194,12 +195,12 @@ class _ConvLayer:
     kernel = jnp.sum(self.per_example**2, (1, 2))
     return kernel if self.bias is None else kernel + jnp.sum(self.bias**2, -1)
 
-  def weighted_sum(self, scale: jax.Array, params: dict[str, Any]) -> dict[str, jax.Array]:
+  def weighted_sum(self, scale: jax.Array) -> dict[str, jax.Array]:
     kernel = jnp.einsum("b,bko->ko", scale, self.per_example).reshape(self.kernel_shape)
     out = {"kernel": kernel}
     if self.bias is not None:
       out["bias"] = jnp.einsum("b,bo->o", scale, self.bias)
-    return _like(out, params)
+    return out
 
 
 def _patches(x: jax.Array, kernel_shape, conv: _Conv, out_hw) -> jax.Array:
@@ -224,24 +225,3 @@ def _patches(x: jax.Array, kernel_shape, conv: _Conv, out_hw) -> jax.Array:
       for j in range(kw)
   ]
   return jnp.stack(windows, 3).reshape(x.shape[0], ho * wo, -1)
-
-
-def _like(out: dict[str, jax.Array], params: dict[str, Any]) -> dict[str, jax.Array]:
-  return {k: v.astype(nn.meta.unbox(params[k]).dtype) for k, v in out.items()}
-
-
-def _flat(tree: Any) -> dict[tuple[str, ...], Any]:
-  leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: isinstance(x, tuple))[0]
-  return {tuple(str(k.key) for k in path): leaf for path, leaf in leaves}
-
-
-def _get(tree: Any, path: tuple[str, ...]) -> Any:
-  for key in path:
-    tree = tree[key]
-  return tree
-
-
-def _set(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
-  if not path:
-    return value
-  return {**tree, path[0]: _set(tree[path[0]], path[1:], value)}

@@ -62,12 +62,23 @@ def clip_per_example(per_example_grads: Any, l2_clip: float) -> tuple[Any, jax.A
   leaves = jax.tree_util.tree_leaves(per_example_grads)
   squares = [jnp.sum(jnp.square(x.reshape(x.shape[0], -1).astype(jnp.float32)), 1) for x in leaves]
   norms = jnp.sqrt(sum(squares))
-  # min(1, C / norm); the small constant keeps a zero gradient at zero instead of NaN.
-  scale = jnp.minimum(1.0, l2_clip / jnp.maximum(norms, 1e-12))
+  scale = clip_factors(norms, l2_clip)
   clipped = jax.tree_util.tree_map(
       lambda g: g * scale.reshape((-1,) + (1,) * (g.ndim - 1)).astype(g.dtype), per_example_grads
   )
   return clipped, norms
+
+
+def clip_factors(norms: jax.Array, l2_clip: float) -> jax.Array:
+  """min(1, C / norm) per example; the small constant keeps a zero gradient at zero, not NaN."""
+  return jnp.minimum(1.0, l2_clip / jnp.maximum(norms, 1e-12))
+
+
+def example_means(losses: jax.Array, weights: jax.Array) -> jax.Array:
+  """Each example's own weighted mean loss [B] (over its tokens, for sequence tasks): what an
+  example contributes must not depend on the other examples' weights."""
+  axes = tuple(range(1, losses.ndim))
+  return jnp.sum(losses, axes) / jnp.maximum(jnp.sum(weights, axes), 1e-9)
 
 
 def add_noise(tree: Any, key: jax.Array, stddev: float) -> Any:

@@ -176,8 +176,7 @@ def _dp_grads(state, batch, rng, step_rng, model, task, axis_name, dp):
         rngs={"dropout": key},
     )
     losses, sums = task.losses(outputs, one)
-    # The example's own mean: its gradient must not depend on the other examples' weights.
-    return jnp.sum(losses) / jnp.maximum(jnp.sum(task.weights(one)), 1e-9), sums
+    return privacy.example_means(losses, task.weights(one))[0], sums
 
   n = jax.tree_util.tree_leaves(batch)[0].shape[0]
   ghost = None
