@@ -2,9 +2,13 @@
 
   python -m experiments.fashion_mnist_resnet --workdir=runs/fashion_mnist_resnet
 
-Expect (measured Nov 2026 on the 2-core CPU, idle): 93.8% test accuracy after the 5000 steps
-(~11 epochs, random crop + flip) in 20m20s (4.2 steps/s, 547 images/s on 2 host devices, MFU
-47%); 87.5% at step 1000, 88.7% at 2000, 91.9% at 3000, 93.5% at 4000.
+Expect (measured 2026-12-03 on the 2-core CPU, an Intel Xeon with AVX-512, idle, one run): 94.25%
+test accuracy with test-time flip (94.19% without) after the 7500 steps (16 epochs, random crop +
+flip) in 27m20s (4.6 steps/s, 596 images/s on 2 host devices, MFU 34%); on the 20-batch sample
+of the intermediate evaluations 91.5% at step 3000, 93.4% at 5000, 94.3% at 7000. The target of
+94.5% within 30 minutes is not reached; train accuracy (with augmentation) ends at 95.8%, so
+the run is still budget-bound rather than overfitting. The same recipe at 5000 steps reached
+93.8% (Nov 2026).
 """
 
 import sys
@@ -19,13 +23,18 @@ from jaxmodels.sweep import LogUniform, Sweep
 from jaxmodels.train import base_config, run_experiment
 
 # The result column of the README's table (python -m jaxmodels.report).
-HEADLINE = Headline("test_accuracy", "{} test accuracy", about="ResNet-18, width 16, crop + flip")
+HEADLINE = Headline(
+    "test_flip_accuracy",
+    "{} test accuracy (test-time flip)",
+    fmt="{:.2%}",
+    about="ResNet-18, width 16, crop + flip",
+)
 
 
 def get_config() -> ml_collections.ConfigDict:
   config = base_config()
   config.batch_size = 128
-  config.num_train_steps = 5000  # ~11 epochs
+  config.num_train_steps = 7500  # 16 epochs
   config.optimizer = "nesterov"
   config.learning_rate = 0.1
   config.momentum = 0.9
@@ -35,10 +44,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.label_smoothing = 0.1
   config.log_every_steps = 100
   config.eval_every_steps = 1000
-  # The whole test split (10000 images, 79 batches) at steps 1000-4000: ~4.1% of the run by the
-  # estimate in jaxmodels/train/config.py, so the intermediate evaluations stay exact.
+  # Steps 1000-7000 estimate the test accuracy on 20 batches of a fixed sample (~1.2% of the run
+  # by the estimate in jaxmodels/train/config.py); the final evaluation reads all 10000 images.
+  config.eval_batches = 20
   config.checkpoint_every_steps = 500
   config.augment = True
+  config.flip_eval = True  # the final evaluation also averages each test image with its mirror
   config.validation_size = 0  # >0 holds out that many train examples as the eval split
   # Width 16 (a quarter of the FLOPs of 32) trains ~3 steps/s on 2 CPU cores.
   config.model = ml_collections.ConfigDict(dict(num_filters=16, stem="cifar"))
@@ -63,7 +74,9 @@ def get_model(config, info):
 
 
 def get_task(config, info):
-  return tasks.Classification(info["num_classes"], label_smoothing=config.label_smoothing)
+  return tasks.Classification(
+      info["num_classes"], label_smoothing=config.label_smoothing, flip_eval=config.flip_eval
+  )
 
 
 def get_sweep() -> Sweep:
