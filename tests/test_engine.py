@@ -363,7 +363,9 @@ def test_eval_batches_samples_the_evaluations_during_training_only(tmp_path, mon
   assert during == ("validation", 2, 2)
   assert [num for _, num, _ in final] == [0] * len(final) and all(n > 2 for _, _, n in final)
   served.clear()
-  whole = loop.train_and_evaluate(fashion_mnist_cnn, _tiny_config(), str(tmp_path / "whole"))
+  whole = loop.train_and_evaluate(
+      fashion_mnist_cnn, _tiny_config(eval_batches=0), str(tmp_path / "whole")
+  )
   assert served[0][1] == 0 and served[0][2] > 2
   assert sampled["test_loss"] == whole["test_loss"]  # the final numbers read every example
   assert sampled["eval_loss"] == whole["eval_loss"]
