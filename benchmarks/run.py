@@ -400,7 +400,16 @@ def compile_cache_bench(settings: Settings, models: tuple[str, ...]) -> list[dic
 
 # The laptop configuration of issue 20: shakespeare_gpt's model (4 layers x 128) and optimizer at
 # batch 12, context 64. FULL is the run itself; QUICK a short one with the same eval schedule.
-GPT_SMALL = dict(batch_size=12, context=64, eval_every=500, eval_batches=20, sample_tokens=200)
+# Both sides evaluate 60 windows at a time: the intermediate evaluations read 4 such batches
+# (240 windows), the final one every window of validation and test.
+GPT_SMALL = dict(
+    batch_size=12,
+    context=64,
+    eval_every=500,
+    eval_batch_size=60,
+    eval_batches=4,
+    sample_tokens=200,
+)
 GPT_SMALL_STEPS = {False: 2000, True: 60}
 
 
@@ -438,7 +447,7 @@ def gpt_small_data(path: str, args: dict[str, Any]) -> dict[str, Any]:
     windows = ds.tables[split].take(np.arange(len(ds.tables[split])))
     arrays[f"{short}_inputs"], arrays[f"{short}_targets"] = windows["inputs"], windows["targets"]
   n = len(arrays["val_inputs"])
-  arrays["eval_sample"] = datasets.eval_sample(n, args["eval_batches"] * args["batch_size"])
+  arrays["eval_sample"] = datasets.eval_sample(n, args["eval_batches"] * args["eval_batch_size"])
   vocab = ds.info["vocab"]
   arrays["prompt"] = np.array([vocab.index(c) for c in "ROMEO:" if c in vocab], np.int32)
   np.savez(path, **arrays)
@@ -456,6 +465,7 @@ def _jax_run(args: dict[str, Any], workdir: str) -> dict[str, Any]:
           num_train_steps=steps,
           warmup_steps=args["warmup"],
           eval_every_steps=args["eval_every"],
+          eval_batch_size=args["eval_batch_size"],
           eval_batches=args["eval_batches"],
           sample_tokens=args["sample_tokens"],
           checkpoint_every_steps=min(500, steps),

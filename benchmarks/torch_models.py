@@ -329,6 +329,7 @@ def train_gpt_small(data: dict[str, np.ndarray], args: dict[str, Any]) -> dict[s
   losses and the step time (mean over steps 2..n, evaluations excluded)."""
   threads, probe_s = faster_threads(args)
   context, batch, steps = args["context"], args["batch_size"], args["steps"]
+  eval_batch = args["eval_batch_size"]
   model = _gpt(args)
   decay = [p for p in model.parameters() if p.dim() >= 2]
   rest = [p for p in model.parameters() if p.dim() < 2]
@@ -355,10 +356,10 @@ def train_gpt_small(data: dict[str, np.ndarray], args: dict[str, Any]) -> dict[s
     else:
       step_time += time.perf_counter() - t
     if (step + 1) % args["eval_every"] == 0 and step + 1 < steps:
-      v = _eval_loss(model, data["val_inputs"][sample], data["val_targets"][sample], batch)
+      v = _eval_loss(model, data["val_inputs"][sample], data["val_targets"][sample], eval_batch)
       evals.append((step + 1, v))
-  val = _eval_loss(model, data["val_inputs"], data["val_targets"], batch)
-  test = _eval_loss(model, data["test_inputs"], data["test_targets"], batch)
+  val = _eval_loss(model, data["val_inputs"], data["val_targets"], eval_batch)
+  test = _eval_loss(model, data["test_inputs"], data["test_targets"], eval_batch)
   _sample(model, data["prompt"], args["sample_tokens"], context, args["seed"])
   return {
       "eval_loss": val,

@@ -125,13 +125,21 @@ class Classification:
 
 
 def _token_losses(
-    logits: jax.Array, targets: jax.Array, weight: jax.Array
+    logits: jax.Array, targets: jax.Array, weight: jax.Array, label_smoothing: float = 0.0
 ) -> tuple[jax.Array, Sums]:
+  """Per-token losses to train on and metric sums. With label smoothing e the loss is the
+  cross-entropy against (1 - e) one-hot + e / vocab, and `cross_entropy` reports the plain one."""
   logits = logits.astype(jnp.float32)
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets) * weight
+  nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets) * weight
   correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32) * weight
   total = jnp.sum(weight)
-  return loss, {"loss": (jnp.sum(loss), total), "token_accuracy": (jnp.sum(correct), total)}
+  sums = {"token_accuracy": (jnp.sum(correct), total)}
+  loss = nll
+  if label_smoothing:
+    uniform = -jnp.mean(jax.nn.log_softmax(logits), axis=-1) * weight
+    loss = (1.0 - label_smoothing) * nll + label_smoothing * uniform
+    sums["cross_entropy"] = (jnp.sum(nll), total)
+  return loss, dict(sums, loss=(jnp.sum(loss), total))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,11 +170,15 @@ class LanguageModel:
 class Seq2Seq:
   """Teacher forcing: the decoder reads targets[:, :-1] and predicts targets[:, 1:] (0 = padding).
 
+  With `label_smoothing` the loss trained on (and reported as `loss`) is smoothed as in
+  Classification; `cross_entropy` then reports the plain one, and perplexity is computed from it.
+
   Evaluation can also decode greedily (`decode_fn(variables, inputs, max_len) -> ids`) and report
   exact-match (whole sequence right) and token accuracy of the decoded sequence.
   """
 
   decode_fn: Callable[..., jax.Array] | None = None
+  label_smoothing: float = 0.0
 
   @property
   def decodes(self) -> bool:
@@ -180,7 +192,8 @@ class Seq2Seq:
     return w * batch["mask"][:, None] if "mask" in batch else w
 
   def losses(self, logits: jax.Array, batch: Batch) -> tuple[jax.Array, Sums]:
-    return _token_losses(logits, batch["targets"][:, 1:], self.weights(batch))
+    targets, w = batch["targets"][:, 1:], self.weights(batch)
+    return _token_losses(logits, targets, w, self.label_smoothing)
 
   def decode_metrics(self, model: nn.Module, variables: Any, batch: Batch) -> Sums:
     """Exact match and token accuracy of greedy decoding against targets[:, 1:]."""
@@ -197,7 +210,8 @@ class Seq2Seq:
     }
 
   def finalize(self, metrics: dict[str, float]) -> dict[str, float]:
-    out = dict(metrics, perplexity=float(jnp.exp(metrics["loss"])))
+    nll = metrics.get("cross_entropy", metrics["loss"])
+    out = dict(metrics, perplexity=float(jnp.exp(nll)))
     if "exact_match" in out:
       out["word_error_rate"] = 1.0 - out["exact_match"]
     return out

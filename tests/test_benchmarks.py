@@ -342,6 +342,7 @@ def test_gpt_small_sides_share_the_hyper_parameters():
   assert (args["lr"], args["warmup"], args["eval_every"]) == (config.learning_rate, 100, 500)
   quick = run.gpt_small_args(quick=True)
   assert quick["steps"] < args["steps"] and quick["eval_batches"] == args["eval_batches"]
+  assert args["eval_batch_size"] % 2 == 0  # it splits over 2 host devices
 
 
 def test_torch_schedule_equals_optax_warmup_cosine():
@@ -368,7 +369,8 @@ def test_torch_gpt_small_script_learns_a_periodic_text():
   }
   args = dict(
       vocab_size=7, model_dim=16, num_layers=1, num_heads=2, mlp_dim=32, context=8, batch_size=4,
-      steps=40, eval_every=10, eval_batches=1, sample_tokens=3, warmup=4, lr=1e-2, b2=0.99,
+      steps=40, eval_every=10, eval_batch_size=4, eval_batches=1, sample_tokens=3, warmup=4,
+      lr=1e-2, b2=0.99,
       weight_decay=0.1, clip=1.0, seed=0,
   )  # fmt: skip
   out = torch_models.train_gpt_small(data, args)

@@ -653,6 +653,26 @@ def test_the_final_evaluation_decodes_only_for_a_task_set_up_to_decode():
   assert tasks.decodes(tasks.Seq2Seq(decode_fn=lambda *args: None))
 
 
+def test_seq2seq_label_smoothing_trains_on_smoothed_targets_and_reports_plain_cross_entropy():
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(size=(3, 4, 7)), jnp.float32)
+  targets = jnp.asarray([[1, 3, 4, 2, 0], [1, 5, 2, 0, 0], [1, 6, 6, 6, 2]], jnp.int32)
+  batch = {"inputs": targets, "targets": targets}
+  w = np.asarray(targets[:, 1:] != 0, np.float32)
+  labels = optax.smooth_labels(jax.nn.one_hot(targets[:, 1:], 7), 0.1)
+  smoothed = np.asarray(optax.softmax_cross_entropy(logits, labels)) * w
+  plain = np.asarray(optax.softmax_cross_entropy_with_integer_labels(logits, targets[:, 1:])) * w
+  loss, sums = tasks.Seq2Seq(label_smoothing=0.1).losses(logits, batch)
+  np.testing.assert_allclose(loss, smoothed, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(sums["loss"][0], smoothed.sum(), rtol=1e-5)
+  np.testing.assert_allclose(sums["cross_entropy"][0], plain.sum(), rtol=1e-5)
+  metrics = tasks.Seq2Seq(label_smoothing=0.1).finalize({"loss": 2.0, "cross_entropy": 1.0})
+  assert metrics["perplexity"] == pytest.approx(np.e)
+  loss, sums = tasks.Seq2Seq().losses(logits, batch)
+  np.testing.assert_allclose(loss, plain, rtol=1e-5, atol=1e-6)
+  assert "cross_entropy" not in sums
+
+
 @pytest.mark.parametrize(
     "overrides, says",
     [

@@ -13,12 +13,14 @@ from jax.test_util import check_grads
 import numpy as np
 import optax
 import pytest
+import scipy.special
 
 from jaxmodels.models import transformer
 from jaxmodels.models.transformer import (
     GPT,
     EncoderDecoder,
     TransformerEncoder,
+    beam_search_decode,
     generate,
     greedy_decode,
     mask_after_eos,
@@ -440,6 +442,63 @@ def test_greedy_decode_equals_uncached_argmax_and_compiles_once():
   np.testing.assert_array_equal(again, seq2seq_argmax_loop(apply, variables, ids(12, (2, 5)), 9))
   with pytest.raises(ValueError, match="max_len"):
     greedy_decode(model, variables, src, 11)
+
+
+def best_hypothesis(apply, variables, src, steps, alpha, bos=1, eos=2):
+  """Reference: the best of every hypothesis of at most `steps` tokens (ending at its first EOS,
+  or `steps` tokens without one) by log p / ((5 + n) / 6) ** alpha, scored by full uncached
+  decoder passes, laid out as greedy decoding's output."""
+  vocab = apply(variables, src[:1], jnp.full((1, 1), bos, jnp.int32)).shape[-1]
+  out = np.zeros((src.shape[0], steps), np.int32)
+  for b in range(src.shape[0]):
+    best, frontier = (-np.inf, None), [((), 0.0)]
+    for _ in range(steps):
+      prefixes = jnp.asarray([[bos, *p] for p, _ in frontier], jnp.int32)
+      logits = apply(variables, jnp.repeat(src[b : b + 1], len(frontier), 0), prefixes)[:, -1]
+      logp = scipy.special.log_softmax(np.asarray(logits, np.float64), axis=-1)
+      grown = []
+      for (prefix, score), row in zip(frontier, logp):
+        for token in range(1, vocab):
+          seq, total = prefix + (token,), score + row[token]
+          if token == eos or len(seq) == steps:
+            rank = total / ((5 + len(seq)) / 6) ** alpha
+            best = max(best, (rank, seq))
+          else:
+            grown.append((seq, total))
+      frontier = grown
+    out[b, : len(best[1])] = best[1]
+  return out
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.5])
+def test_beam_search_finds_the_best_hypothesis_and_beam_one_is_greedy(alpha):
+  model, variables, apply = seq2seq(seed=1, scale=1.0)
+  src = ids(11, (2, 5)).at[1, 3:].set(0)
+  # 5 tokens (all but padding) and 3 steps: 25 beams keep every prefix, so the search is exact.
+  want = best_hypothesis(apply, variables, src, 3, alpha)
+  got = beam_search_decode(model, variables, src, 3, beam_size=25, length_penalty=alpha)
+  np.testing.assert_array_equal(got, want)
+  greedy = greedy_decode(model, variables, src, 9)
+  np.testing.assert_array_equal(beam_search_decode(model, variables, src, 9, beam_size=1), greedy)
+  with pytest.raises(ValueError, match="beam_size"):
+    beam_search_decode(model, variables, src, 9, beam_size=0)
+  with pytest.raises(ValueError, match="max_len"):
+    beam_search_decode(model, variables, src, 11)
+
+
+def test_beam_search_beats_greedy_on_log_probability():
+  model, variables, apply = seq2seq(seed=2, scale=1.0)
+  src = ids(21, (6, 5))
+
+  def log_prob(out):
+    tgt = np.concatenate([np.ones((len(out), 1), np.int32), np.asarray(out)], 1)
+    logp = jax.nn.log_softmax(apply(variables, src, jnp.asarray(tgt[:, :-1])))
+    picked = np.take_along_axis(np.asarray(logp), tgt[:, 1:, None], 2)[..., 0]
+    return np.sum(np.where(tgt[:, 1:] != 0, picked, 0.0), axis=1)
+
+  greedy = log_prob(greedy_decode(model, variables, src, 6))
+  beam = log_prob(beam_search_decode(model, variables, src, 6, beam_size=4))
+  assert np.all(beam >= greedy - 1e-5) and np.any(beam > greedy + 1e-3)
 
 
 def test_mask_after_eos_by_hand():

@@ -32,6 +32,7 @@ from jaxmodels.models.transformer import (
     GPT_SIZES,
     EncoderDecoder,
     TransformerEncoder,
+    beam_search_decode,
     generate,
     greedy_decode,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "SimpleRNNCell",
     "SinusoidalPositionalEncoding",
     "TransformerEncoder",
+    "beam_search_decode",
     "causal_mask",
     "dot_product_attention",
     "generate",

@@ -1,5 +1,5 @@
 """Transformers: an encoder classifier, an encoder-decoder and a decoder-only GPT, with cached
-greedy decoding and sampling, and analytic FLOP counts.
+greedy and beam-search decoding and sampling, and analytic FLOP counts.
 
 Every block is pre-LayerNorm (x + f(LayerNorm(x))), with a final LayerNorm after the stack: the
 residual path stays an identity, so training is stable without learning-rate warm-up tricks and
@@ -700,6 +700,106 @@ def _greedy_decode(
   start = jnp.full((batch,), bos_id, jnp.int32)
   _, tokens = jax.lax.scan(step, (cache, start), None, length=max_len)
   return mask_after_eos(tokens.T, eos_id)
+
+
+def beam_search_decode(
+    model: EncoderDecoder,
+    variables: Any,
+    src_ids: Array,
+    max_len: int,
+    beam_size: int = 4,
+    length_penalty: float = 0.0,
+    bos_id: int = 1,
+    eos_id: int = 2,
+) -> Array:
+  """Beam search with the key/value cache: ids [B, max_len] of each source's best hypothesis,
+  laid out as `greedy_decode`'s (EOS kept, zeros after it).
+
+  Each step extends every live hypothesis by every token but padding 0 and keeps the beam_size
+  best of all candidates and finished hypotheses. A hypothesis of n tokens (EOS counted) ranks by
+  log p / ((5 + n) / 6) ** length_penalty (Wu et al. 2016); 0 ranks by log p, and beam_size=1
+  is greedy decoding. One jit with a lax.scan, compiled once per (model, src shape, max_len,
+  beam_size); length_penalty is traced.
+  """
+  if max_len > model.max_len:
+    raise ValueError(f"max_len={max_len} exceeds the model's max_len={model.max_len}")
+  if beam_size < 1:
+    raise ValueError(f"beam_size={beam_size} must be at least 1 (1 is greedy decoding)")
+  return _beam_search(
+      model,
+      _without_cache(variables),
+      jnp.asarray(src_ids, jnp.int32),
+      jnp.float32(length_penalty),
+      max_len,
+      beam_size,
+      bos_id,
+      eos_id,
+  )
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_len", "beam_size", "bos_id", "eos_id"))
+def _beam_search(
+    model: EncoderDecoder,
+    variables: Any,
+    src_ids: Array,
+    alpha: Array,
+    max_len: int,
+    beam_size: int,
+    bos_id: int,
+    eos_id: int,
+) -> Array:
+  model = model.clone(use_cache=True)
+  batch, k = src_ids.shape[0], beam_size
+  src = jnp.repeat(src_ids, k, axis=0)  # row b * k + j is beam j of source b
+  encoded = model.apply(variables, src, method="encode")
+  cache = _empty_cache(model, src, jnp.zeros((batch * k, max_len), jnp.int32))
+  penalty = lambda n: ((5.0 + n) / 6.0) ** alpha
+
+  def step(carry, t):
+    cache, token, seqs, scores, lengths, done = carry
+    logits, state = model.apply(
+        {**variables, "cache": cache},
+        encoded,
+        src,
+        token[:, None],
+        method="decode",
+        mutable=["cache"],
+    )
+    logp = jax.nn.log_softmax(logits[:, -1].astype(jnp.float32)).reshape(batch, k, -1)
+    logp = logp.at[:, :, 0].set(-jnp.inf)
+    # A finished hypothesis has one continuation, padding, at no cost: it competes unchanged.
+    stay = jnp.full_like(logp, -jnp.inf).at[:, :, 0].set(0.0)
+    logp = jnp.where(done[:, :, None], stay, logp)
+    vocab = logp.shape[-1]
+    total = (scores[:, :, None] + logp).reshape(batch, k * vocab)
+    new_len = jnp.where(done, lengths, t + 1).astype(jnp.float32)
+    rank = total / jnp.repeat(penalty(new_len), vocab, axis=1)
+    _, pick = jax.lax.top_k(rank, k)
+    beam, tok = pick // vocab, (pick % vocab).astype(jnp.int32)
+    take = lambda x: jnp.take_along_axis(x, beam.reshape(beam.shape + (1,) * (x.ndim - 2)), 1)
+    seqs = take(seqs).at[:, :, t].set(tok)
+    scores = jnp.take_along_axis(total, pick, 1)
+    was_done = take(done)
+    lengths = jnp.where(was_done, take(lengths), t + 1)
+    done = was_done | (tok == eos_id)
+    rows = (jnp.arange(batch)[:, None] * k + beam).reshape(-1)
+    cache = jax.tree.map(
+        lambda x: x[rows] if x.ndim and x.shape[0] == batch * k else x, state["cache"]
+    )
+    return (cache, tok.reshape(-1), seqs, scores, lengths, done), None
+
+  scores = jnp.full((batch, k), -jnp.inf).at[:, 0].set(0.0)  # one start, not k copies of it
+  init = (
+      cache,
+      jnp.full((batch * k,), bos_id, jnp.int32),
+      jnp.zeros((batch, k, max_len), jnp.int32),
+      scores,
+      jnp.zeros((batch, k), jnp.int32),
+      jnp.zeros((batch, k), bool),
+  )
+  (_, _, seqs, scores, lengths, _), _ = jax.lax.scan(step, init, jnp.arange(max_len))
+  best = jnp.argmax(scores / penalty(lengths.astype(jnp.float32)), axis=1)
+  return mask_after_eos(seqs[jnp.arange(batch), best], eos_id)
 
 
 def mask_after_eos(ids: Array, eos_id: int) -> Array:
