@@ -653,6 +653,21 @@ def test_the_final_evaluation_decodes_only_for_a_task_set_up_to_decode():
   assert tasks.decodes(tasks.Seq2Seq(decode_fn=lambda *args: None))
 
 
+def test_cmudict_task_takes_its_decoding_and_smoothing_from_the_config():
+  from experiments import cmudict_transformer as experiment
+
+  config = experiment.get_config()
+  config.beam_size, config.length_penalty, config.label_smoothing = 3, 0.5, 0.2
+  task = experiment.get_task(config, {})
+  assert task.label_smoothing == 0.2 and task.decode_fn.keywords == {
+      "beam_size": 3,
+      "length_penalty": 0.5,
+  }
+  config.beam_size = 0
+  with pytest.raises(config_lib.ConfigError, match="config.beam_size=0 must be >= 1"):
+    experiment.get_task(config, {})
+
+
 def test_seq2seq_label_smoothing_trains_on_smoothed_targets_and_reports_plain_cross_entropy():
   rng = np.random.default_rng(0)
   logits = jnp.asarray(rng.normal(size=(3, 4, 7)), jnp.float32)
