@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmodels.models.common import ModelOptionError, constrain, dropout
+from jaxmodels.models.common import ModelOptionError, constrain
 
 Array = jax.Array
 HEADS = ("batch", "length", "heads", "kv")
@@ -104,7 +104,8 @@ def _native_attention(
   # transposed forms an einsum on [B,T,H,D] can pick.
   weights = _softmax_weights(_heads_first(q), _heads_first(k), mask)
   if dropout_rng is not None:
-    weights = dropout(weights, dropout_rate, dropout_rng)
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
+    weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
   out = jax.lax.dot_general(
       weights.astype(v.dtype), _heads_first(v), (((3,), (2,)), ((0, 1), (0, 1)))
   )

@@ -14,7 +14,7 @@ from jax import lax
 import jax.numpy as jnp
 
 from jaxmodels.kernels import conv as conv_kernels
-from jaxmodels.models.common import Dropout, dense_flops, logits_dtype
+from jaxmodels.models.common import dense_flops, logits_dtype
 from jaxmodels.models.mlp import get_activation
 
 
@@ -85,7 +85,7 @@ class CNN(nn.Module):
       x = nn.Dense(self.dense_features, dtype=self.dtype, param_dtype=self.param_dtype)(x)
       x = act(x)
       if self.dropout_rate > 0:
-        x = Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)(x)
     return x.astype(logits_dtype(self.dtype))
 

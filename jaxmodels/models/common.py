@@ -1,5 +1,5 @@
-"""What the model families share: the logits dtype, dropout, token sampling for generation,
-logical-axis sharding constraints, and the protocol of a model that counts its own FLOPs."""
+"""What the model families share: the logits dtype, token sampling for generation, logical-axis
+sharding constraints, and the protocol of a model that counts its own FLOPs."""
 
 from __future__ import annotations
 
@@ -28,53 +28,6 @@ def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
   models run unchanged on one device, under pmap and under a mesh without rules.
   """
   return nn.with_logical_constraint(x, names)
-
-
-def keep_mask(rng: jax.Array, keep_prob: float, shape: Sequence[int]) -> jax.Array:
-  """Boolean [shape], True with probability keep_prob rounded to a multiple of 2**-16.
-
-  Each element reads 16 random bits, two from each 32-bit word, where jax.random.bernoulli draws
-  a word per element: threefry is most of dropout's cost on a CPU (a 3+3-layer Transformer step
-  took 1.8x as long with dropout as without), and this halves it.
-  """
-  threshold = round(keep_prob * 2**16)
-  if threshold >= 2**16:
-    return jnp.ones(shape, bool)
-  if not shape:
-    return keep_mask(rng, keep_prob, (1,))[0]
-  *lead, last = shape
-  words = jax.random.bits(rng, (*lead, (last + 1) // 2), jnp.uint32)
-  halves = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(*lead, -1)[..., :last]
-  return halves < jnp.uint16(threshold)
-
-
-class Dropout(nn.Module):
-  """Inverted dropout, as flax's nn.Dropout (rate, deterministic at construction or call, the
-  'dropout' rng stream), drawing its mask with `keep_mask`. The kept values are divided by the
-  mask's own keep probability, so the expectation is exactly the input's."""
-
-  rate: float
-  deterministic: bool | None = None
-  rng_collection: str = "dropout"
-
-  @nn.compact
-  def __call__(self, x: jax.Array, deterministic: bool | None = None) -> jax.Array:
-    deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
-    if deterministic or self.rate == 0.0:
-      return x
-    if self.rate >= 1.0:
-      return jnp.zeros_like(x)
-    return dropout(x, self.rate, self.make_rng(self.rng_collection))
-
-
-def dropout(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
-  """x with each element zeroed with probability `rate` (to 2**-16) and the rest scaled up."""
-  keep = round((1.0 - rate) * 2**16) / 2**16
-  if keep >= 1.0:
-    return x
-  if keep == 0.0:
-    return jnp.zeros_like(x)
-  return jnp.where(keep_mask(rng, keep, x.shape), x / jnp.asarray(keep, x.dtype), 0).astype(x.dtype)
 
 
 def sample_logits(

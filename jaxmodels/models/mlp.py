@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmodels.models.common import Dropout, ModelOptionError, dense_flops, logits_dtype
+from jaxmodels.models.common import ModelOptionError, dense_flops, logits_dtype
 
 Activation = str | Callable[[jax.Array], jax.Array]
 
@@ -50,7 +50,7 @@ class MLP(nn.Module):
       x = nn.Dense(size, dtype=self.dtype, param_dtype=self.param_dtype)(x)
       x = act(x)
       if self.dropout_rate > 0:
-        x = Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)(x)
     return x.astype(logits_dtype(self.dtype))
 

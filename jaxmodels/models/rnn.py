@@ -27,7 +27,7 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-from jaxmodels.models.common import Dropout, ModelOptionError, logits_dtype, sample_logits
+from jaxmodels.models.common import ModelOptionError, logits_dtype, sample_logits
 from jaxmodels.models.rnn_fused import Carry, carry_output, run_fused
 
 Initializer = Callable[..., jax.Array]
@@ -302,7 +302,7 @@ class Recurrent(nn.Module):
     carries = []
     for layer in range(self.num_layers):
       if layer > 0 and self.dropout_rate > 0:
-        h = Dropout(self.dropout_rate, deterministic=not train)(h)
+        h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
       outs, layer_carries = [], []
       for d, reverse in enumerate(directions):
         c0 = None if initial_carry is None else initial_carry[layer][d]
@@ -375,7 +375,7 @@ class RNNClassifier(nn.Module):
   ) -> jax.Array:
     if lengths is None:
       lengths = jnp.sum(inputs != 0, axis=-1)
-    drop = Dropout(self.dropout_rate, deterministic=not train or self.dropout_rate == 0)
+    drop = nn.Dropout(self.dropout_rate, deterministic=not train or self.dropout_rate == 0)
     x = nn.Embed(
         self.vocab_size,
         self.embed_dim,
@@ -447,7 +447,7 @@ class RNNLanguageModel(nn.Module):
       initial_carry: Any = None,
       return_carry: bool = False,
   ):
-    drop = Dropout(self.dropout_rate, deterministic=not train or self.dropout_rate == 0)
+    drop = nn.Dropout(self.dropout_rate, deterministic=not train or self.dropout_rate == 0)
     x = nn.Embed(
         self.vocab_size,
         self.embed_dim,

@@ -30,13 +30,7 @@ from jaxmodels.models.attention import (
     combine_masks,
     key_padding_mask,
 )
-from jaxmodels.models.common import (
-    Dropout,
-    ModelOptionError,
-    constrain,
-    logits_dtype,
-    sample_logits,
-)
+from jaxmodels.models.common import ModelOptionError, constrain, logits_dtype, sample_logits
 
 Array = jax.Array
 _EMBED_INIT = nn.initializers.normal(stddev=0.02)
@@ -89,7 +83,7 @@ class MLPBlock(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = _dense(self.mlp_dim, ("embed", "mlp"), kw, "fc1", self.use_bias)(x)
     x = constrain(nn.gelu(x, approximate=self.gelu_approximate), ("batch", "length", "mlp"))
-    x = Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return constrain(_dense(width, ("mlp", "embed"), kw, "fc2", self.use_bias)(x), RESIDUAL)
 
 
@@ -119,11 +113,11 @@ class EncoderBlock(nn.Module):
         **kw,
         name="attn",
     )(h, mask=mask, train=train)
-    x = constrain(x + Dropout(self.dropout_rate, deterministic=not train)(h), RESIDUAL)
+    x = constrain(x + nn.Dropout(self.dropout_rate, deterministic=not train)(h), RESIDUAL)
     h = MLPBlock(self.mlp_dim, self.dropout_rate, **kw, name="mlp")(
         _layer_norm(kw, "ln2")(x), train
     )
-    return constrain(x + Dropout(self.dropout_rate, deterministic=not train)(h), RESIDUAL)
+    return constrain(x + nn.Dropout(self.dropout_rate, deterministic=not train)(h), RESIDUAL)
 
 
 class DecoderBlock(nn.Module):
@@ -158,7 +152,7 @@ class DecoderBlock(nn.Module):
   ) -> Array:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     eps = self.layer_norm_epsilon
-    drop = Dropout(self.dropout_rate, deterministic=not train)
+    drop = nn.Dropout(self.dropout_rate, deterministic=not train)
     attention = functools.partial(
         MultiHeadAttention,
         self.num_heads,
@@ -273,7 +267,7 @@ class TransformerEncoder(nn.Module):
       raise ModelOptionError(f"pooling must be 'mean' or 'first', got {self.pooling!r}")
     valid = (input_ids != 0) if attention_mask is None else attention_mask.astype(bool)
     _, x = _embed(self, input_ids, self.vocab_size, self.model_dim, self.max_len, "token")
-    x = Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     mask = key_padding_mask(valid)
     for i in range(self.num_layers):
       x = EncoderBlock(
@@ -354,7 +348,7 @@ class EncoderDecoder(nn.Module):
     self.encoder_ln = _layer_norm(kw)
     self.decoder_ln = _layer_norm(kw)
     self.head = _dense(self.tgt_vocab_size, ("embed", "vocab"), kw)
-    self.dropout = Dropout(self.dropout_rate)
+    self.dropout = nn.Dropout(self.dropout_rate)
     self.position = DecodePosition()
 
   def __call__(self, src_ids: Array, tgt_ids: Array, train: bool = False) -> Array:
@@ -460,7 +454,7 @@ class GPT(nn.Module):
     embed, x = _embed(
         self, input_ids, self.vocab_size, self.model_dim, self.max_len, "token", offset
     )
-    x = Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     mask = None
     if not self.decode:
       valid = None if attention_mask is None else key_padding_mask(attention_mask.astype(bool))
