@@ -173,8 +173,9 @@ class Seq2Seq:
   With `label_smoothing` the loss trained on (and reported as `loss`) is smoothed as in
   Classification; `cross_entropy` then reports the plain one, and perplexity is computed from it.
 
-  Evaluation can also decode greedily (`decode_fn(variables, inputs, max_len) -> ids`) and report
-  exact-match (whole sequence right) and token accuracy of the decoded sequence.
+  Evaluation can also decode (`decode_fn(model, variables, inputs, max_len) -> ids`: greedy or
+  beam search) and report exact-match (whole sequence right) and token accuracy of the decoded
+  sequence.
   """
 
   decode_fn: Callable[..., jax.Array] | None = None
@@ -196,7 +197,7 @@ class Seq2Seq:
     return _token_losses(logits, targets, w, self.label_smoothing)
 
   def decode_metrics(self, model: nn.Module, variables: Any, batch: Batch) -> Sums:
-    """Exact match and token accuracy of greedy decoding against targets[:, 1:]."""
+    """Exact match and token accuracy of the decoded ids against targets[:, 1:]."""
     want = batch["targets"][:, 1:]
     got = self.decode_fn(model, variables, batch["inputs"], want.shape[1])
     real = (want != 0).astype(jnp.float32)
