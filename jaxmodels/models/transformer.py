@@ -771,17 +771,16 @@ def _beam_search(
     stay = jnp.full_like(logp, -jnp.inf).at[:, :, 0].set(0.0)
     logp = jnp.where(done[:, :, None], stay, logp)
     vocab = logp.shape[-1]
-    total = (scores[:, :, None] + logp).reshape(batch, k * vocab)
-    new_len = jnp.where(done, lengths, t + 1).astype(jnp.float32)
-    rank = total / jnp.repeat(penalty(new_len), vocab, axis=1)
-    _, pick = jax.lax.top_k(rank, k)
+    total = scores[:, :, None] + logp
+    new_len = jnp.where(done, lengths, t + 1)  # of each beam's candidates
+    rank = total / penalty(new_len.astype(jnp.float32))[:, :, None]
+    _, pick = jax.lax.top_k(rank.reshape(batch, k * vocab), k)
     beam, tok = pick // vocab, (pick % vocab).astype(jnp.int32)
     take = lambda x: jnp.take_along_axis(x, beam.reshape(beam.shape + (1,) * (x.ndim - 2)), 1)
     seqs = take(seqs).at[:, :, t].set(tok)
-    scores = jnp.take_along_axis(total, pick, 1)
-    was_done = take(done)
-    lengths = jnp.where(was_done, take(lengths), t + 1)
-    done = was_done | (tok == eos_id)
+    scores = jnp.take_along_axis(total.reshape(batch, k * vocab), pick, 1)
+    lengths = take(new_len)
+    done = take(done) | (tok == eos_id)
     rows = (jnp.arange(batch)[:, None] * k + beam).reshape(-1)
     cache = jax.tree.map(
         lambda x: x[rows] if x.ndim and x.shape[0] == batch * k else x, state["cache"]
