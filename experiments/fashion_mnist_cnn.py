@@ -72,7 +72,7 @@ def get_config() -> ml_collections.ConfigDict:
           dense_features=128,
           dropout_rate=0.1,
           use_batchnorm=False,
-          conv_impl="xla",
+          conv_impl="auto",  # oneDNN where its kernels are built (README: oneDNN kernels)
       )
   )
   return config

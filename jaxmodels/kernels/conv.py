@@ -138,6 +138,7 @@ def _ffi(target: str, shape: Sequence[int], a: jax.Array, b: jax.Array, geometry
       strides=np.asarray(strides, np.int64),
       padding=np.asarray(padding, np.int64).reshape(-1),
       dilation=np.asarray(dilation, np.int64),
+      threads=np.int64(onednn.call_threads()),
   )
 
 

@@ -61,6 +61,18 @@ def unavailable_reason() -> str | None:
   return _load()[1]
 
 
+@functools.cache
+def call_threads() -> int:
+  """The OpenMP team size of every kernel call in this process: the usable cores shared equally
+  among the host CPU devices (each may run a call at once under pmap). Fixed per process, so the
+  results never depend on which calls happen to overlap."""
+  import jax  # noqa: PLC0415
+
+  from jaxmodels import _env  # noqa: PLC0415
+
+  return max(1, _env.usable_cpus() // len(jax.local_devices(backend="cpu")))
+
+
 def load() -> None:
   """Loads and registers the kernels (once); KernelUnavailableError says why it cannot."""
   reason = unavailable_reason()

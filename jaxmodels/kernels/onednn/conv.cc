@@ -9,7 +9,6 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
@@ -162,23 +161,11 @@ std::shared_ptr<Plan> GetPlan(char op, const Geometry& g, int threads) {
   return plan;
 }
 
-// This oneDNN build threads with OpenMP (GNU libgomp): each calling thread forks its own team of
-// omp_get_max_threads() threads. XLA may call in from several threads at once (one per host device
-// under pmap), so each call takes an equal share of the cores among the calls running now; a call
-// alone uses them all. XLA's own pool is idle meanwhile: this op is the one XLA is waiting on.
-class CoreShare {
- public:
-  CoreShare() : threads_(std::max(1, omp_get_num_procs() / ++running_)) {
-    omp_set_num_threads(threads_);
-  }
-  ~CoreShare() { --running_; }
-  int threads() const { return threads_; }
-
- private:
-  int threads_;
-  static inline std::atomic<int> running_{0};
-};
-
+// This oneDNN build threads with OpenMP (GNU libgomp): each calling thread forks its own team, of
+// the size set here for that thread. The Python side passes `threads` = usable cores / host
+// devices, the same for every call of a process: oneDNN partitions reductions (backward-weights)
+// by the team size, so a size that followed the calls running at the moment would make results
+// depend on timing, and a resumed run would no longer equal an uninterrupted one bit for bit.
 void Execute(const dnnl::primitive& p, std::unordered_map<int, memory> args, void* scratch,
              size_t scratch_bytes) {
   thread_local dnnl::stream stream(Engine());
@@ -193,9 +180,9 @@ void Execute(const dnnl::primitive& p, std::unordered_map<int, memory> args, voi
 }
 
 // `src` is the NHWC input side (x, or dx for backward-data), `dst` the output side (y or dy).
-ffi::Error Run(char op, const Geometry& g, void* src, void* weights, void* dst) {
-  CoreShare share;  // before the plan: it is made for, and runs under, this thread count
-  auto plan = GetPlan(op, g, share.threads());
+ffi::Error Run(char op, const Geometry& g, int threads, void* src, void* weights, void* dst) {
+  omp_set_num_threads(threads);  // before the plan: it is made for, and runs under, this count
+  auto plan = GetPlan(op, g, threads);
   void* scratch = scratchpad.Get(plan->scratch_bytes);
   memory user_weights(g.Weights(Tag::hwio), Engine(), weights);
   memory conv_weights = user_weights;
@@ -233,35 +220,37 @@ ffi::Error Run(char op, const Geometry& g, void* src, void* weights, void* dst) 
 }
 
 ffi::Error Checked(char op, Span x, Span w, Span y, Span strides, Span padding, Span dilation,
-                   void* src, void* weights, void* dst) {
-  if (strides.size() != 2 || padding.size() != 4 || dilation.size() != 2) {
+                   int64_t threads, void* src, void* weights, void* dst) {
+  if (strides.size() != 2 || padding.size() != 4 || dilation.size() != 2 || threads < 1) {
     return ffi::Error(ffi::ErrorCode::kInvalidArgument,
-                      "onednn conv: strides and dilation need 2 values, padding 4");
+                      "onednn conv: strides and dilation need 2 values, padding 4, threads >= 1");
   }
   try {
-    return Run(op, Geometry(x, w, y, strides, padding, dilation), src, weights, dst);
+    return Run(op, Geometry(x, w, y, strides, padding, dilation), static_cast<int>(threads), src,
+               weights, dst);
   } catch (const dnnl::error& e) {
     return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN convolution: ") + e.what());
   }
 }
 
-ffi::Error Forward(Array x, Array w, Result y, Span strides, Span padding, Span dilation) {
+ffi::Error Forward(Array x, Array w, Result y, Span strides, Span padding, Span dilation,
+                   int64_t threads) {
   return Checked('f', x.dimensions(), w.dimensions(), y->dimensions(), strides, padding, dilation,
-                 x.typed_data(), w.typed_data(), y->typed_data());
+                 threads, x.typed_data(), w.typed_data(), y->typed_data());
 }
 
 // The input gradient dx from the output gradient dy (oneDNN's diff_src from diff_dst).
-ffi::Error BackwardData(Array dy, Array w, Result dx, Span strides, Span padding,
-                        Span dilation) {
+ffi::Error BackwardData(Array dy, Array w, Result dx, Span strides, Span padding, Span dilation,
+                        int64_t threads) {
   return Checked('d', dx->dimensions(), w.dimensions(), dy.dimensions(), strides, padding, dilation,
-                 dx->typed_data(), w.typed_data(), dy.typed_data());
+                 threads, dx->typed_data(), w.typed_data(), dy.typed_data());
 }
 
 // The kernel gradient dw from the input x and the output gradient dy.
 ffi::Error BackwardWeights(Array x, Array dy, Result dw, Span strides, Span padding,
-                           Span dilation) {
+                           Span dilation, int64_t threads) {
   return Checked('w', x.dimensions(), dw->dimensions(), dy.dimensions(), strides, padding, dilation,
-                 x.typed_data(), dw->typed_data(), dy.typed_data());
+                 threads, x.typed_data(), dw->typed_data(), dy.typed_data());
 }
 
 }  // namespace
@@ -274,7 +263,8 @@ ffi::Error BackwardWeights(Array x, Array dy, Result dw, Span strides, Span padd
                                     .Ret<Array>()            \
                                     .Attr<Span>("strides")   \
                                     .Attr<Span>("padding")   \
-                                    .Attr<Span>("dilation"));
+                                    .Attr<Span>("dilation")  \
+                                    .Attr<int64_t>("threads"));
 
 CONV_HANDLER(JaxmodelsOnednnConvForward, Forward)
 CONV_HANDLER(JaxmodelsOnednnConvBackwardData, BackwardData)
