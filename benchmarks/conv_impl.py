@@ -1,6 +1,7 @@
 """The benchmark ResNet-18 train step with its convolutions by XLA and by oneDNN, paired per round.
 
   python -m benchmarks.conv_impl [--strategy=none|pmap] [--rounds=5] [--chunk_s=2] [--quick]
+      [--num_filters=64] [--image=32,32,3]
   python -m benchmarks.conv_impl --layer=N,H,C,K,S [--rounds=5] [--chunk_s=2]
 
 Both contenders are the engine's compiled step (benchmarks.jax_side.JaxStep) on the same batch,
@@ -8,11 +9,14 @@ differing only in ResNet.conv_impl; each round times both, the order rotating, a
 reported is the median over rounds of xla_time / onednn_time (> 1: oneDNN is faster) with the
 range of the per-round ratios. `--layer` times one convolution's forward and both gradients
 instead (batch N, H x H x C input, K x K kernel to C channels, stride S, padding K // 2).
+'none' and `--layer` run with one host device (JAXMODELS_HOST_DEVICES=1 unless set), so both
+sides have every core; 'pmap' splits the host into one device per core.
 """
 
 import argparse
 import dataclasses
 import json
+import os
 import statistics
 import time
 
@@ -20,16 +24,18 @@ from benchmarks import jax_side, run as bench, shapes as shapes_lib
 from jaxmodels import _env
 
 
-def measure(strategy: str, rounds: int, chunk_s: float, quick: bool) -> dict[str, object]:
+def measure(
+    strategy: str, rounds: int, chunk_s: float, quick: bool, overrides: dict[str, object]
+) -> dict[str, object]:
   """Seconds per step of each conv impl and the paired ratio xla / onednn."""
-  spec = jax_side.make_spec("resnet18", shapes_lib.shapes("resnet18", quick))
+  spec = jax_side.make_spec("resnet18", {**shapes_lib.shapes("resnet18", quick), **overrides})
   contenders = []
   for impl in ("xla", "onednn"):
     model_spec = dataclasses.replace(spec, model=spec.model.clone(conv_impl=impl))
     step = jax_side.JaxStep(model_spec, strategy)
     contenders.append(bench.Contender(impl, step.run))
   result = _paired(contenders, rounds, chunk_s, quick)
-  return {"strategy": strategy, "batch_size": spec.batch_size, **result}
+  return {"strategy": strategy, "batch_size": spec.batch_size, **overrides, **result}
 
 
 def measure_layer(layer: str, rounds: int, chunk_s: float) -> dict[str, object]:
@@ -86,12 +92,22 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--chunk_s", type=float, default=2.0)
   parser.add_argument("--quick", action="store_true")
   parser.add_argument("--layer", default=None, help="N,H,C,K,S: one convolution instead")
+  parser.add_argument("--num_filters", type=int, default=None, help="ResNet width (default 64)")
+  parser.add_argument("--image", default=None, help="H,W,C of the images (default 32,32,3)")
   args = parser.parse_args(argv)
+  if args.layer or args.strategy == "none":
+    # One device owning every core: oneDNN's calls get cores / host devices threads each.
+    os.environ.setdefault(_env.HOST_DEVICES_ENV, "1")
   _env.configure_process()
   if args.layer:
     result = measure_layer(args.layer, args.rounds, args.chunk_s)
   else:
-    result = measure(args.strategy, args.rounds, args.chunk_s, args.quick)
+    overrides = {}
+    if args.num_filters:
+      overrides["num_filters"] = args.num_filters
+    if args.image:
+      overrides["image_shape"] = tuple(map(int, args.image.split(",")))
+    result = measure(args.strategy, args.rounds, args.chunk_s, args.quick, overrides)
   print(json.dumps(result), flush=True)
 
 

@@ -7,21 +7,25 @@ with a cosine decay, label smoothing 0.1, dropout 0.1, training images mirrored 
 probability 1/2, and test-time flip in the final evaluation (summary.json's test_flip_accuracy;
 test_accuracy is without it).
 
-Measured 2026-12-03 on the 2-core CPU (an Intel Xeon with AVX-512; pmap over 2 host devices, idle,
-one run at a time), seeds 0, 1, 2: 93.06% +- 0.14% test accuracy with test-time flip (93.12%,
-93.17%, 92.90%; without it 92.70%, 93.05%, 92.62%). `make train` (seed 0, packages and data in
-place) took 2m47s: 4.1 s to the first step with a warm compilation cache, 162 s in the loop at 4300
-examples/s (31.6 steps/s). Batch 128 is the fastest per example here (batch 64: 3530 examples/s,
-256: 3475, in 600-step runs). Tried on seed 0 at 4500 steps against this recipe's 93.00% (one
-device each, two runs side by side) and not kept: BatchNorm (92.72%), SGD with Nesterov momentum at
+Measured 2026-12-03 on the 2-core AMD EPYC host (AVX2, no AVX-512; pmap over 2 host devices,
+oneDNN convolutions by conv_impl='auto'), one seed at a time while another job's tests shared
+the CPU: seeds 0, 1, 2 reached 93.18% +- 0.13% test accuracy with test-time flip (93.22%,
+93.29%, 93.04%; without it 92.86%, 92.90%, 92.67%) in 5m09s per seed (7-10 s to the first step
+with a warm compilation cache, 16.5-17 steps/s, 2180 examples/s). On this host the 3-minute
+target is out of reach at 5000 steps: alone, the step ran at 20-22 steps/s (about 4 minutes for
+the run), where the Intel Xeon host with AVX-512 of the same day ran the run in 2m47s (31.6
+steps/s; XLA's convolutions, 93.06% +- 0.14% over the three seeds). Batch 128 is the fastest
+per example there (batch 64: 3530 examples/s, 256: 3475, in 600-step runs).
+
+Tried on seed 0 at 4500 steps against this recipe's 93.00% (one device each, two runs side by
+side) and not kept: BatchNorm (92.72%), SGD with Nesterov momentum at
 learning rate 0.05 (92.21%; 0.1 with BatchNorm 90.77%), AdamW weight decay 0.05 with dropout 0.2
 (92.98%), dense 256 with dropout 0.3 (92.60%), random crops after 2-pixel padding (91.95%), conv 32
 -> conv 96 for 3200 steps (the same time; 92.40%), a third block of 128 for 2500 steps (92.08%); on
 3000-step runs, a moving average of the weights (config.ema_decay 0.999: +0.05). The learning
 curves say the budget limits it: the same recipe at 3000 steps ended at 92.39% (mean of 3 seeds)
 and at 4500 at 92.88% (one device, side by side), and the training loss still falls at the last
-step. The sessions' hosts differ: on the 2-core AMD EPYC host without AVX-512 of 2026-12-02 this
-network trained at 1742-1841 examples/s, where these 5000 steps would take about 6 minutes.
+step (the experiments of this paragraph ran on the Intel host).
 """
 
 import sys

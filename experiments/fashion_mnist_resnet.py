@@ -8,7 +8,10 @@ flip) in 27m20s (4.6 steps/s, 596 images/s on 2 host devices, MFU 34%); on the 2
 of the intermediate evaluations 91.5% at step 3000, 93.4% at 5000, 94.3% at 7000. The target of
 94.5% within 30 minutes is not reached; train accuracy (with augmentation) ends at 95.8%, so
 the run is still budget-bound rather than overfitting. The same recipe at 5000 steps reached
-93.8% (Nov 2026).
+93.8% (Nov 2026). That run used XLA's convolutions; the config now sets conv_impl='auto'
+(oneDNN's where built): on the 2-core AMD EPYC host (AVX2) of 2026-12-03 its step ran 1.15x as
+fast as XLA's (paired rounds, `python -m benchmarks.conv_impl --strategy=pmap --num_filters=16
+--image=28,28,1`; README, oneDNN kernels), and the whole run was not repeated there.
 """
 
 import sys
