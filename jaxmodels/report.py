@@ -262,6 +262,18 @@ def machine(summary: dict[str, Any]) -> str:
   return f"{text}, jax {jax_version}" if jax_version else text
 
 
+def shared_load(summary: dict[str, Any]) -> float | None:
+  """The load average at the end of the run when it says another job shared the CPU (above the
+  cores + 1; the window: 5 minutes for a run under 15, else 15), else None."""
+  m = summary.get("machine")
+  load = m.get("load_average") if isinstance(m, dict) else None
+  if not isinstance(load, list) or len(load) != 3 or not m.get("cpus"):
+    return None
+  wall = float(summary.get("total_wall_s", summary.get("wall_s", 0.0)))
+  value = float(load[1] if wall < 900 else load[2])
+  return value if value > m["cpus"] + 1 else None
+
+
 def row(runs: Sequence[Run]) -> dict[str, str]:
   """The table row of one group of runs."""
   first = runs[0]
@@ -276,6 +288,10 @@ def row(runs: Sequence[Run]) -> dict[str, str]:
   wall = duration(statistics.mean(walls))
   if len(runs) > 1:
     wall += " per seed (mean)"
+  loads = [x for x in (shared_load(r.summary) for r in runs) if x is not None]
+  if loads:
+    cpus = first.summary["machine"]["cpus"]
+    wall += f", CPU shared (load average up to {max(loads):.1f} on {cpus} cores)"
   dates = sorted({r.date for r in runs})
   machines = list(dict.fromkeys(machine(r.summary) for r in runs if machine(r.summary)))
   return {

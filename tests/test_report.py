@@ -282,3 +282,34 @@ def test_gpu_machine_cell():
       "versions": {"jax": "0.11.0"},
   }
   assert report.machine(summary) == "1x NVIDIA H200, 16-core CPU (Intel Xeon), jax 0.11.0"
+
+
+@pytest.mark.parametrize(
+    "load,wall_s,shared",
+    [
+        ([4.1, 3.9, 2.0], 300, 3.9),  # 5-minute average for a short run
+        ([4.1, 2.4, 3.6], 300, None),
+        ([2.5, 2.2, 3.5], 1200, 3.5),  # 15-minute average for a long run
+        ([2.9, 2.6, 1.9], 1200, None),
+    ],
+)
+def test_a_run_beside_other_jobs_says_so_in_its_wall_time(tmp_path, load, wall_s, shared):
+  path = fake_run(tmp_path / "mnist", wall_s=wall_s)
+  with open(os.path.join(path, "summary.json")) as f:
+    summary = json.load(f)
+  summary["machine"] = {**MACHINE, "load_average": load}
+  with open(os.path.join(path, "summary.json"), "w") as f:
+    json.dump(summary, f)
+  assert report.shared_load(summary) == shared
+  (row,) = rows([path])
+  expected = report.duration(wall_s)
+  if shared:
+    expected += f", CPU shared (load average up to {shared:.1f} on 2 cores)"
+  assert row["wall time"] == expected
+
+
+def test_the_engine_records_the_load_average():
+  from jaxmodels.train import runinfo
+
+  load = runinfo.machine()["load_average"]
+  assert len(load) == 3 and all(x >= 0 for x in load)

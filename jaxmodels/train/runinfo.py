@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
+import os
 import platform
 from typing import Any
 
@@ -40,8 +41,11 @@ def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
 
 
 def machine() -> dict[str, Any]:
-  """The CPU, the cores this process may use, and the devices jax trains on."""
+  """The CPU, the cores this process may use, the devices jax trains on, and the system's load
+  averages over the last 1, 5 and 15 minutes (the run's own threads count: a load well above the
+  cores says that something else ran beside it)."""
   devices = jax.devices()
+  load = {"load_average": [round(x, 2) for x in os.getloadavg()]} if hasattr(os, "getloadavg") else {}
   return {
       "cpu": cpu_model(),
       "cpus": _env.usable_cpus(),
@@ -50,6 +54,7 @@ def machine() -> dict[str, Any]:
       "num_devices": len(devices),
       "num_processes": jax.process_count(),
       "os": platform.platform(terse=True),
+      **load,
   }
 
 
