@@ -45,7 +45,9 @@ def machine() -> dict[str, Any]:
   averages over the last 1, 5 and 15 minutes (the run's own threads count: a load well above the
   cores says that something else ran beside it)."""
   devices = jax.devices()
-  load = {"load_average": [round(x, 2) for x in os.getloadavg()]} if hasattr(os, "getloadavg") else {}
+  load = (
+      {"load_average": [round(x, 2) for x in os.getloadavg()]} if hasattr(os, "getloadavg") else {}
+  )
   return {
       "cpu": cpu_model(),
       "cpus": _env.usable_cpus(),
