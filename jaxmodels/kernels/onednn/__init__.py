@@ -14,6 +14,7 @@ import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
 SOURCES = sorted(HERE.glob("*.cc"))
+HEADERS = sorted(HERE.glob("*.h"))
 LIBRARY = HERE / "_build" / "libjaxmodels_onednn.so"  # build.py writes it; git ignores _build/
 
 # FFI target name -> symbol the library exports (XLA_FFI_DEFINE_HANDLER_SYMBOL in the .cc files).
@@ -38,7 +39,7 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
         f"{LIBRARY} not built: run `make kernels` (python -m jaxmodels.kernels.onednn.build)",
     )
   built = LIBRARY.stat().st_mtime
-  stale = [s.name for s in SOURCES if s.stat().st_mtime > built]
+  stale = [s.name for s in SOURCES + HEADERS if s.stat().st_mtime > built]
   if stale:
     return None, f"{LIBRARY} is older than {', '.join(stale)}: run `make kernels`"
   try:
