@@ -27,12 +27,14 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
+from jaxmodels.kernels import lstm as lstm_kernels
 from jaxmodels.models.common import ModelOptionError, logits_dtype, sample_logits
 from jaxmodels.models.rnn_fused import Carry, carry_output, run_fused
 
 Initializer = Callable[..., jax.Array]
 
 CELLS = ("rnn", "lstm", "gru")
+IMPLS = ("fused", "flax", "onednn", "auto")
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 
 _default_kernel_init = nn.initializers.lecun_normal()
@@ -222,6 +224,9 @@ class RecurrentLayer(nn.Module):
   each sequence from its last real token back to its first and returns outputs in the original
   order. Outputs at padding positions are unspecified (callers mask them); the final carry
   ignores padding. Parameters live in the child 'cell' in flax's layout (see `CellParams`).
+
+  `impl` ('fused', 'onednn', 'auto'; jaxmodels.kernels.lstm) may hand a float32 LSTM layer to
+  oneDNN's LSTM primitives on CPU; other platforms, cells and dtypes run `rnn_fused.run_fused`.
   """
 
   cell: str
@@ -229,6 +234,7 @@ class RecurrentLayer(nn.Module):
   reverse: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  impl: str = "fused"
 
   @nn.compact
   def __call__(
@@ -246,7 +252,12 @@ class RecurrentLayer(nn.Module):
     mask = None if lengths is None else jnp.arange(steps)[:, None] < lengths[None, :]
     if self.reverse:
       x = reverse_time(x, lengths)
-    carry, out = run_fused(self.cell, x, params, carry, mask)
+    fused = lambda x, params, carry: run_fused(self.cell, x, params, carry, mask)
+    if lstm_kernels.choose(self.impl, lstm_kernels.unsupported(self.cell, x, self.features)):
+      onednn = lambda x, params, carry: lstm_kernels.lstm_layer(x, params, carry, lengths)
+      carry, out = lax.platform_dependent(x, params, carry, cpu=onednn, default=fused)
+    else:
+      carry, out = fused(x, params, carry)
     if self.reverse:
       out = reverse_time(out, lengths)
     return carry, out
@@ -295,8 +306,8 @@ class Recurrent(nn.Module):
       return_carry: bool = False,
   ):
     _check_cell(self.cell)
-    if self.impl not in ("fused", "flax"):
-      raise ModelOptionError(f"unknown impl {self.impl!r}: 'fused' or 'flax'")
+    if self.impl not in IMPLS:
+      raise ModelOptionError(f"unknown impl {self.impl!r}: use one of {', '.join(IMPLS)}")
     h = x.astype(self.dtype) if self.time_major else swap_time_batch(x.astype(self.dtype))
     directions = (False, True) if self.bidirectional else (False,)
     carries = []
@@ -325,9 +336,9 @@ class Recurrent(nn.Module):
     name = f"layer{layer}_{'bwd' if reverse else 'fwd'}"
     if carry is None:
       carry = zero_carry(self.cell, x.shape[1], self.hidden_size, self.dtype)
-    if self.impl == "fused":
+    if self.impl != "flax":
       return RecurrentLayer(
-          self.cell, self.hidden_size, reverse, self.dtype, self.param_dtype, name=name
+          self.cell, self.hidden_size, reverse, self.dtype, self.param_dtype, self.impl, name=name
       )(x, lengths, carry)
     # parent=None leaves the cell unbound so that nn.RNN adopts it as its child 'cell'.
     rnn = nn.RNN(
