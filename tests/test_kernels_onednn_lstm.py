@@ -283,3 +283,13 @@ def test_auto_uses_onednn_for_float32_lstm_and_fused_where_it_cannot():
     Recurrent("gru", 5, impl="onednn").init(jax.random.key(0), x)
   with pytest.raises(lstm.LSTMImplError, match="bfloat16"):
     Recurrent("lstm", 5, impl="onednn", dtype=jnp.bfloat16).init(jax.random.key(0), x)
+
+
+@needs_kernels
+def test_layer_benchmark_pairs_both_impls():
+  from benchmarks import lstm_impl  # noqa: PLC0415  (benchmarks/ runs from the repository root)
+
+  result = lstm_impl.measure_layer("3,2,4,5", rounds=2, chunk_s=0.01, lengths=True)
+  assert result["fused_step_s"] > 0 and result["onednn_step_s"] > 0
+  low, high = result["ratio_range"]
+  assert low <= result["ratio_fused_over_onednn"] <= high

@@ -1,6 +1,6 @@
 """Recurrent models: an Elman cell, LSTM/GRU/RNN layers, a classifier and a language model.
 
-Two interchangeable implementations of a layer, with one parameter tree (flax's layout:
+Interchangeable implementations of a layer, with one parameter tree (flax's layout:
 `nn.OptimizedLSTMCell`/`nn.LSTMCell`, `nn.GRUCell`, `nn.SimpleCell` names and shapes under a
 child called 'cell'):
 - `impl='fused'` (default): the input projections of all time steps are one large matmul before
@@ -8,6 +8,11 @@ child called 'cell'):
   loop multiplies by `W_h^T` stored once, and both weight gradients are one large matmul each
   after the loop (`rnn_fused.run_fused`).
 - `impl='flax'`: `nn.RNN` over the flax cell, input and recurrent matmuls per step, autodiff.
+- `impl='onednn'`: float32 LSTM layers on CPU run oneDNN's LSTM primitives over the whole
+  sequence, forward and backward (`jaxmodels.kernels.lstm`; an error naming the reason where the
+  kernels are not built or the cell or dtype is another); `impl='auto'` uses them where they
+  apply and the fused path elsewhere. Other platforms always lower the fused path. Measured
+  speeds against the fused path: the README's "oneDNN kernels" section.
 Training steps (gradients of a loss over a layer, F=128, T=128, min of 7 in one process, 2-core
 CPU, Nov 2026), flax vs fused: LSTM B=64 H=128 75.6 vs 61.5 ms, B=32 H=256 97.9 vs 76.8 ms; GRU
 B=64 H=128 65.4 vs 47.6 ms, B=32 H=512 205 vs 166 ms; RNN B=64 H=128 22.4 vs 15.5 ms. The
@@ -278,7 +283,8 @@ class Recurrent(nn.Module):
 
   `impl='fused'` (default; the faster training step, see the module docstring) runs
   `RecurrentLayer`; `impl='flax'` runs `nn.RNN` over the flax cell (`nn.OptimizedLSTMCell`,
-  `nn.GRUCell`, `SimpleRNNCell`). Both have the same parameter tree,
+  `nn.GRUCell`, `SimpleRNNCell`); `impl='onednn'` and `'auto'` run `RecurrentLayer` with
+  oneDNN's LSTM kernels on CPU (see the module docstring). All have the same parameter tree,
   `{'layer{l}_{fwd|bwd}': {'cell': <flax cell params>}}`, and give the same results.
 
   `time_major=True` takes x [T, B, F] and returns outputs [T, B, D*H]: the layers run time-major,
@@ -365,7 +371,7 @@ class RNNClassifier(nn.Module):
   `__call__(inputs int [B, T], lengths int [B] | None, train) -> logits [B, num_classes]`. Token 0
   is padding; when `lengths` is None it is the count of non-zero tokens. Dropout (when
   `dropout_rate > 0` and `train`) applies to the embeddings, between layers, and to the final
-  state.
+  state. `impl` picks the layers' implementation, as in `Recurrent`.
   """
 
   vocab_size: int
@@ -436,7 +442,7 @@ class RNNLanguageModel(nn.Module):
   `__call__(input_ids int [B, T], train) -> logits [B, T, vocab_size]`; with `initial_carry` and
   `return_carry=True` it continues from / returns the recurrent state (see `Recurrent`), which is
   how `sample` decodes one token at a time. Dropout applies to embeddings, between layers and to
-  the recurrent outputs.
+  the recurrent outputs. `impl` picks the layers' implementation, as in `Recurrent`.
   """
 
   vocab_size: int
