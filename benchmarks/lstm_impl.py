@@ -2,14 +2,15 @@
 paired per round.
 
   python -m benchmarks.lstm_impl [--rounds=5] [--chunk_s=2] [--quick]
-  python -m benchmarks.lstm_impl --layer=T,B,F,H [--lengths] [--rounds=5] [--chunk_s=2]
+  python -m benchmarks.lstm_impl --layer=T,B,F,H [--lengths] [--forward] [--rounds=5] [--chunk_s=2]
 
 Both contenders are the engine's compiled step (benchmarks.jax_side.JaxStep, one device) on the
 same batch, differing only in RNNLanguageModel.impl ('fused' or 'onednn'); each round times
 both, the order rotating, and the ratio reported is the median over rounds of fused_time /
 onednn_time (> 1: oneDNN is faster) with the range of the per-round ratios. `--layer` times one
 LSTM layer's outputs and gradients (`rnn.RecurrentLayer`, T steps, batch B, F inputs, H units)
-instead; `--lengths` gives it sequence lengths (every second one half the steps).
+instead; `--lengths` gives it sequence lengths (every second one half the steps), `--forward`
+times the outputs alone (evaluation: oneDNN's inference primitive).
 """
 
 import argparse
@@ -35,7 +36,9 @@ def measure(rounds: int, chunk_s: float, quick: bool) -> dict[str, object]:
   return {"batch_size": spec.batch_size, **_paired(contenders, rounds, chunk_s, quick)}
 
 
-def measure_layer(layer: str, rounds: int, chunk_s: float, lengths: bool) -> dict[str, object]:
+def measure_layer(
+    layer: str, rounds: int, chunk_s: float, lengths: bool, forward: bool = False
+) -> dict[str, object]:
   """The same comparison for one LSTM layer's value and gradients (see the docstring)."""
   import jax  # noqa: PLC0415  (after configure_process)
   import jax.numpy as jnp  # noqa: PLC0415
@@ -56,7 +59,7 @@ def measure_layer(layer: str, rounds: int, chunk_s: float, lengths: bool) -> dic
       (_, h), ys = model.apply(variables, x, lens)
       return jnp.sum(ys * ys) + jnp.sum(h)
 
-    step = jax.jit(jax.value_and_grad(loss, (0, 1)))
+    step = jax.jit(loss if forward else jax.value_and_grad(loss, (0, 1)))
     jax.block_until_ready(step(variables, x))
 
     def run(num_steps, step=step):
@@ -68,7 +71,7 @@ def measure_layer(layer: str, rounds: int, chunk_s: float, lengths: bool) -> dic
 
     contenders.append(bench.Contender(impl, run))
   result = _paired(contenders, rounds, chunk_s, quick=False)
-  return {"layer": layer, "lengths": lengths, **result}
+  return {"layer": layer, "lengths": lengths, "forward": forward, **result}
 
 
 def _paired(contenders: list, rounds: int, chunk_s: float, quick: bool) -> dict[str, object]:
@@ -92,10 +95,11 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--quick", action="store_true")
   parser.add_argument("--layer", default=None, help="T,B,F,H: one LSTM layer instead")
   parser.add_argument("--lengths", action="store_true", help="with --layer: sequence lengths")
+  parser.add_argument("--forward", action="store_true", help="with --layer: outputs alone")
   args = parser.parse_args(argv)
   _env.configure_process()
   if args.layer:
-    result = measure_layer(args.layer, args.rounds, args.chunk_s, args.lengths)
+    result = measure_layer(args.layer, args.rounds, args.chunk_s, args.lengths, args.forward)
   else:
     result = measure(args.rounds, args.chunk_s, args.quick)
   print(json.dumps(result), flush=True)

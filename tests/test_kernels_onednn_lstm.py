@@ -103,6 +103,25 @@ def test_layer_values_and_gradients_equal_run_fused(steps, batch, features, hidd
 
 
 @needs_kernels
+@pytest.mark.parametrize("steps,batch,features,hidden,lengths", SHAPES[:5])
+def test_undifferentiated_layer_equals_run_fused(steps, batch, features, hidden, lengths):
+  # Without gradients the layer runs oneDNN's inference primitive, not the training one.
+  x, params, carry = layer_args(steps, batch, features, hidden)
+  lengths = None if lengths is None else jnp.asarray(lengths, jnp.int32)
+  keep = real(lengths, steps, batch)
+  layer = jax.jit(lambda x, p, c: lstm.lstm_layer(x, p, c, lengths))
+  assert "jaxmodels_onednn_lstm_inference" in layer.lower(x, params, carry).as_text()
+  (c, h), ys = layer(x, params, carry)
+  with jax.enable_x64(True):
+    mask = None if lengths is None else keep[..., 0] > 0
+    f64 = lambda tree: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tree)
+    (want_c, want_h), want_ys = run_fused("lstm", f64(x), f64(params), f64(carry), mask)
+  assert_close(c, want_c)
+  assert_close(h, want_h)
+  assert_close(ys * keep, np.asarray(want_ys) * np.asarray(keep))
+
+
+@needs_kernels
 @pytest.mark.parametrize("lengths", [None, [4, 0, 2]])
 def test_reverse_layer_equals_fused(lengths):
   x, _, carry = layer_args(4, 3, 5, 6)

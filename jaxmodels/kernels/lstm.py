@@ -158,8 +158,19 @@ def _call_forward(x, h0, c0, w_x, w_h, b):
 
 @jax.custom_vjp
 def _lstm(x, h0, c0, w_x, w_h, b):
-  """oneDNN's LSTM with its own gate order: (y [T, B, H], final h, final c)."""
-  return _call_forward(x, h0, c0, w_x, w_h, b)[:3]
+  """oneDNN's LSTM with its own gate order: (y [T, B, H], final h, final c).
+
+  Undifferentiated calls (evaluation, sampling) run the inference primitive, which writes no
+  workspace; under differentiation `_lstm_forward` runs the training one.
+  """
+  steps, batch, _ = x.shape
+  state = jax.ShapeDtypeStruct((batch, h0.shape[-1]), jnp.float32)
+  call = jax.ffi.ffi_call(
+      "jaxmodels_onednn_lstm_inference",
+      (jax.ShapeDtypeStruct((steps, batch, h0.shape[-1]), jnp.float32), state, state),
+      vmap_method="sequential",
+  )
+  return call(x, h0, c0, w_x, w_h, b, threads=_threads())
 
 
 def _lstm_forward(x, h0, c0, w_x, w_h, b):

@@ -23,6 +23,7 @@ TARGETS = {
     "jaxmodels_onednn_conv_backward_data": "JaxmodelsOnednnConvBackwardData",
     "jaxmodels_onednn_conv_backward_weights": "JaxmodelsOnednnConvBackwardWeights",
     "jaxmodels_onednn_lstm_forward": "JaxmodelsOnednnLstmForward",
+    "jaxmodels_onednn_lstm_inference": "JaxmodelsOnednnLstmInference",
     "jaxmodels_onednn_lstm_backward": "JaxmodelsOnednnLstmBackward",
 }
 # Plain C functions the library exports, called through ctypes at trace time.

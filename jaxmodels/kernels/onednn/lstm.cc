@@ -1,11 +1,11 @@
-// One direction of one LSTM layer over a whole sequence through oneDNN (forward training and
-// backward), as XLA FFI handlers. float32, time-major, read left to right.
+// One direction of one LSTM layer over a whole sequence through oneDNN (forward for training or
+// inference, and backward), as XLA FFI handlers. float32, time-major, read left to right.
 //
 // Shapes: x [T, B, F]; initial h0 and c0 [B, H]; w_x [F, 4H], w_h [H, 4H], b [4H]. Forward returns
 // every step's h as y [T, B, H], the final h and c [B, H] and the workspace that backward reads
-// (bytes, JaxmodelsOnednnLstmWorkspaceBytes says how many). Backward takes the forward's inputs,
-// outputs and workspace with the gradients of y, h and c, and returns the gradients of x, h0, c0,
-// w_x, w_h and b.
+// (bytes, JaxmodelsOnednnLstmWorkspaceBytes says how many); inference returns the same but the
+// workspace. Backward takes the forward's inputs, outputs and workspace with the gradients of y,
+// h and c, and returns the gradients of x, h0, c0, w_x, w_h and b.
 //
 // The arrays are already in oneDNN's conventions; jaxmodels/kernels/lstm.py converts ours:
 //   - gate blocks i, f, c~, o (c~ is our g; our blocks are i, f, o, g);
@@ -90,9 +90,10 @@ struct Shape {
 // backward) and we reorder ours into it on each call. Forward plus backward ran 1.2x as fast
 // (median of 6 paired rounds, one thread, T=128, B=32, F=H=512) as with oneDNN reading plain
 // ldigo and ldgoi; the weights are small next to the activations and the workspace.
-dnnl::lstm_forward::primitive_desc ForwardDesc(const Shape& s) {
+dnnl::lstm_forward::primitive_desc ForwardDesc(
+    const Shape& s, dnnl::prop_kind prop = dnnl::prop_kind::forward_training) {
   return dnnl::lstm_forward::primitive_desc(
-      Engine(), dnnl::prop_kind::forward_training,
+      Engine(), prop,
       dnnl::rnn_direction::unidirectional_left2right, s.InputDesc(), s.StateDesc(), s.StateDesc(),
       s.InputWeightsDesc(Tag::any), s.HiddenWeightsDesc(Tag::any), s.BiasDesc(), s.OutputDesc(), s.StateDesc(),
       s.StateDesc(), UserScratchpad());
@@ -128,8 +129,16 @@ struct Plan {
 
 std::shared_ptr<Plan> MakePlan(char op, const Shape& s) {
   auto plan = std::make_shared<Plan>();
-  auto fwd = ForwardDesc(s);
   memory::desc w_x = s.InputWeightsDesc(Tag::ldigo), w_h = s.HiddenWeightsDesc(Tag::ldigo);
+  if (op == 'i') {
+    auto inference = ForwardDesc(s, dnnl::prop_kind::forward_inference);
+    plan->lstm = dnnl::lstm_forward(inference);
+    plan->scratch_bytes = inference.scratchpad_desc().get_size();
+    plan->Add(w_x, inference.weights_layer_desc(), true);
+    plan->Add(w_h, inference.weights_iter_desc(), true);
+    return plan;
+  }
+  auto fwd = ForwardDesc(s);
   plan->workspace_bytes = fwd.workspace_desc().get_size();
   if (op == 'f') {
     plan->lstm = dnnl::lstm_forward(fwd);
@@ -161,6 +170,14 @@ std::shared_ptr<Plan> GetPlan(char op, const Shape& s, int threads) {
   auto& plan = plans[s.Key(op, threads)];
   if (!plan) plan = MakePlan(op, s);
   return plan;
+}
+
+memory Bind(const memory::desc& desc, const void* data) {
+  return memory(desc, Engine(), const_cast<void*>(data));
+}
+
+memory::desc WorkspaceDesc(const Plan& plan) {
+  return memory::desc({static_cast<int64_t>(plan.workspace_bytes)}, memory::data_type::u8, Tag::x);
 }
 
 // Binds our weight buffers to a plan's weights in the primitive's layout, reordering through
@@ -264,8 +281,10 @@ ffi::Error WorkspaceMismatch(size_t got, size_t want) {
                  std::to_string(want));
 }
 
-ffi::Error Forward(Seq x, State h0, State c0, Matrix w_x, Matrix w_h, Vector b, SeqOut y,
-                   StateOut h_n, StateOut c_n, BytesOut workspace, int64_t threads) {
+// Forward for training ('f': writes `workspace`) or inference ('i': `workspace` is null).
+ffi::Error RunForward(char op, Seq x, State h0, State c0, Matrix w_x, Matrix w_h, Vector b,
+                      SeqOut y, StateOut h_n, StateOut c_n, void* workspace,
+                      size_t workspace_bytes, int64_t threads) {
   Shape s;
   if (auto e = ShapeOf(x.dimensions(), h0.dimensions(), threads, s); e.failure()) return e;
   if (auto e = CheckDims({{"c0", c0.dimensions(), s.StateDims()},
@@ -280,32 +299,37 @@ ffi::Error Forward(Seq x, State h0, State c0, Matrix w_x, Matrix w_h, Vector b, 
   }
   return Checked([&] {
     omp_set_num_threads(threads);  // before the plan: it is made for, and runs under, this count
-    auto plan = GetPlan('f', s, threads);
-    if (workspace->size_bytes() != plan->workspace_bytes) {
-      return WorkspaceMismatch(workspace->size_bytes(), plan->workspace_bytes);
+    auto plan = GetPlan(op, s, threads);
+    if (workspace_bytes != plan->workspace_bytes) {
+      return WorkspaceMismatch(workspace_bytes, plan->workspace_bytes);
     }
     void* scratch = scratchpad.Get(plan->scratch_bytes);
     Staging staging(*plan, scratch);
-    auto bind = [](const memory::desc& d, const void* p) {
-      return memory(d, Engine(), const_cast<void*>(p));
-    };
-    Execute(plan->lstm,
-            {{DNNL_ARG_SRC_LAYER, bind(s.InputDesc(), x.untyped_data())},
-             {DNNL_ARG_SRC_ITER, bind(s.StateDesc(), h0.untyped_data())},
-             {DNNL_ARG_SRC_ITER_C, bind(s.StateDesc(), c0.untyped_data())},
-             {DNNL_ARG_WEIGHTS_LAYER, staging.Read(plan->weights[0], w_x.untyped_data())},
-             {DNNL_ARG_WEIGHTS_ITER, staging.Read(plan->weights[1], w_h.untyped_data())},
-             {DNNL_ARG_BIAS, bind(s.BiasDesc(), b.untyped_data())},
-             {DNNL_ARG_DST_LAYER, bind(s.OutputDesc(), y->untyped_data())},
-             {DNNL_ARG_DST_ITER, bind(s.StateDesc(), h_n->untyped_data())},
-             {DNNL_ARG_DST_ITER_C, bind(s.StateDesc(), c_n->untyped_data())},
-             {DNNL_ARG_WORKSPACE,
-              bind(memory::desc({static_cast<int64_t>(plan->workspace_bytes)},
-                                memory::data_type::u8, Tag::x),
-                   workspace->untyped_data())}},
-            scratch, plan->scratch_bytes);
+    std::unordered_map<int, memory> args = {
+        {DNNL_ARG_SRC_LAYER, Bind(s.InputDesc(), x.untyped_data())},
+        {DNNL_ARG_SRC_ITER, Bind(s.StateDesc(), h0.untyped_data())},
+        {DNNL_ARG_SRC_ITER_C, Bind(s.StateDesc(), c0.untyped_data())},
+        {DNNL_ARG_WEIGHTS_LAYER, staging.Read(plan->weights[0], w_x.untyped_data())},
+        {DNNL_ARG_WEIGHTS_ITER, staging.Read(plan->weights[1], w_h.untyped_data())},
+        {DNNL_ARG_BIAS, Bind(s.BiasDesc(), b.untyped_data())},
+        {DNNL_ARG_DST_LAYER, Bind(s.OutputDesc(), y->untyped_data())},
+        {DNNL_ARG_DST_ITER, Bind(s.StateDesc(), h_n->untyped_data())},
+        {DNNL_ARG_DST_ITER_C, Bind(s.StateDesc(), c_n->untyped_data())}};
+    if (workspace) args.emplace(DNNL_ARG_WORKSPACE, Bind(WorkspaceDesc(*plan), workspace));
+    Execute(plan->lstm, args, scratch, plan->scratch_bytes);
     return ffi::Error::Success();
   });
+}
+
+ffi::Error Forward(Seq x, State h0, State c0, Matrix w_x, Matrix w_h, Vector b, SeqOut y,
+                   StateOut h_n, StateOut c_n, BytesOut workspace, int64_t threads) {
+  return RunForward('f', x, h0, c0, w_x, w_h, b, y, h_n, c_n, workspace->untyped_data(),
+                    workspace->size_bytes(), threads);
+}
+
+ffi::Error Inference(Seq x, State h0, State c0, Matrix w_x, Matrix w_h, Vector b, SeqOut y,
+                     StateOut h_n, StateOut c_n, int64_t threads) {
+  return RunForward('i', x, h0, c0, w_x, w_h, b, y, h_n, c_n, nullptr, 0, threads);
 }
 
 ffi::Error Backward(Seq x, State h0, State c0, Matrix w_x, Matrix w_h, Vector b, Seq y,
@@ -341,33 +365,27 @@ ffi::Error Backward(Seq x, State h0, State c0, Matrix w_x, Matrix w_h, Vector b,
     }
     void* scratch = scratchpad.Get(plan->scratch_bytes);
     Staging staging(*plan, scratch);
-    auto bind = [](const memory::desc& d, const void* p) {
-      return memory(d, Engine(), const_cast<void*>(p));
-    };
     std::memset(db->untyped_data(), 0, db->size_bytes());  // oneDNN adds to diff_bias too
     Execute(plan->lstm,
-            {{DNNL_ARG_SRC_LAYER, bind(s.InputDesc(), x.untyped_data())},
-             {DNNL_ARG_SRC_ITER, bind(s.StateDesc(), h0.untyped_data())},
-             {DNNL_ARG_SRC_ITER_C, bind(s.StateDesc(), c0.untyped_data())},
+            {{DNNL_ARG_SRC_LAYER, Bind(s.InputDesc(), x.untyped_data())},
+             {DNNL_ARG_SRC_ITER, Bind(s.StateDesc(), h0.untyped_data())},
+             {DNNL_ARG_SRC_ITER_C, Bind(s.StateDesc(), c0.untyped_data())},
              {DNNL_ARG_WEIGHTS_LAYER, staging.Read(plan->weights[0], w_x.untyped_data())},
              {DNNL_ARG_WEIGHTS_ITER, staging.Read(plan->weights[1], w_h.untyped_data())},
-             {DNNL_ARG_BIAS, bind(s.BiasDesc(), b.untyped_data())},
-             {DNNL_ARG_DST_LAYER, bind(s.OutputDesc(), y.untyped_data())},
-             {DNNL_ARG_DST_ITER, bind(s.StateDesc(), h_n.untyped_data())},
-             {DNNL_ARG_DST_ITER_C, bind(s.StateDesc(), c_n.untyped_data())},
-             {DNNL_ARG_WORKSPACE,
-              bind(memory::desc({static_cast<int64_t>(plan->workspace_bytes)},
-                                memory::data_type::u8, Tag::x),
-                   workspace.untyped_data())},
-             {DNNL_ARG_DIFF_DST_LAYER, bind(s.OutputDesc(), dy.untyped_data())},
-             {DNNL_ARG_DIFF_DST_ITER, bind(s.StateDesc(), dh_n.untyped_data())},
-             {DNNL_ARG_DIFF_DST_ITER_C, bind(s.StateDesc(), dc_n.untyped_data())},
-             {DNNL_ARG_DIFF_SRC_LAYER, bind(s.InputDesc(), dx->untyped_data())},
-             {DNNL_ARG_DIFF_SRC_ITER, bind(s.StateDesc(), dh0->untyped_data())},
-             {DNNL_ARG_DIFF_SRC_ITER_C, bind(s.StateDesc(), dc0->untyped_data())},
+             {DNNL_ARG_BIAS, Bind(s.BiasDesc(), b.untyped_data())},
+             {DNNL_ARG_DST_LAYER, Bind(s.OutputDesc(), y.untyped_data())},
+             {DNNL_ARG_DST_ITER, Bind(s.StateDesc(), h_n.untyped_data())},
+             {DNNL_ARG_DST_ITER_C, Bind(s.StateDesc(), c_n.untyped_data())},
+             {DNNL_ARG_WORKSPACE, Bind(WorkspaceDesc(*plan), workspace.untyped_data())},
+             {DNNL_ARG_DIFF_DST_LAYER, Bind(s.OutputDesc(), dy.untyped_data())},
+             {DNNL_ARG_DIFF_DST_ITER, Bind(s.StateDesc(), dh_n.untyped_data())},
+             {DNNL_ARG_DIFF_DST_ITER_C, Bind(s.StateDesc(), dc_n.untyped_data())},
+             {DNNL_ARG_DIFF_SRC_LAYER, Bind(s.InputDesc(), dx->untyped_data())},
+             {DNNL_ARG_DIFF_SRC_ITER, Bind(s.StateDesc(), dh0->untyped_data())},
+             {DNNL_ARG_DIFF_SRC_ITER_C, Bind(s.StateDesc(), dc0->untyped_data())},
              {DNNL_ARG_DIFF_WEIGHTS_LAYER, staging.Write(plan->weights[2], dw_x->untyped_data())},
              {DNNL_ARG_DIFF_WEIGHTS_ITER, staging.Write(plan->weights[3], dw_h->untyped_data())},
-             {DNNL_ARG_DIFF_BIAS, bind(s.BiasDesc(), db->untyped_data())}},
+             {DNNL_ARG_DIFF_BIAS, Bind(s.BiasDesc(), db->untyped_data())}},
             scratch, plan->scratch_bytes);
     staging.Finish();
     return ffi::Error::Success();
@@ -401,6 +419,19 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxmodelsOnednnLstmForward, Forward,
                                   .Ret<State>()   // h_n
                                   .Ret<State>()   // c_n
                                   .Ret<Bytes>()  // workspace
+                                  .Attr<int64_t>("threads"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxmodelsOnednnLstmInference, Inference,
+                              ffi::Ffi::Bind()
+                                  .Arg<Seq>()     // x
+                                  .Arg<State>()   // h0
+                                  .Arg<State>()   // c0
+                                  .Arg<Matrix>()  // w_x
+                                  .Arg<Matrix>()  // w_h
+                                  .Arg<Vector>()  // b
+                                  .Ret<Seq>()     // y
+                                  .Ret<State>()   // h_n
+                                  .Ret<State>()  // c_n
                                   .Attr<int64_t>("threads"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxmodelsOnednnLstmBackward, Backward,
