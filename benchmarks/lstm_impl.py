@@ -1,16 +1,20 @@
 """The benchmark LSTM language model's train step with its LSTM layers fused in XLA and by oneDNN,
 paired per round.
 
-  python -m benchmarks.lstm_impl [--rounds=5] [--chunk_s=2] [--quick]
+  python -m benchmarks.lstm_impl [--strategy=none|pmap] [--rounds=5] [--chunk_s=2] [--quick]
   python -m benchmarks.lstm_impl --layer=T,B,F,H [--lengths] [--forward] [--rounds=5] [--chunk_s=2]
 
-Both contenders are the engine's compiled step (benchmarks.jax_side.JaxStep, one device) on the
-same batch, differing only in RNNLanguageModel.impl ('fused' or 'onednn'); each round times
-both, the order rotating, and the ratio reported is the median over rounds of fused_time /
-onednn_time (> 1: oneDNN is faster) with the range of the per-round ratios. `--layer` times one
-LSTM layer's outputs and gradients (`rnn.RecurrentLayer`, T steps, batch B, F inputs, H units)
-instead; `--lengths` gives it sequence lengths (every second one half the steps), `--forward`
-times the outputs alone (evaluation: oneDNN's inference primitive).
+Both contenders are the engine's compiled step (benchmarks.jax_side.JaxStep) on the same batch,
+differing only in RNNLanguageModel.impl ('fused' or 'onednn'); each round times both, the order
+rotating, and the ratio reported is the median over rounds of fused_time / onednn_time (> 1:
+oneDNN is faster) with the range of the per-round ratios. `--layer` times one LSTM layer's
+outputs and gradients (`rnn.RecurrentLayer`, T steps, batch B, F inputs, H units) instead;
+`--lengths` gives it sequence lengths (every second one half the steps), `--forward` times the
+outputs alone (evaluation: oneDNN's inference primitive).
+
+Each oneDNN call runs usable cores / host devices threads (`onednn.call_threads()`): with the
+default split into one host device per core, one thread on one device; JAXMODELS_HOST_DEVICES=1
+gives it every core.
 """
 
 import argparse
@@ -25,15 +29,16 @@ from jaxmodels import _env
 IMPLS = ("fused", "onednn")
 
 
-def measure(rounds: int, chunk_s: float, quick: bool) -> dict[str, object]:
+def measure(strategy: str, rounds: int, chunk_s: float, quick: bool) -> dict[str, object]:
   """Seconds per train step of each impl and the paired ratio fused / onednn."""
   spec = jax_side.make_spec("lstm", shapes_lib.shapes("lstm", quick))
   contenders = []
   for impl in IMPLS:
     model_spec = dataclasses.replace(spec, model=spec.model.clone(impl=impl))
-    step = jax_side.JaxStep(model_spec, "none")
+    step = jax_side.JaxStep(model_spec, strategy)
     contenders.append(bench.Contender(impl, step.run))
-  return {"batch_size": spec.batch_size, **_paired(contenders, rounds, chunk_s, quick)}
+  result = _paired(contenders, rounds, chunk_s, quick)
+  return {"strategy": strategy, "batch_size": spec.batch_size, **_threads(), **result}
 
 
 def measure_layer(
@@ -71,7 +76,15 @@ def measure_layer(
 
     contenders.append(bench.Contender(impl, run))
   result = _paired(contenders, rounds, chunk_s, quick=False)
-  return {"layer": layer, "lengths": lengths, "forward": forward, **result}
+  return {"layer": layer, "lengths": lengths, "forward": forward, **_threads(), **result}
+
+
+def _threads() -> dict[str, int]:
+  import jax  # noqa: PLC0415
+
+  from jaxmodels.kernels import onednn  # noqa: PLC0415
+
+  return {"host_devices": jax.local_device_count(), "onednn_threads": onednn.call_threads()}
 
 
 def _paired(contenders: list, rounds: int, chunk_s: float, quick: bool) -> dict[str, object]:
@@ -90,6 +103,7 @@ def _paired(contenders: list, rounds: int, chunk_s: float, quick: bool) -> dict[
 
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--strategy", default="none", choices=("none", "pmap"))
   parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--chunk_s", type=float, default=2.0)
   parser.add_argument("--quick", action="store_true")
@@ -101,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
   if args.layer:
     result = measure_layer(args.layer, args.rounds, args.chunk_s, args.lengths, args.forward)
   else:
-    result = measure(args.rounds, args.chunk_s, args.quick)
+    result = measure(args.strategy, args.rounds, args.chunk_s, args.quick)
   print(json.dumps(result), flush=True)
 
 
