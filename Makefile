@@ -27,11 +27,12 @@ jemalloc:
 	  echo "jemalloc not installed (optional)"; \
 	else echo "jemalloc not found; optional (Debian: apt-get install libjemalloc2)"; fi
 
-# Optional and best effort: the oneDNN convolution kernels (README: oneDNN kernels), rebuilt when
-# their sources change. Without a compiler or oneDNN it prints why once and the models use XLA.
+# Optional and best effort: the oneDNN kernels (README: oneDNN kernels), rebuilt when
+# their sources change. Without a compiler or oneDNN it prints why once and the models keep XLA.
 KERNELS := jaxmodels/kernels/onednn/_build/libjaxmodels_onednn.so
 kernels: $(KERNELS)
-$(KERNELS): $(wildcard jaxmodels/kernels/onednn/*.cc) jaxmodels/kernels/onednn/build.py $(STAMP)
+$(KERNELS): $(wildcard jaxmodels/kernels/onednn/*.cc jaxmodels/kernels/onednn/*.h) \
+    jaxmodels/kernels/onednn/build.py $(STAMP)
 	-@$(PY) -m jaxmodels.kernels.onednn.build
 
 # Every dataset that can be had offline, as the package's specs say (cifar10 needs the internet

@@ -1,6 +1,6 @@
 """Recurrent models: an Elman cell, LSTM/GRU/RNN layers, a classifier and a language model.
 
-Two interchangeable implementations of a layer, with one parameter tree (flax's layout:
+Interchangeable implementations of a layer, with one parameter tree (flax's layout:
 `nn.OptimizedLSTMCell`/`nn.LSTMCell`, `nn.GRUCell`, `nn.SimpleCell` names and shapes under a
 child called 'cell'):
 - `impl='fused'` (default): the input projections of all time steps are one large matmul before
@@ -8,6 +8,11 @@ child called 'cell'):
   loop multiplies by `W_h^T` stored once, and both weight gradients are one large matmul each
   after the loop (`rnn_fused.run_fused`).
 - `impl='flax'`: `nn.RNN` over the flax cell, input and recurrent matmuls per step, autodiff.
+- `impl='onednn'`: float32 LSTM layers on CPU run oneDNN's LSTM primitives over the whole
+  sequence, forward and backward (`jaxmodels.kernels.lstm`; an error naming the reason where the
+  kernels are not built or the cell or dtype is another); `impl='auto'` uses them where they
+  apply and the fused path elsewhere. Other platforms always lower the fused path. Measured
+  speeds against the fused path: the README's "oneDNN kernels" section.
 Training steps (gradients of a loss over a layer, F=128, T=128, min of 7 in one process, 2-core
 CPU, Nov 2026), flax vs fused: LSTM B=64 H=128 75.6 vs 61.5 ms, B=32 H=256 97.9 vs 76.8 ms; GRU
 B=64 H=128 65.4 vs 47.6 ms, B=32 H=512 205 vs 166 ms; RNN B=64 H=128 22.4 vs 15.5 ms. The
@@ -27,12 +32,14 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
+from jaxmodels.kernels import lstm as lstm_kernels
 from jaxmodels.models.common import ModelOptionError, logits_dtype, sample_logits
 from jaxmodels.models.rnn_fused import Carry, carry_output, run_fused
 
 Initializer = Callable[..., jax.Array]
 
 CELLS = ("rnn", "lstm", "gru")
+IMPLS = ("fused", "flax", "onednn", "auto")
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 
 _default_kernel_init = nn.initializers.lecun_normal()
@@ -222,6 +229,9 @@ class RecurrentLayer(nn.Module):
   each sequence from its last real token back to its first and returns outputs in the original
   order. Outputs at padding positions are unspecified (callers mask them); the final carry
   ignores padding. Parameters live in the child 'cell' in flax's layout (see `CellParams`).
+
+  `impl` ('fused', 'onednn', 'auto'; jaxmodels.kernels.lstm) may hand a float32 LSTM layer to
+  oneDNN's LSTM primitives on CPU; other platforms, cells and dtypes run `rnn_fused.run_fused`.
   """
 
   cell: str
@@ -229,6 +239,7 @@ class RecurrentLayer(nn.Module):
   reverse: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  impl: str = "fused"
 
   @nn.compact
   def __call__(
@@ -246,7 +257,12 @@ class RecurrentLayer(nn.Module):
     mask = None if lengths is None else jnp.arange(steps)[:, None] < lengths[None, :]
     if self.reverse:
       x = reverse_time(x, lengths)
-    carry, out = run_fused(self.cell, x, params, carry, mask)
+    fused = lambda x, params, carry: run_fused(self.cell, x, params, carry, mask)
+    if lstm_kernels.choose(self.impl, lstm_kernels.unsupported(self.cell, x, self.features)):
+      onednn = lambda x, params, carry: lstm_kernels.lstm_layer(x, params, carry, lengths)
+      carry, out = lax.platform_dependent(x, params, carry, cpu=onednn, default=fused)
+    else:
+      carry, out = fused(x, params, carry)
     if self.reverse:
       out = reverse_time(out, lengths)
     return carry, out
@@ -267,7 +283,8 @@ class Recurrent(nn.Module):
 
   `impl='fused'` (default; the faster training step, see the module docstring) runs
   `RecurrentLayer`; `impl='flax'` runs `nn.RNN` over the flax cell (`nn.OptimizedLSTMCell`,
-  `nn.GRUCell`, `SimpleRNNCell`). Both have the same parameter tree,
+  `nn.GRUCell`, `SimpleRNNCell`); `impl='onednn'` and `'auto'` run `RecurrentLayer` with
+  oneDNN's LSTM kernels on CPU (see the module docstring). All have the same parameter tree,
   `{'layer{l}_{fwd|bwd}': {'cell': <flax cell params>}}`, and give the same results.
 
   `time_major=True` takes x [T, B, F] and returns outputs [T, B, D*H]: the layers run time-major,
@@ -295,8 +312,8 @@ class Recurrent(nn.Module):
       return_carry: bool = False,
   ):
     _check_cell(self.cell)
-    if self.impl not in ("fused", "flax"):
-      raise ModelOptionError(f"unknown impl {self.impl!r}: 'fused' or 'flax'")
+    if self.impl not in IMPLS:
+      raise ModelOptionError(f"unknown impl {self.impl!r}: use one of {', '.join(IMPLS)}")
     h = x.astype(self.dtype) if self.time_major else swap_time_batch(x.astype(self.dtype))
     directions = (False, True) if self.bidirectional else (False,)
     carries = []
@@ -325,9 +342,9 @@ class Recurrent(nn.Module):
     name = f"layer{layer}_{'bwd' if reverse else 'fwd'}"
     if carry is None:
       carry = zero_carry(self.cell, x.shape[1], self.hidden_size, self.dtype)
-    if self.impl == "fused":
+    if self.impl != "flax":
       return RecurrentLayer(
-          self.cell, self.hidden_size, reverse, self.dtype, self.param_dtype, name=name
+          self.cell, self.hidden_size, reverse, self.dtype, self.param_dtype, self.impl, name=name
       )(x, lengths, carry)
     # parent=None leaves the cell unbound so that nn.RNN adopts it as its child 'cell'.
     rnn = nn.RNN(
@@ -354,7 +371,7 @@ class RNNClassifier(nn.Module):
   `__call__(inputs int [B, T], lengths int [B] | None, train) -> logits [B, num_classes]`. Token 0
   is padding; when `lengths` is None it is the count of non-zero tokens. Dropout (when
   `dropout_rate > 0` and `train`) applies to the embeddings, between layers, and to the final
-  state.
+  state. `impl` picks the layers' implementation, as in `Recurrent`.
   """
 
   vocab_size: int
@@ -425,7 +442,7 @@ class RNNLanguageModel(nn.Module):
   `__call__(input_ids int [B, T], train) -> logits [B, T, vocab_size]`; with `initial_carry` and
   `return_carry=True` it continues from / returns the recurrent state (see `Recurrent`), which is
   how `sample` decodes one token at a time. Dropout applies to embeddings, between layers and to
-  the recurrent outputs.
+  the recurrent outputs. `impl` picks the layers' implementation, as in `Recurrent`.
   """
 
   vocab_size: int

@@ -14,6 +14,7 @@ import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
 SOURCES = sorted(HERE.glob("*.cc"))
+HEADERS = sorted(HERE.glob("*.h"))
 LIBRARY = HERE / "_build" / "libjaxmodels_onednn.so"  # build.py writes it; git ignores _build/
 
 # FFI target name -> symbol the library exports (XLA_FFI_DEFINE_HANDLER_SYMBOL in the .cc files).
@@ -21,7 +22,12 @@ TARGETS = {
     "jaxmodels_onednn_conv_forward": "JaxmodelsOnednnConvForward",
     "jaxmodels_onednn_conv_backward_data": "JaxmodelsOnednnConvBackwardData",
     "jaxmodels_onednn_conv_backward_weights": "JaxmodelsOnednnConvBackwardWeights",
+    "jaxmodels_onednn_lstm_forward": "JaxmodelsOnednnLstmForward",
+    "jaxmodels_onednn_lstm_inference": "JaxmodelsOnednnLstmInference",
+    "jaxmodels_onednn_lstm_backward": "JaxmodelsOnednnLstmBackward",
 }
+# Plain C functions the library exports, called through ctypes at trace time.
+FUNCTIONS = ("JaxmodelsOnednnLstmWorkspaceBytes",)
 
 
 class KernelUnavailableError(RuntimeError):
@@ -38,7 +44,7 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
         f"{LIBRARY} not built: run `make kernels` (python -m jaxmodels.kernels.onednn.build)",
     )
   built = LIBRARY.stat().st_mtime
-  stale = [s.name for s in SOURCES if s.stat().st_mtime > built]
+  stale = [s.name for s in SOURCES + HEADERS if s.stat().st_mtime > built]
   if stale:
     return None, f"{LIBRARY} is older than {', '.join(stale)}: run `make kernels`"
   try:
@@ -48,7 +54,7 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     return None, f"cannot load {LIBRARY}: {e}"
   import jax  # noqa: PLC0415  (registration needs jax; importing this package does not)
 
-  missing = [symbol for symbol in TARGETS.values() if not hasattr(library, symbol)]
+  missing = [s for s in (*TARGETS.values(), *FUNCTIONS) if not hasattr(library, s)]
   if missing:
     return None, f"{LIBRARY} lacks {', '.join(missing)}: run `make kernels`"
   for name, symbol in TARGETS.items():
@@ -73,14 +79,16 @@ def call_threads() -> int:
   return max(1, _env.usable_cpus() // len(jax.local_devices(backend="cpu")))
 
 
-def load() -> None:
-  """Loads and registers the kernels (once); KernelUnavailableError says why it cannot."""
-  reason = unavailable_reason()
+def load() -> ctypes.CDLL:
+  """Loads and registers the kernels (once) and returns the library; KernelUnavailableError
+  says why it cannot."""
+  library, reason = _load()
   if reason:
     raise KernelUnavailableError(f"impl='onednn' needs the oneDNN kernels: {reason}")
+  return library
 
 
 @functools.cache
-def warn_unavailable() -> None:
-  """Logs, once per process, why impl='auto' fell back to XLA."""
-  logging.warning("oneDNN kernels unavailable, using XLA convolutions: %s", unavailable_reason())
+def warn_unavailable(fallback: str = "XLA convolutions") -> None:
+  """Logs, once per process and fallback, why impl='auto' uses `fallback` instead."""
+  logging.warning("oneDNN kernels unavailable, using %s: %s", fallback, unavailable_reason())

@@ -4,7 +4,7 @@
 
 `make setup` and `make test` run it. It needs a C++17 compiler, the XLA FFI headers that jaxlib
 ships and oneDNN 3.x (the `onednn-cpu-gomp` and `onednn-devel-cpu-gomp` pip packages of the
-install). When one is missing it prints why and exits 0: the XLA convolutions still work,
+install). When one is missing it prints why and exits 0: the models keep their XLA paths,
 and `jaxmodels.kernels.onednn.unavailable_reason()` says the same thing at run time.
 """
 
@@ -66,7 +66,7 @@ def command(output: pathlib.Path) -> list[str]:
       "-std=c++17",
       "-shared",
       "-fPIC",
-      "-fopenmp",  # the onednn-cpu-gomp build threads with libgomp; conv.cc sizes its teams
+      "-fopenmp",  # the onednn-cpu-gomp build threads with libgomp; common.h sizes its teams
       f"-I{jax.ffi.include_dir()}",
       f"-I{include}",
       *map(str, SOURCES),
@@ -98,7 +98,7 @@ def main() -> int:
   try:
     print(f"built {build()}")
   except BuildError as e:
-    print(f"oneDNN kernels not built (optional; convolutions use XLA): {e}")
+    print(f"oneDNN kernels not built (optional; the models keep XLA): {e}")
   return 0
 
 

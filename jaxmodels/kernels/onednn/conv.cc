@@ -10,12 +10,12 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <unordered_map>
 
+#include "common.h"
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
 
@@ -25,36 +25,13 @@ using Tag = memory::format_tag;
 using Span = ffi::Span<const int64_t>;
 using Array = ffi::Buffer<ffi::F32, 4>;
 using Result = ffi::ResultBuffer<ffi::F32, 4>;
+using jaxmodels_onednn::Engine;
+using jaxmodels_onednn::Execute;
+using jaxmodels_onednn::scratchpad;
+using jaxmodels_onednn::staged_weights;
+using jaxmodels_onednn::UserScratchpad;
 
 namespace {
-
-dnnl::engine& Engine() {
-  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
-  return engine;
-}
-
-// One thread's growing, 64-byte aligned buffer. The primitives run with a user-managed
-// scratchpad, so one primitive can execute on several threads at once (pmap over host devices,
-// XLA running independent ops concurrently) without sharing oneDNN's library scratchpad.
-class Scratch {
- public:
-  void* Get(size_t bytes) {
-    if (bytes > size_) {
-      data_.reset(static_cast<char*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64)));
-      size_ = bytes;
-    }
-    return data_.get();
-  }
-
- private:
-  struct Free {
-    void operator()(char* p) const { std::free(p); }
-  };
-  std::unique_ptr<char, Free> data_;
-  size_t size_ = 0;
-};
-
-thread_local Scratch scratchpad, staged_weights;
 
 // One convolution in oneDNN's terms. oneDNN orders dimensions logically as NCHW (activations) and
 // OIHW (weights) whatever the layout in memory; the layout is the format tag (nhwc, hwio). It
@@ -86,12 +63,6 @@ struct Geometry {
     return memory::desc(weights, memory::data_type::f32, tag);
   }
 };
-
-dnnl::primitive_attr UserScratchpad() {
-  dnnl::primitive_attr attr;
-  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-  return attr;
-}
 
 dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g) {
   // Weights as 'any': oneDNN picks its blocked layout and we reorder HWIO into it on each call
@@ -159,24 +130,6 @@ std::shared_ptr<Plan> GetPlan(char op, const Geometry& g, int threads) {
   auto& plan = plans[key];
   if (!plan) plan = MakePlan(op, g);
   return plan;
-}
-
-// This oneDNN build threads with OpenMP (GNU libgomp): each calling thread forks its own team, of
-// the size set here for that thread. The Python side passes `threads` = usable cores / host
-// devices, the same for every call of a process: oneDNN partitions reductions (backward-weights)
-// by the team size, so a size that followed the calls running at the moment would make results
-// depend on timing, and a resumed run would no longer equal an uninterrupted one bit for bit.
-void Execute(const dnnl::primitive& p, std::unordered_map<int, memory> args, void* scratch,
-             size_t scratch_bytes) {
-  thread_local dnnl::stream stream(Engine());
-  if (scratch_bytes) {
-    args.emplace(DNNL_ARG_SCRATCHPAD,
-                 memory(memory::desc({static_cast<int64_t>(scratch_bytes)}, memory::data_type::u8,
-                                     Tag::x),
-                        Engine(), scratch));
-  }
-  p.execute(stream, args);
-  stream.wait();
 }
 
 // `src` is the NHWC input side (x, or dx for backward-data), `dst` the output side (y or dy).
