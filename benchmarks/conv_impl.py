@@ -17,7 +17,6 @@ import argparse
 import dataclasses
 import json
 import os
-import statistics
 import time
 
 from benchmarks import jax_side, run as bench, shapes as shapes_lib
@@ -34,7 +33,7 @@ def measure(
     model_spec = dataclasses.replace(spec, model=spec.model.clone(conv_impl=impl))
     step = jax_side.JaxStep(model_spec, strategy)
     contenders.append(bench.Contender(impl, step.run))
-  result = _paired(contenders, rounds, chunk_s, quick)
+  result = bench.paired(contenders, rounds, chunk_s, quick)
   return {"strategy": strategy, "batch_size": spec.batch_size, **overrides, **result}
 
 
@@ -68,21 +67,7 @@ def measure_layer(layer: str, rounds: int, chunk_s: float) -> dict[str, object]:
       return time.perf_counter() - start
 
     contenders.append(bench.Contender(impl, run))
-  return {"layer": layer, **_paired(contenders, rounds, chunk_s, quick=False)}
-
-
-def _paired(contenders: list, rounds: int, chunk_s: float, quick: bool) -> dict[str, object]:
-  settings = bench.Settings(quick, rounds, chunk_s, ("none",), torch_compile=False)
-  bench.contest(contenders, settings)
-  xla, onednn = contenders
-  ratios = [a / b for a, b in zip(xla.times, onednn.times)]
-  return {
-      "xla_step_s": xla.step_s,
-      "onednn_step_s": onednn.step_s,
-      "ratio_xla_over_onednn": statistics.median(ratios),
-      "ratio_range": [min(ratios), max(ratios)],
-      "rounds": rounds,
-  }
+  return {"layer": layer, **bench.paired(contenders, rounds, chunk_s, quick=False)}
 
 
 def main(argv: list[str] | None = None) -> None:

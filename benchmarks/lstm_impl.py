@@ -20,7 +20,6 @@ gives it every core.
 import argparse
 import dataclasses
 import json
-import statistics
 import time
 
 from benchmarks import jax_side, run as bench, shapes as shapes_lib
@@ -37,7 +36,7 @@ def measure(strategy: str, rounds: int, chunk_s: float, quick: bool) -> dict[str
     model_spec = dataclasses.replace(spec, model=spec.model.clone(impl=impl))
     step = jax_side.JaxStep(model_spec, strategy)
     contenders.append(bench.Contender(impl, step.run))
-  result = _paired(contenders, rounds, chunk_s, quick)
+  result = bench.paired(contenders, rounds, chunk_s, quick)
   return {"strategy": strategy, "batch_size": spec.batch_size, **_threads(), **result}
 
 
@@ -75,7 +74,7 @@ def measure_layer(
       return time.perf_counter() - start
 
     contenders.append(bench.Contender(impl, run))
-  result = _paired(contenders, rounds, chunk_s, quick=False)
+  result = bench.paired(contenders, rounds, chunk_s, quick=False)
   return {"layer": layer, "lengths": lengths, "forward": forward, **_threads(), **result}
 
 
@@ -85,20 +84,6 @@ def _threads() -> dict[str, int]:
   from jaxmodels.kernels import onednn  # noqa: PLC0415
 
   return {"host_devices": jax.local_device_count(), "onednn_threads": onednn.call_threads()}
-
-
-def _paired(contenders: list, rounds: int, chunk_s: float, quick: bool) -> dict[str, object]:
-  settings = bench.Settings(quick, rounds, chunk_s, ("none",), torch_compile=False)
-  bench.contest(contenders, settings)
-  fused, onednn = contenders
-  ratios = [a / b for a, b in zip(fused.times, onednn.times)]
-  return {
-      "fused_step_s": fused.step_s,
-      "onednn_step_s": onednn.step_s,
-      "ratio_fused_over_onednn": statistics.median(ratios),
-      "ratio_range": [min(ratios), max(ratios)],
-      "rounds": rounds,
-  }
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -119,6 +119,24 @@ def contest(
   return extras
 
 
+def paired(
+    contenders: list[Contender], rounds: int, chunk_s: float, quick: bool
+) -> dict[str, object]:
+  """Two contenders (a, b) timed in paired rounds on one device: each one's seconds per step
+  (`{label}_step_s`) and the median and range of the per-round ratios a / b."""
+  settings = Settings(quick, rounds, chunk_s, ("none",), torch_compile=False)
+  contest(contenders, settings)
+  a, b = contenders
+  ratios = [x / y for x, y in zip(a.times, b.times)]
+  return {
+      f"{a.label}_step_s": a.step_s,
+      f"{b.label}_step_s": b.step_s,
+      f"ratio_{a.label}_over_{b.label}": statistics.median(ratios),
+      "ratio_range": [min(ratios), max(ratios)],
+      "rounds": rounds,
+  }
+
+
 def paired_ratios(slow: Contender, fast: Contender) -> list[float]:
   """slow_time / fast_time of each round (> 1: `fast` is faster)."""
   return [a / b for a, b in zip(slow.times, fast.times)]
