@@ -214,7 +214,7 @@ def test_unknown_impl_names_the_valid_ones():
 
 def test_unavailable_kernels_fall_back_under_auto_and_raise_under_onednn(monkeypatch):
   monkeypatch.setattr(onednn, "_load", lambda: (None, "libjaxmodels_onednn.so not built"))
-  monkeypatch.setattr(onednn, "warn_unavailable", lambda: None)
+  monkeypatch.setattr(onednn, "warn_unavailable", lambda fallback: None)
   x, w = randn((1, 4, 4, 2), 0), randn((3, 3, 2, 2), 1)
   want = lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=conv.NHWC)
   text = jax.jit(lambda x, w: _call("auto", x, w)).lower(x, w).as_text()

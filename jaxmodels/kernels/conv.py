@@ -63,19 +63,9 @@ def unsupported(
 
 def choose(impl: str, reason_unsupported: str | None) -> bool:
   """True to run this convolution with oneDNN under `impl` (see the module docstring)."""
-  if impl not in IMPLS:
-    raise ConvImplError(f"unknown conv impl {impl!r}: use one of {', '.join(IMPLS)}")
-  if impl == "xla":
-    return False
-  if impl == "onednn":
-    onednn.load()
-    if reason_unsupported:
-      raise ConvImplError(f"impl='onednn' cannot run this convolution: {reason_unsupported}")
-    return True
-  if onednn.unavailable_reason():
-    onednn.warn_unavailable()
-    return False
-  return reason_unsupported is None
+  return onednn.choose(
+      impl, IMPLS, reason_unsupported, ConvImplError, "this convolution", "XLA convolutions"
+  )
 
 
 def explicit_padding(

@@ -49,19 +49,9 @@ def unsupported(cell: str, x: jax.Array, hidden: int) -> str | None:
 
 def choose(impl: str, reason_unsupported: str | None) -> bool:
   """True to run this layer with oneDNN under `impl` (see the module docstring)."""
-  if impl not in IMPLS:
-    raise LSTMImplError(f"unknown recurrent impl {impl!r}: use one of {', '.join(IMPLS)}")
-  if impl == "fused":
-    return False
-  if impl == "onednn":
-    onednn.load()
-    if reason_unsupported:
-      raise LSTMImplError(f"impl='onednn' cannot run this layer: {reason_unsupported}")
-    return True
-  if onednn.unavailable_reason():
-    onednn.warn_unavailable("the fused recurrent layers")
-    return False
-  return reason_unsupported is None
+  return onednn.choose(
+      impl, IMPLS, reason_unsupported, LSTMImplError, "this layer", "the fused recurrent layers"
+  )
 
 
 def lstm_layer(

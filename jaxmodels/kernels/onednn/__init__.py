@@ -89,6 +89,33 @@ def load() -> ctypes.CDLL:
 
 
 @functools.cache
-def warn_unavailable(fallback: str = "XLA convolutions") -> None:
+def warn_unavailable(fallback: str) -> None:
   """Logs, once per process and fallback, why impl='auto' uses `fallback` instead."""
   logging.warning("oneDNN kernels unavailable, using %s: %s", fallback, unavailable_reason())
+
+
+def choose(
+    impl: str,
+    impls: tuple[str, str, str],
+    reason_unsupported: str | None,
+    error: type[ValueError],
+    what: str,
+    fallback: str,
+) -> bool:
+  """True to run one call (`what`: "this convolution", "this layer") with oneDNN under `impl`,
+  one of `impls` = (the native path, 'onednn', 'auto'). 'onednn' raises `error` (or
+  KernelUnavailableError) with the reason it cannot run; 'auto' falls back to `fallback` and logs
+  why the kernels are unavailable, once."""
+  if impl not in impls:
+    raise error(f"unknown impl {impl!r}: use one of {', '.join(impls)}")
+  if impl == impls[0]:
+    return False
+  if impl == "onednn":
+    load()
+    if reason_unsupported:
+      raise error(f"impl='onednn' cannot run {what}: {reason_unsupported}")
+    return True
+  if unavailable_reason():
+    warn_unavailable(fallback)
+    return False
+  return reason_unsupported is None
