@@ -46,8 +46,13 @@ class Spec:
     return 3.0 * self.flops_per_example * self.batch_size
 
 
-def make_spec(name: str, shape: dict[str, Any], seed: int = 0) -> Spec:
-  """The flax model of benchmark `name` with the shapes of benchmarks.shapes."""
+# The models whose layers have a oneDNN kernel (jaxmodels.kernels), and the model field choosing it.
+KERNEL_FIELDS = {"resnet18": "conv_impl", "lstm": "impl"}
+
+
+def make_spec(name: str, shape: dict[str, Any], seed: int = 0, kernels: str | None = None) -> Spec:
+  """The flax model of benchmark `name` with the shapes of benchmarks.shapes; `kernels`
+  ('onednn', ...) sets the model's KERNEL_FIELDS choice, None keeps the model's default."""
   batch = shapes_lib.make_batch(name, shape, seed)
   s = shape
   if name == "gpt":
@@ -78,6 +83,10 @@ def make_spec(name: str, shape: dict[str, Any], seed: int = 0) -> Spec:
     task = tasks.Classification(s["num_classes"])
   else:
     raise ValueError(f"unknown model {name!r}; valid: {', '.join(shapes_lib.MODELS)}")
+  if kernels is not None:
+    if name not in KERNEL_FIELDS:
+      raise ValueError(f"{name} has no kernel choice; models with one: {', '.join(KERNEL_FIELDS)}")
+    model = model.clone(**{KERNEL_FIELDS[name]: kernels})
   shapes = [tuple(x.shape)[1:] for x in task.model_args(batch)]
   return Spec(name, model, task, batch, model.flops_per_example(*shapes))
 

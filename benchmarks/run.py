@@ -6,7 +6,9 @@ Benchmarks:
   gpt, resnet18, lstm, mlp  the engine's train step (parallel.make(...).train_fn) against the same
                             model in PyTorch (eager; ResNet NCHW and channels_last; torch.compile
                             when it works), and MFU against the in-run XLA float32 matmul peak
-                            from analytic FLOPs (3 x forward per example).
+                            from analytic FLOPs (3 x forward per example). resnet18 and lstm
+                            are also timed with their oneDNN kernels under pmap
+                            (jax:pmap+onednn, where built; --no_kernels skips them).
   conv_devices              the ResNet-18 step on 2 host devices (pmap) over 1 ('none').
   input_pipeline            fashion_mnist_cnn's step fed by the real grain pipeline vs synthetic
                             batches (needs `python -m jaxmodels.data.prepare fashion_mnist`).
@@ -63,11 +65,11 @@ MODEL_BENCHES = shapes_lib.MODELS
 ALL = MODEL_BENCHES + ("conv_devices", "input_pipeline", "compile_cache", "gpt_small", "dp")
 # (what the goal compares, the threshold, True when higher is better)
 GOALS = {
-    "gpt": ("ratio_vs_torch", 1.0, True),
-    "gpt:mfu": ("mfu", 0.75, True),
-    "resnet18": ("ratio_vs_torch", 1.0, True),
-    "lstm": ("ratio_vs_torch", 1.0, True),
-    "mlp": ("ratio_vs_torch", 1.2, True),
+    "gpt": ("ratio_vs_torch", 1.1, True),
+    "gpt:mfu": ("mfu", 0.80, True),
+    "resnet18": ("ratio_vs_torch", 1.1, True),
+    "lstm": ("ratio_vs_torch", 1.1, True),
+    "mlp": ("ratio_vs_torch", 1.5, True),
     "conv_devices": ("ratio", 1.6, True),
     "compile_cache": ("ratio", 0.3, False),
     "gpt_small": ("ratio", 1.2, True),
@@ -96,6 +98,7 @@ class Settings:
   chunk_s: float
   strategies: tuple[str, ...]
   torch_compile: bool
+  kernels: bool = True  # time resnet18 and lstm with their oneDNN kernels too (jax:pmap+onednn)
 
 
 def contest(
@@ -214,17 +217,37 @@ def _torch_contenders(
   return out
 
 
+def _kernel_spec(spec: jax_side.Spec, settings: Settings, notes: list[str]) -> jax_side.Spec | None:
+  """The same model with its oneDNN kernels, when it has them and they load; timed under pmap
+  only: 'none' would give each call one core of this 2-device process (onednn.call_threads) and
+  the FFI calls have no sharding rule for 'mesh'."""
+  if not settings.kernels or spec.name not in jax_side.KERNEL_FIELDS:
+    return None
+  if "pmap" not in settings.strategies:
+    return None
+  from jaxmodels.kernels import onednn  # noqa: PLC0415
+
+  if reason := onednn.unavailable_reason():
+    notes.append(f"oneDNN kernels not timed: {reason}")
+    return None
+  shape = shapes_lib.shapes(spec.name, settings.quick)
+  return jax_side.make_spec(spec.name, shape, kernels="onednn")
+
+
 def _jax_contenders(spec: jax_side.Spec, settings: Settings, notes: list[str]) -> list[Contender]:
+  runs = [(strategy, spec, f"jax:{strategy}") for strategy in settings.strategies]
+  if kernel_spec := _kernel_spec(spec, settings, notes):
+    runs.append(("pmap", kernel_spec, "jax:pmap+onednn"))
   out = []
-  for strategy in settings.strategies:
+  for strategy, s, label in runs:
     if strategy != "none" and jax.local_device_count() < 2:
       continue
     try:
-      step = jax_side.JaxStep(spec, strategy)
+      step = jax_side.JaxStep(s, strategy)
     except ValueError as e:
       notes.append(f"{strategy}: {e}")
       continue
-    out.append(Contender(f"jax:{strategy}", step.run))
+    out.append(Contender(label, step.run))
   return out
 
 
@@ -717,6 +740,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   )
   parser.add_argument("--no_torch_compile", action="store_true", help="skip torch.compile")
   parser.add_argument(
+      "--no_kernels",
+      action="store_true",
+      help="skip the jax:pmap+onednn contenders of resnet18 and lstm (jaxmodels.kernels)",
+  )
+  parser.add_argument(
       "--cache_models",
       default=None,
       help="models for compile_cache (default gpt,resnet18; quick mlp)",
@@ -738,6 +766,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
       chunk_s=args.chunk_s if args.chunk_s is not None else (0.02 if args.quick else 1.0),
       strategies=tuple(s for s in args.strategies.split(",") if s),
       torch_compile=not args.no_torch_compile and not args.quick,
+      kernels=not args.no_kernels,
   )
 
 
@@ -756,7 +785,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
       resnet = measured.get("resnet18")
       if resnet is None or len(resnet["_contenders"]) < 2:
         resnet = model_bench(
-            "resnet18", dataclasses.replace(settings, strategies=("none", "pmap")), jax_only=True
+            "resnet18",
+            dataclasses.replace(settings, strategies=("none", "pmap"), kernels=False),
+            jax_only=True,
         )
       records.append(conv_devices_record(resnet))
     elif name == "input_pipeline":
