@@ -14,7 +14,6 @@ sides have every core; 'pmap' splits the host into one device per core.
 """
 
 import argparse
-import dataclasses
 import json
 import os
 import time
@@ -27,12 +26,11 @@ def measure(
     strategy: str, rounds: int, chunk_s: float, quick: bool, overrides: dict[str, object]
 ) -> dict[str, object]:
   """Seconds per step of each conv impl and the paired ratio xla / onednn."""
-  spec = jax_side.make_spec("resnet18", {**shapes_lib.shapes("resnet18", quick), **overrides})
+  shape = {**shapes_lib.shapes("resnet18", quick), **overrides}
   contenders = []
   for impl in ("xla", "onednn"):
-    model_spec = dataclasses.replace(spec, model=spec.model.clone(conv_impl=impl))
-    step = jax_side.JaxStep(model_spec, strategy)
-    contenders.append(bench.Contender(impl, step.run))
+    spec = jax_side.make_spec("resnet18", shape, kernels=impl)
+    contenders.append(bench.Contender(impl, jax_side.JaxStep(spec, strategy).run))
   result = bench.paired(contenders, rounds, chunk_s, quick)
   return {"strategy": strategy, "batch_size": spec.batch_size, **overrides, **result}
 

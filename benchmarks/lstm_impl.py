@@ -18,7 +18,6 @@ gives it every core.
 """
 
 import argparse
-import dataclasses
 import json
 import time
 
@@ -30,12 +29,11 @@ IMPLS = ("fused", "onednn")
 
 def measure(strategy: str, rounds: int, chunk_s: float, quick: bool) -> dict[str, object]:
   """Seconds per train step of each impl and the paired ratio fused / onednn."""
-  spec = jax_side.make_spec("lstm", shapes_lib.shapes("lstm", quick))
+  shape = shapes_lib.shapes("lstm", quick)
   contenders = []
   for impl in IMPLS:
-    model_spec = dataclasses.replace(spec, model=spec.model.clone(impl=impl))
-    step = jax_side.JaxStep(model_spec, strategy)
-    contenders.append(bench.Contender(impl, step.run))
+    spec = jax_side.make_spec("lstm", shape, kernels=impl)
+    contenders.append(bench.Contender(impl, jax_side.JaxStep(spec, strategy).run))
   result = bench.paired(contenders, rounds, chunk_s, quick)
   return {"strategy": strategy, "batch_size": spec.batch_size, **_threads(), **result}
 
