@@ -253,15 +253,16 @@ def test_models_with_kernels_are_timed_with_them_under_pmap(monkeypatch):
     pytest.skip(reason)
   monkeypatch.setitem(shapes.QUICK, "lstm", dict(shapes.QUICK["lstm"], batch_size=8))
   settings = run.Settings(
-      quick=True, rounds=1, chunk_s=0.01, strategies=("none", "pmap"), torch_compile=False
+      quick=True, rounds=1, chunk_s=0.01, strategies=("pmap",), torch_compile=False
   )
   record = run.model_bench("lstm", settings, jax_only=True)
-  assert set(record["per_s"]) == {"jax:none", "jax:pmap", "jax:pmap+onednn"}
+  assert set(record["per_s"]) == {"jax:pmap", "jax:pmap+onednn"}
   assert all(v > 0 for v in record["per_s"].values())
-  without = run.model_bench("lstm", run.dataclasses.replace(settings, kernels=False), True)
-  assert set(without["per_s"]) == {"jax:none", "jax:pmap"}
   spec = jax_side.make_spec("lstm", shapes.shapes("lstm", quick=True), kernels="onednn")
   assert spec.model.impl == "onednn"
+  replace = run.dataclasses.replace
+  assert run._kernel_spec(spec, replace(settings, kernels=False), []) is None
+  assert run._kernel_spec(spec, replace(settings, strategies=("none", "mesh")), []) is None
   with pytest.raises(ValueError, match="gpt has no kernel choice"):
     jax_side.make_spec("gpt", shapes.shapes("gpt", quick=True), kernels="onednn")
 
