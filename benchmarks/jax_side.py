@@ -83,12 +83,18 @@ def make_spec(name: str, shape: dict[str, Any], seed: int = 0, kernels: str | No
     task = tasks.Classification(s["num_classes"])
   else:
     raise ValueError(f"unknown model {name!r}; valid: {', '.join(shapes_lib.MODELS)}")
-  if kernels is not None:
-    if name not in KERNEL_FIELDS:
-      raise ValueError(f"{name} has no kernel choice; models with one: {', '.join(KERNEL_FIELDS)}")
-    model = model.clone(**{KERNEL_FIELDS[name]: kernels})
   shapes = [tuple(x.shape)[1:] for x in task.model_args(batch)]
-  return Spec(name, model, task, batch, model.flops_per_example(*shapes))
+  spec = Spec(name, model, task, batch, model.flops_per_example(*shapes))
+  return spec if kernels is None else with_kernels(spec, kernels)
+
+
+def with_kernels(spec: Spec, kernels: str) -> Spec:
+  """`spec` with its model's KERNEL_FIELDS choice set to `kernels` ('onednn', ...)."""
+  if spec.name not in KERNEL_FIELDS:
+    raise ValueError(
+        f"{spec.name} has no kernel choice; models with one: {', '.join(KERNEL_FIELDS)}"
+    )
+  return dataclasses.replace(spec, model=spec.model.clone(**{KERNEL_FIELDS[spec.name]: kernels}))
 
 
 class JaxStep:

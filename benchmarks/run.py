@@ -130,7 +130,7 @@ def paired(
   settings = Settings(quick, rounds, chunk_s, ("none",), torch_compile=False)
   contest(contenders, settings)
   a, b = contenders
-  ratios = [x / y for x, y in zip(a.times, b.times)]
+  ratios = paired_ratios(a, b)
   return {
       f"{a.label}_step_s": a.step_s,
       f"{b.label}_step_s": b.step_s,
@@ -221,17 +221,15 @@ def _kernel_spec(spec: jax_side.Spec, settings: Settings, notes: list[str]) -> j
   """The same model with its oneDNN kernels, when it has them and they load; timed under pmap
   only: 'none' would give each call one core of this 2-device process (onednn.call_threads) and
   the FFI calls have no sharding rule for 'mesh'."""
-  if not settings.kernels or spec.name not in jax_side.KERNEL_FIELDS:
-    return None
-  if "pmap" not in settings.strategies:
+  wanted = settings.kernels and "pmap" in settings.strategies
+  if not wanted or spec.name not in jax_side.KERNEL_FIELDS:
     return None
   from jaxmodels.kernels import onednn  # noqa: PLC0415
 
   if reason := onednn.unavailable_reason():
     notes.append(f"oneDNN kernels not timed: {reason}")
     return None
-  shape = shapes_lib.shapes(spec.name, settings.quick)
-  return jax_side.make_spec(spec.name, shape, kernels="onednn")
+  return jax_side.with_kernels(spec, "onednn")
 
 
 def _jax_contenders(spec: jax_side.Spec, settings: Settings, notes: list[str]) -> list[Contender]:
