@@ -214,6 +214,22 @@ def test_cmudict_length_buckets_cut_only_padding(prepared):
     load(prepared, "cmudict", length_buckets=-1)
 
 
+def test_imdb_length_buckets_cut_only_padding(prepared):
+  ds = load(prepared, "imdb", max_len=64, length_buckets=2)
+  shapes = ds.info["train_shapes"]
+  assert len(shapes) == 2 and shapes[0][0] < shapes[1][0] <= 64
+  seen = set()
+  for batch in next_n(ds.train_batches(4, seed=0), 12):
+    (length,) = shapes[[s[0] for s in shapes].index(batch["inputs"].shape[1])]
+    seen.add(length)
+    assert batch["lengths"].max() <= length
+    assert not (batch["inputs"] * (np.arange(length) >= batch["lengths"][:, None])).any()
+  assert len(seen) == 2
+  assert next(ds.eval_batches("test", 4))["inputs"].shape[1] == 64
+  with pytest.raises(ValueError, match="needs the reviews in memory"):
+    load(prepared, "imdb", length_buckets=2, in_memory=False)
+
+
 # --- the Dataset contract --------------------------------------------------------------------
 
 CASES = [
@@ -222,6 +238,7 @@ CASES = [
     ("cifar10", {"augment": True}),
     ("digits", {}),
     ("imdb", {"max_len": 16}),
+    ("imdb", {"max_len": 64, "length_buckets": 2}),
     ("cmudict", {}),
     ("cmudict", {"length_buckets": 3}),
     ("shakespeare", {"block_size": 16}),

@@ -252,6 +252,29 @@ def test_classifier_uses_final_state_of_both_directions():
   )
 
 
+@pytest.mark.parametrize("pooling", ["max", "mean"])
+def test_classifier_pools_the_outputs_over_real_positions(pooling):
+  model = RNNClassifier(
+      vocab_size=11, num_classes=4, embed_dim=5, hidden_size=H, bidirectional=True, pooling=pooling
+  )
+  tokens = jnp.asarray(np.random.default_rng(3).integers(1, 11, size=(B, T)), jnp.int32)
+  lengths = jnp.array([T, 2, 0], jnp.int32)
+  variables = np_variables(model, tokens, lengths)
+  p = variables["params"]
+  x = np.asarray(p["embed"]["embedding"])[np.asarray(tokens)]
+  outputs, _ = np_recurrent("lstm", p["rnn"], x, np.asarray(lengths), 1, True)
+  pooled = np.zeros((B, 2 * H))
+  for b, n in enumerate(np.asarray(lengths)):
+    if n:
+      pooled[b] = outputs[b, :n].max(0) if pooling == "max" else outputs[b, :n].mean(0)
+  expected = pooled @ np.asarray(p["head"]["kernel"]) + np.asarray(p["head"]["bias"])
+  np.testing.assert_allclose(
+      apply(model, variables, tokens, lengths), expected, rtol=1e-5, atol=1e-5
+  )
+  with pytest.raises(ValueError, match="unknown pooling 'last'"):
+    RNNClassifier(vocab_size=11, num_classes=4, pooling="last").init(jax.random.key(0), tokens)
+
+
 def test_language_model_shapes_and_dtypes():
   model = RNNLanguageModel(
       vocab_size=17, embed_dim=5, hidden_size=H, num_layers=2, dtype=jnp.bfloat16

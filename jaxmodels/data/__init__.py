@@ -14,7 +14,8 @@ raises DatasetNotPreparedError naming that command.
   shakespeare    90% / 5% / 5% of each work        inputs, targets int32 [B, block_size];
                                                   block_size (256), max_eval_windows (None)
   imdb           80% / 10% / 10% by text hash     inputs, lengths, targets; max_len (256),
-                                                  vocab_size (20000), in_memory
+                                                  vocab_size (20000), in_memory,
+                                                  length_buckets (0: off; k: batches by length)
   cmudict        90% / 5% / 5% by word hash       inputs, targets (BOS 1 ... EOS 2, pad 0);
                                                   max_src_len, max_tgt_len (default: longest),
                                                   length_buckets (0: off; k: batches by length)

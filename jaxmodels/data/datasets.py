@@ -62,7 +62,12 @@ def check_data_dir(data_dir: str, writable: bool = False) -> None:
 
 class _TableDataset(Dataset):
   """Splits as tables (`take(indices) -> batch` of model-ready arrays); training batches follow
-  pipeline.EpochPermutation; `_augment` and `_finish` work on whole batches."""
+  pipeline.EpochPermutation, or pipeline.BucketedOrder where a subclass set `buckets` (see
+  bucket_plan); `_augment` and `_finish` work on whole batches."""
+
+  # Bucket id of each training row and, per bucket, the length each padded key is cut to.
+  buckets: np.ndarray | None = None
+  bucket_shapes: tuple[dict[str, int], ...] = ()
 
   def __init__(
       self,
@@ -116,12 +121,30 @@ class _TableDataset(Dataset):
       process_index: int = 0,
       process_count: int = 1,
   ) -> Iterator[Batch]:
+    if self.buckets is not None:
+      return self._bucketed_batches(batch_size, seed, start_step, process_index, process_count)
     pipeline.local_batch_size(batch_size, process_count)
     order = pipeline.EpochPermutation(self._epoch_size(), seed)
 
     def make(step: int) -> Batch:
       positions = pipeline.process_positions(step, batch_size, process_index, process_count)
       batch = self._augment(self._train_rows(positions, order, seed), positions, seed)
+      return self._finish(batch)
+
+    return pipeline.prefetched(make, start_step, num_threads=self._threads, prefetch=self._prefetch)
+
+  def _bucketed_batches(
+      self, batch_size: int, seed: int, start_step: int, process_index: int, process_count: int
+  ) -> Iterator[Batch]:
+    local = pipeline.local_batch_size(batch_size, process_count)
+    order = pipeline.BucketedOrder(self.buckets, batch_size, seed)
+    table = self.tables["train"]
+
+    def make(step: int) -> Batch:
+      rows, bucket = order(step)
+      batch = table.take(rows[process_index * local : (process_index + 1) * local])
+      for key, length in self.bucket_shapes[bucket].items():
+        batch[key] = np.ascontiguousarray(batch[key][:, :length])
       return self._finish(batch)
 
     return pipeline.prefetched(make, start_step, num_threads=self._threads, prefetch=self._prefetch)
@@ -156,6 +179,26 @@ class _TableDataset(Dataset):
     return pipeline.prefetched(
         make, 0, -(-n // batch_size), num_threads=self._threads, prefetch=self._prefetch
     )
+
+
+def bucket_plan(
+    lengths: dict[str, np.ndarray], count: int
+) -> tuple[np.ndarray | None, tuple[dict[str, int], ...]]:
+  """Length buckets of the training rows: `lengths` maps each padded key ([N, L] arrays, padding
+  at the end) to every row's length in it; rows are bucketed by their total length
+  (pipeline.length_buckets) and each bucket's batches are cut to its longest row per key.
+  count=0: no buckets, (None, ())."""
+  if count < 0:
+    raise DataOptionError(f"length_buckets must be >= 0 (0: off), got {count}")
+  if not count or not lengths or not len(next(iter(lengths.values()))):
+    return None, ()
+  total = sum(lengths.values())
+  buckets = pipeline.length_buckets(total, count)
+  shapes = tuple(
+      {k: int(v[buckets == b].max()) for k, v in lengths.items()}
+      for b in range(int(buckets.max()) + 1)
+  )
+  return buckets, shapes
 
 
 def eval_sample(n: int, size: int) -> np.ndarray:
@@ -278,11 +321,14 @@ class ReviewDataset(_TableDataset):
   padding; ids >= vocab_size become 1, unknown), lengths int32 [B] (at least 1: an empty review
   is one unknown token), targets int32 [B] (0 negative, 1 positive). A review longer than
   max_len keeps its first max_len tokens. Options: max_len, vocab_size (at most the saved
-  vocabulary: 30002 for the real data; info['vocab_size'] is what is used), in_memory.
-  info: num_classes, label_names, vocab_size, vocab (the first vocab_size entries), max_len,
-  seq_len (= max_len), pad_id, unk_id."""
+  vocabulary: 30002 for the real data; info['vocab_size'] is what is used), in_memory,
+  length_buckets (k > 0, in memory only: each training batch holds reviews of one of k buckets
+  of similar length and is cut to the longest of them, see bucket_plan; evaluation batches keep
+  max_len). info: num_classes, label_names, vocab_size, vocab (the first vocab_size entries),
+  max_len, seq_len (= max_len), pad_id, unk_id, train_shapes ((length,) of each bucket's
+  batches; one entry without buckets)."""
 
-  OPTIONS = ("max_len", "vocab_size", "in_memory")
+  OPTIONS = ("max_len", "vocab_size", "in_memory", "length_buckets")
 
   def __init__(
       self,
@@ -294,8 +340,14 @@ class ReviewDataset(_TableDataset):
       max_len: int = 256,
       vocab_size: int = 20000,
       in_memory: bool = True,
+      length_buckets: int = 0,
       **common: Any,
   ):
+    if length_buckets and not in_memory:
+      raise DataOptionError(
+          f"length_buckets={length_buckets} needs the reviews in memory (in_memory=True): the "
+          "buckets come from every training review's length"
+      )
     vocab = metadata["vocab"]
     if vocab_size < 3:
       raise DataOptionError(
@@ -316,6 +368,10 @@ class ReviewDataset(_TableDataset):
         "unk_id": formats.UNK,
     }
     tables = _tables(splits, in_memory, self._arrays, self._example)
+    train = tables.get("train")
+    lengths = {"inputs": train.arrays["lengths"]} if length_buckets and train else {}
+    self.buckets, self.bucket_shapes = bucket_plan(lengths, length_buckets)
+    info["train_shapes"] = [(s["inputs"],) for s in self.bucket_shapes] or [(max_len,)]
     super().__init__(name, tables, info, ("validation", "test"), **common)
 
   def _ids(self, tokens) -> np.ndarray:
@@ -375,13 +431,13 @@ class PronunciationDataset(_TableDataset):
     self.tgt_len = max_tgt_len or metadata["max_tgt_len"]
     if self.src_len < 1 or self.tgt_len < 3:
       raise DataOptionError("max_src_len must be >= 1 and max_tgt_len >= 3 (BOS, a phoneme, EOS)")
-    if length_buckets < 0:
-      raise DataOptionError(f"length_buckets must be >= 0 (0: off), got {length_buckets}")
     tables, dropped = {}, {}
     for split, columns in splits.items():
       arrays, dropped[split] = self._arrays(columns)
       tables[split] = pipeline.ArrayTable(arrays)
-    self.buckets, self.bucket_shapes = self._buckets(tables.get("train"), length_buckets)
+    train = tables.get("train")
+    lengths = {k: np.count_nonzero(v, axis=1) for k, v in train.arrays.items()} if train else {}
+    self.buckets, self.bucket_shapes = bucket_plan(lengths, length_buckets)
     info = {
         "src_vocab": list(metadata["src_vocab"]),
         "tgt_vocab": list(metadata["tgt_vocab"]),
@@ -393,51 +449,10 @@ class PronunciationDataset(_TableDataset):
         "bos_id": formats.BOS,
         "eos_id": formats.EOS,
         "dropped": dropped,
-        "train_shapes": self.bucket_shapes or [(self.src_len, self.tgt_len)],
+        "train_shapes": [(s["inputs"], s["targets"]) for s in self.bucket_shapes]
+        or [(self.src_len, self.tgt_len)],
     }
     super().__init__(name, tables, info, ("validation", "test"), **common)
-
-  @staticmethod
-  def _buckets(table, count: int) -> tuple[np.ndarray | None, list[tuple[int, int]]]:
-    """Bucket id of each training pair and each bucket's (src, tgt) batch lengths."""
-    if not count or table is None or not len(table):
-      return None, []
-    src = np.count_nonzero(table.arrays["inputs"], axis=1)
-    tgt = np.count_nonzero(table.arrays["targets"], axis=1)
-    buckets = pipeline.length_buckets(src + tgt, count)
-    shapes = [
-        (int(src[buckets == b].max()), int(tgt[buckets == b].max()))
-        for b in range(int(buckets.max()) + 1)
-    ]
-    return buckets, shapes
-
-  def train_batches(
-      self,
-      batch_size: int,
-      seed: int,
-      start_step: int = 0,
-      *,
-      process_index: int = 0,
-      process_count: int = 1,
-  ) -> Iterator[Batch]:
-    if self.buckets is None:
-      return super().train_batches(
-          batch_size, seed, start_step, process_index=process_index, process_count=process_count
-      )
-    local = pipeline.local_batch_size(batch_size, process_count)
-    order = pipeline.BucketedOrder(self.buckets, batch_size, seed)
-    table = self.tables["train"]
-
-    def make(step: int) -> Batch:
-      rows, bucket = order(step)
-      src, tgt = self.bucket_shapes[bucket]
-      batch = table.take(rows[process_index * local : (process_index + 1) * local])
-      return {
-          "inputs": np.ascontiguousarray(batch["inputs"][:, :src]),
-          "targets": np.ascontiguousarray(batch["targets"][:, :tgt]),
-      }
-
-    return pipeline.prefetched(make, start_step, num_threads=self._threads, prefetch=self._prefetch)
 
   def _arrays(self, columns) -> tuple[dict[str, np.ndarray], int]:
     pairs = [(w, p) for w, p in zip(columns.get("word", []), columns.get("phonemes", []))]

@@ -365,8 +365,31 @@ class Recurrent(nn.Module):
     return new, out
 
 
+POOLINGS = ("final", "max", "mean")
+
+
+def pool_outputs(
+    pooling: str, outputs: jax.Array, final: jax.Array, lengths: jax.Array
+) -> jax.Array:
+  """[B, D] summary of time-major `outputs` [T, B, D] (zero at padding): 'final' the final
+  state, 'max' / 'mean' the maximum / mean over each sequence's real positions (zeros for an
+  empty one)."""
+  if pooling == "final":
+    return final
+  real = (jnp.arange(outputs.shape[0])[:, None] < lengths[None, :])[..., None]
+  if pooling == "max":
+    pooled = jnp.max(jnp.where(real, outputs, -jnp.inf), axis=0)
+    return jnp.where(lengths[:, None] > 0, pooled, 0).astype(outputs.dtype)
+  if pooling == "mean":
+    count = jnp.maximum(lengths, 1)[:, None].astype(outputs.dtype)
+    return jnp.sum(outputs, axis=0) / count
+  raise ModelOptionError(f"unknown pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
+
+
 class RNNClassifier(nn.Module):
-  """Embedding -> Recurrent -> Dense on the final state (both directions concatenated).
+  """Embedding -> Recurrent -> Dense on a summary of the sequence: by default the final state
+  (both directions concatenated), or with `pooling='max'` / `'mean'` the maximum / mean of the
+  top layer's outputs over the real positions (see pool_outputs).
 
   `__call__(inputs int [B, T], lengths int [B] | None, train) -> logits [B, num_classes]`. Token 0
   is padding; when `lengths` is None it is the count of non-zero tokens. Dropout (when
@@ -383,6 +406,7 @@ class RNNClassifier(nn.Module):
   bidirectional: bool = False
   dropout_rate: float = 0.0
   impl: str = "fused"
+  pooling: str = "final"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -390,6 +414,8 @@ class RNNClassifier(nn.Module):
   def __call__(
       self, inputs: jax.Array, lengths: jax.Array | None = None, train: bool = False
   ) -> jax.Array:
+    if self.pooling not in POOLINGS:
+      raise ModelOptionError(f"unknown pooling {self.pooling!r}: use one of {', '.join(POOLINGS)}")
     if lengths is None:
       lengths = jnp.sum(inputs != 0, axis=-1)
     drop = nn.Dropout(self.dropout_rate, deterministic=not train or self.dropout_rate == 0)
@@ -400,7 +426,7 @@ class RNNClassifier(nn.Module):
         param_dtype=self.param_dtype,
         name="embed",
     )(inputs.T)
-    _, final = Recurrent(
+    outputs, final = Recurrent(
         self.cell,
         self.hidden_size,
         self.num_layers,
@@ -412,9 +438,10 @@ class RNNClassifier(nn.Module):
         param_dtype=self.param_dtype,
         name="rnn",
     )(drop(x), lengths, train)
+    summary = pool_outputs(self.pooling, outputs, final, lengths)
     logits = nn.Dense(
         self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head"
-    )(drop(final))
+    )(drop(summary))
     return logits.astype(logits_dtype(self.dtype))
 
   @nn.nowrap
