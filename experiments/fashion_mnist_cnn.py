@@ -7,15 +7,13 @@ with a cosine decay, label smoothing 0.1, dropout 0.1, training images mirrored 
 probability 1/2, and test-time flip in the final evaluation (summary.json's test_flip_accuracy;
 test_accuracy is without it).
 
-Measured 2026-12-03 on the 2-core AMD EPYC host (AVX2, no AVX-512; pmap over 2 host devices,
-oneDNN convolutions by conv_impl='auto'), one seed at a time while another job's tests shared
-the CPU: seeds 0, 1, 2 reached 93.18% +- 0.13% test accuracy with test-time flip (93.22%,
-93.29%, 93.04%; without it 92.86%, 92.90%, 92.67%) in 5m09s per seed (7-10 s to the first step
-with a warm compilation cache, 16.5-17 steps/s, 2180 examples/s). On this host the 3-minute
-target is out of reach at 5000 steps: alone, the step ran at 20-22 steps/s (about 4 minutes for
-the run), where the Intel Xeon host with AVX-512 of the same day ran the run in 2m47s (31.6
-steps/s; XLA's convolutions, 93.06% +- 0.14% over the three seeds). Batch 128 is the fastest
-per example there (batch 64: 3530 examples/s, 256: 3475, in 600-step runs).
+Measured 2026-12-04 on the 2-core AMD EPYC host (AVX2, no AVX-512; pmap over 2 host devices,
+oneDNN convolutions by conv_impl='auto'), idle, one seed at a time: seeds 0, 1, 2 reached 93.19%
++- 0.18% test accuracy with test-time flip (93.30%, 93.28%, 92.98%; without it 92.80%, 93.12%,
+92.70%) in 2m57s per seed (3m08s, 2m53s, 2m50s; 5-8 s to the first step with a warm compilation
+cache, 27-29 steps/s, 3650-4030 examples/s). The Intel Xeon host with AVX-512 of 2026-12-03 ran
+the run in 2m47s (31.6 steps/s; XLA's convolutions, 93.06% +- 0.14% over the three seeds). Batch
+128 is the fastest per example there (batch 64: 3530 examples/s, 256: 3475, in 600-step runs).
 
 Tried on seed 0 at 4500 steps against this recipe's 93.00% (one device each, two runs side by
 side) and not kept: BatchNorm (92.72%), SGD with Nesterov momentum at
