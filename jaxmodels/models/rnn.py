@@ -374,16 +374,15 @@ def pool_outputs(
   """[B, D] summary of time-major `outputs` [T, B, D] (zero at padding): 'final' the final
   state, 'max' / 'mean' the maximum / mean over each sequence's real positions (zeros for an
   empty one)."""
+  if pooling not in POOLINGS:
+    raise ModelOptionError(f"unknown pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
   if pooling == "final":
     return final
+  if pooling == "mean":  # the outputs are already zero at padding
+    return jnp.sum(outputs, axis=0) / jnp.maximum(lengths, 1)[:, None].astype(outputs.dtype)
   real = (jnp.arange(outputs.shape[0])[:, None] < lengths[None, :])[..., None]
-  if pooling == "max":
-    pooled = jnp.max(jnp.where(real, outputs, -jnp.inf), axis=0)
-    return jnp.where(lengths[:, None] > 0, pooled, 0).astype(outputs.dtype)
-  if pooling == "mean":
-    count = jnp.maximum(lengths, 1)[:, None].astype(outputs.dtype)
-    return jnp.sum(outputs, axis=0) / count
-  raise ModelOptionError(f"unknown pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
+  pooled = jnp.max(jnp.where(real, outputs, -jnp.inf), axis=0)
+  return jnp.where(lengths[:, None] > 0, pooled, 0).astype(outputs.dtype)
 
 
 class RNNClassifier(nn.Module):
@@ -414,8 +413,6 @@ class RNNClassifier(nn.Module):
   def __call__(
       self, inputs: jax.Array, lengths: jax.Array | None = None, train: bool = False
   ) -> jax.Array:
-    if self.pooling not in POOLINGS:
-      raise ModelOptionError(f"unknown pooling {self.pooling!r}: use one of {', '.join(POOLINGS)}")
     if lengths is None:
       lengths = jnp.sum(inputs != 0, axis=-1)
     drop = nn.Dropout(self.dropout_rate, deterministic=not train or self.dropout_rate == 0)
