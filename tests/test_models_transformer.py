@@ -174,7 +174,9 @@ def test_gpt_top_k_samples_stay_in_the_top_k_of_uncached_logits():
   assert any(not np.array_equal(samples[0], s) for s in samples[1:])
 
 
-def test_generate_compiles_once_per_shape():
+def test_generate_compiles_once_per_batch_size():
+  """Prompt length, token count (windows past max_len=12 included), seed, temperature and top_k
+  are all traced: only a new batch size compiles again."""
   model, variables, _ = gpt()
   generate(model, variables, ids(6, (2, 4)), 8, jax.random.key(0), temperature=0.7, top_k=2)
   with traces("_generate") as seen:
@@ -182,14 +184,14 @@ def test_generate_compiles_once_per_shape():
       generate(
           model,
           variables,
-          ids(7 + seed, (2, 4)),
-          8,
+          ids(7 + seed, (2, 2 + seed)),
+          5 + 7 * seed,
           jax.random.key(seed),
           temperature=0.5 * seed,
           top_k=2 + seed,
       )
     assert len(seen) == 0
-    generate(model, variables, ids(6, (2, 3)), 8, jax.random.key(0))
+    generate(model, variables, ids(6, (3, 4)), 8, jax.random.key(0), top_k=2)
     assert len(seen) == 1
   with pytest.raises(ValueError, match="max_len"):
     generate(model, variables, ids(6, (2, 12)), 1, jax.random.key(0))

@@ -21,6 +21,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxmodels.models.attention import (
     RESIDUAL,
@@ -603,55 +604,77 @@ def generate(
   The prompt fills a key/value cache in one pass, then each new token costs one cached step. The
   model never sees a position past its max_len (the positions it was trained on when max_len is
   the training context): once the window is full, its newest max_len // 2 tokens are read into a
-  fresh cache and sampling goes on. Each window is one jit (lax.scan), compiled once per (model,
-  prompt shape, number of new tokens, whether top_k is used); rng, temperature and the value of
-  top_k are traced. Needs P < model.max_len.
+  fresh cache and sampling goes on. Every window is the same jit (a [B, max_len] token buffer
+  whose filled length and end are traced), so one compilation per (model, batch size, whether
+  top_k is used) serves every prompt length, token count and window; rng, temperature and the
+  value of top_k are traced. Needs P < model.max_len. Runs on the host: not for use under jit.
   """
-  length = prompt_ids.shape[1]
+  batch, length = prompt_ids.shape
   if length >= model.max_len:
     raise ValueError(f"prompt length {length} must be below the model's max_len={model.max_len}")
-  ids = jnp.asarray(prompt_ids, jnp.int32)
+  if max_new_tokens <= 0:
+    return jnp.asarray(prompt_ids, jnp.int32)
   k = None if top_k is None else jnp.int32(top_k)
-  variables = _without_cache(variables)
-  pieces, context, remaining, window = [ids], ids, max_new_tokens, 0
-  while remaining > 0:
-    n = min(remaining, model.max_len - context.shape[1])
+  variables, keep = _without_cache(variables), model.max_len // 2
+  out = np.asarray(prompt_ids, np.int32)
+  buffer = np.zeros((batch, model.max_len), np.int32)
+  buffer[:, :length] = out
+  filled, window, temp = length, 0, jnp.float32(temperature)
+  while True:
+    end = min(model.max_len, filled + length + max_new_tokens - out.shape[1])
     key = rng if window == 0 else jax.random.fold_in(rng, window)
-    pieces.append(
-        _generate(model, variables, context, n, key, jnp.float32(temperature), k)[
-            :, context.shape[1] :
-        ]
-    )
-    remaining, window = remaining - n, window + 1
-    context = jnp.concatenate(pieces, axis=1)[:, -(model.max_len // 2) :]
-  return jnp.concatenate(pieces, axis=1)
+    buffer = np.asarray(_generate(model, variables, buffer, filled, end, key, temp, k))
+    out = np.concatenate([out, buffer[:, filled:end]], axis=1)
+    if out.shape[1] == length + max_new_tokens:
+      return jnp.asarray(out)
+    buffer = np.zeros_like(buffer)
+    buffer[:, :keep] = out[:, -keep:]
+    filled, window = keep, window + 1
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens"))
+def _set_cache_position(cache: Any, position: Array) -> Any:
+  """The cache with every write index (attention's cache_index, the GPT's position) at
+  `position`: later calls overwrite the slots from there on and never attend past themselves."""
+
+  def set_leaf(path, leaf):
+    name = getattr(path[-1], "key", None)
+    return jnp.full_like(leaf, position) if name in ("cache_index", "position") else leaf
+
+  return jax.tree_util.tree_map_with_path(set_leaf, cache)
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
 def _generate(
     model: GPT,
     variables: Any,
-    prompt_ids: Array,
-    max_new_tokens: int,
+    buffer: Array,
+    filled: Array,
+    end: Array,
     rng: Array,
     temperature: Array,
     top_k: Array | None,
 ) -> Array:
+  """The buffer [B, max_len] with slots filled..end-1 sampled after its first `filled` tokens.
+
+  The whole buffer goes through the model once (causal attention keeps the filler after
+  `filled` out of every real position's output); the cache then rewinds to `filled`."""
   model = model.clone(decode=True)
-  batch, length = prompt_ids.shape
-  cache = _empty_cache(model, jnp.zeros((batch, length + max_new_tokens), jnp.int32))
-  logits, state = model.apply({**variables, "cache": cache}, prompt_ids, mutable=["cache"])
-  rng, key = jax.random.split(rng)
-  first = sample_logits(logits[:, -1], key, temperature, top_k)
+  cache = _empty_cache(model, buffer)
+  logits, state = model.apply({**variables, "cache": cache}, buffer, mutable=["cache"])
+  last = jax.lax.dynamic_index_in_dim(logits, filled - 1, axis=1, keepdims=False)
+  cache = _set_cache_position(state["cache"], filled)
 
-  def step(carry, key):
-    cache, token = carry
+  def step(t, carry):
+    buffer, cache, logits = carry
+    token = sample_logits(logits, jax.random.fold_in(rng, t), temperature, top_k)
+    buffer = jax.lax.dynamic_update_slice_in_dim(buffer, token[:, None], t, axis=1)
     logits, state = model.apply({**variables, "cache": cache}, token[:, None], mutable=["cache"])
-    return (state["cache"], sample_logits(logits[:, -1], key, temperature, top_k)), token
+    return buffer, state["cache"], logits[:, -1]
 
-  keys = jax.random.split(rng, max_new_tokens - 1)
-  (_, last), tokens = jax.lax.scan(step, (state["cache"], first), keys)
-  return jnp.concatenate([prompt_ids, tokens.T, last[:, None]], axis=1)
+  # The last slot's token is sampled outside the loop: feeding it would write past the cache.
+  buffer, _, last = jax.lax.fori_loop(filled, end - 1, step, (buffer, cache, last))
+  token = sample_logits(last, jax.random.fold_in(rng, end - 1), temperature, top_k)
+  return jax.lax.dynamic_update_slice_in_dim(buffer, token[:, None], end - 1, axis=1)
 
 
 def greedy_decode(

@@ -24,7 +24,7 @@ def matmul_peak_flops(n: int = 1024, seconds: float = 0.3) -> float:
   return 2 * n**3 / best
 
 
-def process_peak_flops(seconds: float = 1.0) -> float:
+def process_peak_flops(seconds: float = 0.3) -> float:
   """The matmul peak of this process's devices: on CPU the host devices share the cores, so one
   device's matmul (which uses every core) is the peak; accelerators add up."""
   peak = matmul_peak_flops(seconds=seconds)
