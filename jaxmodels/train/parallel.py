@@ -18,7 +18,6 @@ import dataclasses
 import functools
 from typing import Any
 
-import flax.jax_utils
 import flax.linen as nn
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -142,7 +141,11 @@ class Pmap(Strategy):
     self.devices = jax.local_devices()
 
   def put_state(self, state):
-    return flax.jax_utils.replicate(state, self.devices)
+    # One transfer of the whole tree (flax.jax_utils.replicate stacks each leaf with its own
+    # small jit: 0.24 s of start-up for shakespeare_gpt's state against 0.01 s).
+    n, mesh = len(self.devices), jax.sharding.Mesh(np.array(self.devices), ("replicas",))
+    stacked = jax.tree.map(lambda x: np.broadcast_to(x, (n,) + x.shape), jax.device_get(state))
+    return jax.device_put(stacked, NamedSharding(mesh, P("replicas")))
 
   def get_state(self, state):
     return _first_replica(state)
