@@ -7,12 +7,11 @@ sizes (--config.model.size) for TPU pods and the ahead-of-time check.
       --config.batch_size=1024 --config.fsdp=128 --config.tensor=4 \
       --config.model.scan_layers=True --config.model.remat=full --config.model.dtype=bfloat16
 
-Expect (measured Nov 2026 on the 2-core CPU while other jobs shared it): validation loss 2.44
-nats/char at step 200 and 2.04 at 400 on the whole split (the default intermediate evaluations
-estimate it on 10 batches, config.eval_batches), 1.94 after the 600 steps (test 1.92) in 6m21s
-(1.9 steps/s on 2 host devices, compile 14 s, MFU 45%), and a sample with speaker names and
-line breaks. The
-aot command above: GPT-3 13B at its 2M-token batch fits a v4-1024 slice in 14.9 of each chip's
+Expect (measured 2026-12-04 on the 2-core AMD EPYC CPU, idle): validation loss about 2.44
+nats/char at step 200 and 2.04 at 400 (intermediate evaluations estimate it on 10 batches,
+config.eval_batches), 1.94 on the whole split after the 600 steps (test 1.92) in 2m21s
+(4.6 steps/s on 2 host devices, compile 2.5 s, MFU 50%), and a sample with speaker names and
+line breaks. The aot command above: GPT-3 13B at its 2M-token batch fits a v4-1024 slice in 14.9 of each chip's
 32 GiB (README, "The plan at scale").
 
 `model.size` is "" by default: the model is the config.model.* fields, a 4x128 GPT with GPT-2's

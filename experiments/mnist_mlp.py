@@ -10,8 +10,9 @@ A tuned configuration (Adam, wider layers with dropout, cosine decay):
     --config.model.dropout_rate=0.2 --config.log_every_steps=100 --config.eval_every_steps=2000 \
     --config.checkpoint_every_steps=2000
 
-Expect (measured Nov 2026 on a 2-core CPU, idle): the seed configuration reaches 95.3% test
-accuracy in 21 s (5 epochs); the tuned one 98.6% in 52 s.
+Expect (measured 2026-12-04 on the 2-core AMD EPYC CPU, idle, `--config.progress_bar=False`):
+the seed configuration reaches 95.3% test accuracy in 17 s (5 epochs); the tuned one 98.6% in
+42 s.
 """
 
 import sys
