@@ -11,8 +11,8 @@ Expect (measured 2026-12-04 on the 2-core AMD EPYC CPU, idle): validation loss a
 nats/char at step 200 and 2.04 at 400 (intermediate evaluations estimate it on 10 batches,
 config.eval_batches), 1.94 on the whole split after the 600 steps (test 1.92) in 2m21s
 (4.6 steps/s on 2 host devices, compile 2.5 s, MFU 50%), and a sample with speaker names and
-line breaks. The aot command above: GPT-3 13B at its 2M-token batch fits a v4-1024 slice in 14.9 of each chip's
-32 GiB (README, "The plan at scale").
+line breaks. The aot command above: GPT-3 13B at its 2M-token batch fits a v4-1024 slice in
+14.9 of each chip's 32 GiB (README, "The plan at scale").
 
 `model.size` is "" by default: the model is the config.model.* fields, a 4x128 GPT with GPT-2's
 architecture options that trains on this CPU in minutes, because that is what running the

@@ -175,11 +175,15 @@ class Seq2Seq:
 
   Evaluation can also decode (`decode_fn(model, variables, inputs, max_len) -> ids`: greedy or
   beam search) and report exact-match (whole sequence right) and token accuracy of the decoded
-  sequence.
+  sequence. `token_classes` (id -> class id) adds a looser exact match that accepts any token of
+  the target's class, reported as exact_match_{classes_name} and word_error_rate_{classes_name}
+  (cmudict: a phoneme right whatever its stress digit).
   """
 
   decode_fn: Callable[..., jax.Array] | None = None
   label_smoothing: float = 0.0
+  token_classes: tuple[int, ...] | None = None
+  classes_name: str = "classes"
 
   @property
   def decodes(self) -> bool:
@@ -205,14 +209,19 @@ class Seq2Seq:
     ex = _example_weight(batch)
     exact = jnp.all((got == want) | (want == 0), axis=-1).astype(jnp.float32) * ex
     tokens = real * ex[:, None]
-    return {
+    sums = {
         "exact_match": (jnp.sum(exact), jnp.sum(ex)),
         "decoded_token_accuracy": (jnp.sum(same * tokens), jnp.sum(tokens)),
     }
+    if self.token_classes is not None:
+      classes = jnp.asarray(self.token_classes, jnp.int32)
+      close = jnp.all((classes[got] == classes[want]) | (want == 0), axis=-1) * ex
+      sums[f"exact_match_{self.classes_name}"] = (jnp.sum(close), jnp.sum(ex))
+    return sums
 
   def finalize(self, metrics: dict[str, float]) -> dict[str, float]:
     nll = metrics.get("cross_entropy", metrics["loss"])
     out = dict(metrics, perplexity=float(jnp.exp(nll)))
-    if "exact_match" in out:
-      out["word_error_rate"] = 1.0 - out["exact_match"]
+    for key in [k for k in out if k.startswith("exact_match")]:
+      out[key.replace("exact_match", "word_error_rate")] = 1.0 - out[key]
     return out

@@ -668,6 +668,35 @@ def test_cmudict_task_takes_its_decoding_and_smoothing_from_the_config():
     experiment.get_task(config, {})
 
 
+def test_seq2seq_exact_match_up_to_token_classes():
+  targets = jnp.asarray([[1, 3, 4, 2, 0], [1, 5, 2, 0, 0], [1, 6, 3, 2, 0]], jnp.int32)
+  # Row 0 right; row 1 off by a token of the same class (5 ~ 6); row 2 off by another class.
+  decoded = jnp.asarray([[3, 4, 2, 0], [6, 2, 0, 0], [6, 4, 2, 0]], jnp.int32)
+  task = tasks.Seq2Seq(
+      decode_fn=lambda model, variables, inputs, max_len: decoded[:, :max_len],
+      token_classes=(0, 1, 2, 3, 4, 5, 5),
+      classes_name="no_stress",
+  )
+  sums = task.decode_metrics(None, None, {"inputs": targets, "targets": targets})
+  metrics = task.finalize({"loss": 1.0, **{k: float(s / w) for k, (s, w) in sums.items()}})
+  assert metrics["exact_match"] == pytest.approx(1 / 3)
+  assert metrics["exact_match_no_stress"] == pytest.approx(2 / 3)
+  assert metrics["word_error_rate"] == pytest.approx(2 / 3)
+  assert metrics["word_error_rate_no_stress"] == pytest.approx(1 / 3)
+  assert "exact_match_no_stress" not in tasks.Seq2Seq(decode_fn=task.decode_fn).decode_metrics(
+      None, None, {"inputs": targets, "targets": targets}
+  )
+
+
+def test_cmudict_classes_drop_only_the_stress_digit():
+  from experiments import cmudict_transformer as experiment
+
+  vocab = ["<pad>", "<bos>", "<eos>", "AH0", "AH1", "AH2", "B", "ER0", "ER1"]
+  assert experiment.unstressed_classes(vocab) == (0, 1, 2, 3, 3, 3, 4, 5, 5)
+  task = experiment.get_task(experiment.get_config(), {"tgt_vocab": vocab})
+  assert task.token_classes == (0, 1, 2, 3, 3, 3, 4, 5, 5) and task.classes_name == "no_stress"
+
+
 def test_seq2seq_label_smoothing_trains_on_smoothed_targets_and_reports_plain_cross_entropy():
   rng = np.random.default_rng(0)
   logits = jnp.asarray(rng.normal(size=(3, 4, 7)), jnp.float32)
