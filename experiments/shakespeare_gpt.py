@@ -7,8 +7,9 @@ Expect (measured 2026-12-04 on the 2-core AMD EPYC CPU, idle): validation loss a
 nats/char at step 500 and 1.56 at 1000 (intermediate evaluations estimate it on 20 batches,
 config.eval_batches), 1.46 on the whole split after the 1600 steps (test 1.46) in 5m47s
 (4.8 steps/s on 2 host devices, MFU 52%, 7 s to the first step), and a sample that keeps
-speaker names and verse past the 128-character context. A 4x192 configuration with dropout reached only 1.90 in 15 minutes: at
-this budget a narrower, faster model that sees more tokens wins.
+speaker names and verse past the 128-character context. A 4x192 configuration with dropout
+reached only 1.90 in 15 minutes: at this budget a narrower, faster model that sees more tokens
+wins.
 """
 
 import sys
